@@ -1,0 +1,20 @@
+# The two commands of the README. Each creates .venv first if it is missing or stale.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+run: setup
+	@$(PY) -m dotseg.cli synth --ray --n 64 --out runs/quickstart-synth --grid runs/quickstart-synth/grid.png
+
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@$(PY) benchmarks/synth.py
+
+clean:
+	rm -rf runs .pytest_cache

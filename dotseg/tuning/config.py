@@ -1,0 +1,63 @@
+"""Configuration of a Ray Tune sweep over loss weights and attention variants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dotseg.configbase import check, check_range
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SearchDim:
+    key: str
+    """Full config key path to vary, e.g. ``loss.boundary.end`` or ``model.variant``."""
+    kind: Literal["choice", "uniform", "loguniform", "grid"]
+    """``choice``/``grid`` over ``values``; ``uniform``/``loguniform`` between values[0] and values[1]."""
+    values: tuple[Any, ...]
+    """Candidates (choice, grid) or [low, high] (uniform, loguniform)."""
+
+    def __post_init__(self) -> None:
+        check(len(self.values) > 0, "values", "needs at least one value")
+        if self.kind in ("uniform", "loguniform"):
+            check(len(self.values) == 2 and all(isinstance(v, (int, float)) for v in self.values),
+                  "values", f"{self.kind} needs [low, high] numbers, got {list(self.values)}")
+            check(self.values[0] < self.values[1], "values", f"low must be < high, got {list(self.values)}")
+            if self.kind == "loguniform":
+                check(self.values[0] > 0, "values", "loguniform needs low > 0")
+
+
+def _default_space() -> tuple[SearchDim, ...]:
+    return (
+        SearchDim(key="model.variant", kind="grid", values=("unet", "unet_gates", "unet_cbam", "attention_unet")),
+        SearchDim(key="loss.boundary.end", kind="choice", values=(0.0, 0.25, 0.5, 1.0)),
+        SearchDim(key="loss.bce.end", kind="uniform", values=(0.25, 1.0)),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TuneConfig:
+    space: tuple[SearchDim, ...] = field(default_factory=_default_space)
+    """Dimensions of the search space; every key must exist in the config."""
+    num_samples: int = 1
+    """Samples of the space (each grid point is repeated num_samples times)."""
+    max_concurrent_trials: int = 2
+    """Trials running at once."""
+    scheduler: Literal["asha", "fifo"] = "asha"
+    """ASHA stops weak trials early; fifo runs every trial to the end."""
+    grace_period: int = 2
+    """Epochs before ASHA may stop a trial."""
+    reduction_factor: int = 2
+    """ASHA's halving rate."""
+    metric: str = "val_dice"
+    """Reported metric to optimise."""
+    mode: Literal["max", "min"] = "max"
+    """Whether the metric is maximised or minimised."""
+
+    def __post_init__(self) -> None:
+        check_range(self.num_samples, "num_samples", 1)
+        check_range(self.max_concurrent_trials, "max_concurrent_trials", 1)
+        check_range(self.grace_period, "grace_period", 1)
+        check_range(self.reduction_factor, "reduction_factor", 2)
+        keys = [d.key for d in self.space]
+        check(len(set(keys)) == len(keys), "space", f"a key appears twice: {keys}")
