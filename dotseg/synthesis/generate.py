@@ -1,0 +1,149 @@
+"""Samples and batches: the public face of the synthesizer.
+
+A sample is a pure function of (config, seed, index, noise_scale, mixed_prob, noisy): it draws
+from ``np.random.default_rng([seed, index, stream])`` and nothing else, so the same arguments
+give the same bytes in any batch, process, worker count or machine. The geometry (shape, dots)
+and the noise use separate streams, so the clean copy of a sample has exactly the shape and
+dots of its noisy version whatever the noise settings.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from dotseg.synthesis.config import SynthesisConfig
+from dotseg.synthesis.dots import draw_dots, place_dots
+from dotseg.synthesis.noise import PARAM, apply_noise, choose_types, draw_param, snr_db
+from dotseg.synthesis.shapes import make_blob
+
+_GEOMETRY_STREAM, _NOISE_STREAM = 0, 1
+
+#: Scalar metadata columns of a batch, with their dtypes.
+META_COLUMNS: dict[str, Any] = {
+    "index": np.int64,
+    "n_control": np.int16,
+    "shape_radius": np.float32,
+    "irregularity": np.float32,
+    "smoothness": np.float32,
+    "center_y": np.float32,
+    "center_x": np.float32,
+    "area": np.int32,
+    "n_dots": np.int16,
+    "placement": "U7",
+    "noise": "U40",
+    "gaussian_sigma": np.float32,
+    "poisson_lambda": np.float32,
+    "salt_pepper_p": np.float32,
+    "speckle_sigma": np.float32,
+    "noise_scale": np.float32,
+    "mixed_prob": np.float32,
+    "snr_db": np.float32,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    image: np.ndarray
+    """(H, W) float32: dots at 1.0 on 0.0, plus noise (unclipped)."""
+    mask: np.ndarray
+    """(H, W) uint8 ground truth: the blob (1), not the dots."""
+    dots: np.ndarray
+    """(n, 3) float32 rows (y, x, radius) in px; centres are integer pixels inside the mask."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Scalar metadata; keys are :data:`META_COLUMNS`. Absent noise parameters are NaN."""
+
+    @property
+    def snr_db(self) -> float:
+        return float(self.meta["snr_db"])
+
+
+_scratch = threading.local()
+
+
+def _clean_copy(image: np.ndarray) -> np.ndarray:
+    """A per-thread reusable copy of the clean image, for the SNR (a fresh 1 MiB array per sample
+    costs page faults comparable to the noise itself)."""
+    buf = getattr(_scratch, "clean", None)
+    if buf is None or buf.shape != image.shape:
+        buf = _scratch.clean = np.empty_like(image)
+    np.copyto(buf, image)
+    return buf
+
+
+def _check_knobs(seed: int, noise_scale: float, mixed_prob: float) -> None:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0.0 <= noise_scale <= 1.0:
+        raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale!r}")
+    if not 0.0 <= mixed_prob <= 1.0:
+        raise ValueError(f"mixed_prob must be in [0, 1], got {mixed_prob!r}")
+
+
+def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mixed_prob: float,
+            noisy: bool, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Draw one sample into the preallocated ``image`` (zeros) and ``mask``; return (dots, meta)."""
+    size = cfg.size
+    geo = np.random.default_rng([int(seed), int(index), _GEOMETRY_STREAM])
+    blob = make_blob(geo, cfg.shape, size)
+    blob.paste(mask)
+    placement, dots = place_dots(geo, cfg.dots, blob, size)
+    draw_dots(image, dots)
+
+    meta: dict[str, Any] = {
+        "index": int(index), "n_control": blob.n_control, "shape_radius": blob.radius,
+        "irregularity": blob.irregularity, "smoothness": blob.smoothness,
+        "center_y": blob.center[0], "center_x": blob.center[1], "area": blob.area,
+        "n_dots": len(dots), "placement": placement, "noise": "none",
+        **{name: math.nan for name in PARAM.values()},
+        "noise_scale": noise_scale if noisy else 0.0, "mixed_prob": mixed_prob if noisy else 0.0,
+        "snr_db": math.inf,
+    }
+    if noisy:
+        rng = np.random.default_rng([int(seed), int(index), _NOISE_STREAM])
+        types = choose_types(rng, cfg.noise, mixed_prob)
+        params = {PARAM[t]: draw_param(rng, cfg.noise, t, noise_scale) for t in types}
+        clean = _clean_copy(image)
+        apply_noise(rng, image, types, params)
+        meta.update(params, noise="+".join(types), snr_db=snr_db(image, clean))
+    return dots, meta
+
+
+def make_sample(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float = 1.0,
+                mixed_prob: float = 0.0, noisy: bool = True) -> Sample:
+    """One sample. ``noisy=False`` gives its noise-free copy (same shape and dots, SNR = inf)."""
+    _check_knobs(seed, noise_scale, mixed_prob)
+    image = np.zeros((cfg.size, cfg.size), dtype=np.float32)
+    mask = np.zeros((cfg.size, cfg.size), dtype=np.uint8)
+    dots, meta = _render(cfg, seed, index, noise_scale, mixed_prob, noisy, image, mask)
+    return Sample(image=image, mask=mask, dots=dots, meta=meta)
+
+
+def make_batch(cfg: SynthesisConfig, seed: int, indices: Sequence[int] | np.ndarray,
+               noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True) -> dict[str, np.ndarray]:
+    """A batch as a dict of equal-length numpy arrays (the Ray Data batch format).
+
+    Keys: ``image`` (B, H, W) float32, ``mask`` (B, H, W) uint8, ``dots`` (B, max_dots, 3) float32
+    padded with NaN, and one (B,) column per :data:`META_COLUMNS` entry (``snr_db`` among them).
+    Sample ``i`` equals ``make_sample(cfg, seed, indices[i], ...)`` byte for byte.
+    """
+    _check_knobs(seed, noise_scale, mixed_prob)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    b, size = len(indices), cfg.size
+    out: dict[str, np.ndarray] = {
+        "image": np.zeros((b, size, size), dtype=np.float32),
+        "mask": np.zeros((b, size, size), dtype=np.uint8),
+        "dots": np.full((b, cfg.dots.count[1], 3), np.nan, dtype=np.float32),
+    }
+    metas = []
+    for i, index in enumerate(indices):
+        dots, meta = _render(cfg, seed, int(index), noise_scale, mixed_prob, noisy, out["image"][i], out["mask"][i])
+        out["dots"][i, : len(dots)] = dots
+        metas.append(meta)
+    for name, dtype in META_COLUMNS.items():
+        out[name] = np.array([m[name] for m in metas], dtype=dtype)
+    return out
