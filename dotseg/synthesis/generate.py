@@ -18,7 +18,7 @@ import numpy as np
 
 from dotseg.synthesis.config import SynthesisConfig
 from dotseg.synthesis.dots import draw_dots, place_dots
-from dotseg.synthesis.noise import PARAM, apply_noise, choose_types, draw_param, snr_db
+from dotseg.synthesis.noise import ORDER, PARAM, apply_noise, choose_types, draw_param, snr_db
 from dotseg.synthesis.shapes import make_blob
 
 _GEOMETRY_STREAM, _NOISE_STREAM = 0, 1
@@ -75,9 +75,16 @@ def _clean_copy(image: np.ndarray) -> np.ndarray:
     return buf
 
 
-def _check_knobs(seed: int, noise_scale: float, mixed_prob: float) -> None:
+def _check_knobs(seed: int, noise_scale: float, mixed_prob: float, noise_types: Sequence[str] | None = None,
+                 severity: float | None = None) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if noise_types is not None:
+        unknown = [t for t in noise_types if t not in ORDER]
+        if unknown or not noise_types:
+            raise ValueError(f"noise_types must be a non-empty subset of {', '.join(ORDER)}, got {list(noise_types)}")
+    if severity is not None and not 0.0 <= severity <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {severity!r}")
     if not 0.0 <= noise_scale <= 1.0:
         raise ValueError(f"noise_scale must be in [0, 1], got {noise_scale!r}")
     if not 0.0 <= mixed_prob <= 1.0:
@@ -85,7 +92,8 @@ def _check_knobs(seed: int, noise_scale: float, mixed_prob: float) -> None:
 
 
 def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mixed_prob: float,
-            noisy: bool, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+            noisy: bool, image: np.ndarray, mask: np.ndarray, noise_types: Sequence[str] | None,
+            severity: float | None) -> tuple[np.ndarray, dict[str, Any]]:
     """Draw one sample into the preallocated ``image`` (zeros) and ``mask``; return (dots, meta)."""
     size = cfg.size
     geo = np.random.default_rng([int(seed), int(index), _GEOMETRY_STREAM])
@@ -105,8 +113,11 @@ def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mix
     }
     if noisy:
         rng = np.random.default_rng([int(seed), int(index), _NOISE_STREAM])
-        types = choose_types(rng, cfg.noise, mixed_prob)
-        params = {PARAM[t]: draw_param(rng, cfg.noise, t, noise_scale) for t in types}
+        if noise_types is None:
+            types = choose_types(rng, cfg.noise, mixed_prob)
+        else:
+            types = tuple(t for t in ORDER if t in noise_types)
+        params = {PARAM[t]: draw_param(rng, cfg.noise, t, noise_scale, severity) for t in types}
         clean = _clean_copy(image)
         apply_noise(rng, image, types, params)
         meta.update(params, noise="+".join(types), snr_db=snr_db(image, clean))
@@ -114,24 +125,39 @@ def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mix
 
 
 def make_sample(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float = 1.0,
-                mixed_prob: float = 0.0, noisy: bool = True) -> Sample:
-    """One sample. ``noisy=False`` gives its noise-free copy (same shape and dots, SNR = inf)."""
-    _check_knobs(seed, noise_scale, mixed_prob)
+                mixed_prob: float = 0.0, noisy: bool = True, noise_types: Sequence[str] | None = None,
+                severity: float | None = None) -> Sample:
+    """One sample.
+
+    Args:
+        cfg: the synthesis section of the config.
+        seed, index: identify the sample; the same pair always gives the same sample.
+        noise_scale: the curriculum's knob in [0, 1]; each noise parameter is drawn between its
+            mildest end and ``noise_scale`` of the way to its harshest.
+        mixed_prob: probability of composing 2-3 noise types instead of one.
+        noisy: ``False`` gives the noise-free copy (same shape and dots, SNR = inf).
+        noise_types: force these types (composed in the fixed order) instead of drawing them;
+            for stratified evaluation sets and sample grids.
+        severity: force every parameter to exactly this fraction of the way from mildest to harshest.
+    """
+    _check_knobs(seed, noise_scale, mixed_prob, noise_types, severity)
     image = np.zeros((cfg.size, cfg.size), dtype=np.float32)
     mask = np.zeros((cfg.size, cfg.size), dtype=np.uint8)
-    dots, meta = _render(cfg, seed, index, noise_scale, mixed_prob, noisy, image, mask)
+    dots, meta = _render(cfg, seed, index, noise_scale, mixed_prob, noisy, image, mask, noise_types, severity)
     return Sample(image=image, mask=mask, dots=dots, meta=meta)
 
 
 def make_batch(cfg: SynthesisConfig, seed: int, indices: Sequence[int] | np.ndarray,
-               noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True) -> dict[str, np.ndarray]:
+               noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True,
+               noise_types: Sequence[str] | None = None, severity: float | None = None) -> dict[str, np.ndarray]:
     """A batch as a dict of equal-length numpy arrays (the Ray Data batch format).
 
     Keys: ``image`` (B, H, W) float32, ``mask`` (B, H, W) uint8, ``dots`` (B, max_dots, 3) float32
     padded with NaN, and one (B,) column per :data:`META_COLUMNS` entry (``snr_db`` among them).
-    Sample ``i`` equals ``make_sample(cfg, seed, indices[i], ...)`` byte for byte.
+    Sample ``i`` equals ``make_sample(cfg, seed, indices[i], ...)`` byte for byte; the arguments
+    mean what they mean there.
     """
-    _check_knobs(seed, noise_scale, mixed_prob)
+    _check_knobs(seed, noise_scale, mixed_prob, noise_types, severity)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     b, size = len(indices), cfg.size
     out: dict[str, np.ndarray] = {
@@ -141,7 +167,8 @@ def make_batch(cfg: SynthesisConfig, seed: int, indices: Sequence[int] | np.ndar
     }
     metas = []
     for i, index in enumerate(indices):
-        dots, meta = _render(cfg, seed, int(index), noise_scale, mixed_prob, noisy, out["image"][i], out["mask"][i])
+        dots, meta = _render(cfg, seed, int(index), noise_scale, mixed_prob, noisy, out["image"][i],
+                             out["mask"][i], noise_types, severity)
         out["dots"][i, : len(dots)] = dots
         metas.append(meta)
     for name, dtype in META_COLUMNS.items():

@@ -82,10 +82,15 @@ def choose_types(rng: np.random.Generator, cfg: NoiseConfig, mixed_prob: float) 
     return tuple(t for t in ORDER if t in picked)
 
 
-def draw_param(rng: np.random.Generator, cfg: NoiseConfig, kind: str, noise_scale: float) -> float:
-    """A parameter between the mildest end and ``noise_scale`` of the way to the harshest."""
+def draw_param(rng: np.random.Generator, cfg: NoiseConfig, kind: str, noise_scale: float,
+               severity: float | None = None) -> float:
+    """A parameter between the mildest end and ``noise_scale`` of the way to the harshest, or
+    exactly ``severity`` of the way (0 = mildest, 1 = harshest) when it is given."""
     mild, harsh = getattr(cfg, PARAM[kind])
-    u = rng.uniform(0.0, noise_scale) if noise_scale > 0 else 0.0
+    if severity is not None:
+        u = severity
+    else:
+        u = rng.uniform(0.0, noise_scale) if noise_scale > 0 else 0.0
     if cfg.interpolation == "log":
         return float(mild * (harsh / mild) ** u)
     return float(mild + u * (harsh - mild))

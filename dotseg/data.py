@@ -1,0 +1,47 @@
+"""Ray Data pipelines that synthesize samples in parallel workers, on the fly.
+
+Rows are sample indices; a map_batches task turns a block of indices into a batch with
+:func:`dotseg.synthesis.make_batch`. Because a sample is a pure function of (config, seed, index,
+noise knobs), the result does not depend on how rows are split into blocks, how many tasks run
+or on which node.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from dotseg.synthesis import SynthesisConfig, make_batch
+from dotseg.training.config import DataConfig
+
+
+def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int, offset: int,
+                noise_scale: float, mixed_prob: float, noisy: bool,
+                columns: Sequence[str] | None) -> dict[str, np.ndarray]:
+    out = make_batch(cfg, seed, batch["id"] + offset, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
+    return out if columns is None else {k: out[k] for k in columns}
+
+
+def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: int, offset: int = 0,
+                      noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True,
+                      columns: Sequence[str] | None = None) -> Any:
+    """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
+
+    ``columns`` keeps only those keys of :func:`make_batch`'s output (e.g. ``("image", "mask")``
+    for training, which saves moving metadata through the object store).
+    """
+    import ray.data
+
+    blocks = max(1, math.ceil(count / data.rows_per_block))
+    return ray.data.range(count, override_num_blocks=blocks).map_batches(
+        _synthesize,
+        batch_size=data.rows_per_block,
+        batch_format="numpy",
+        zero_copy_batch=True,
+        fn_kwargs=dict(cfg=cfg, seed=seed, offset=offset, noise_scale=noise_scale, mixed_prob=mixed_prob,
+                       noisy=noisy, columns=tuple(columns) if columns is not None else None),
+        compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
+        num_cpus=data.cpus_per_task,
+    )

@@ -1,0 +1,85 @@
+"""Writing samples to disk (npz + PNG previews) and the noise-type x level grid figure."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from dotseg.synthesis.config import SynthesisConfig
+from dotseg.synthesis.generate import META_COLUMNS, make_sample
+from dotseg.synthesis.noise import ORDER
+
+#: Levels (severity, the fraction of the way from mildest to harshest) shown in the grid.
+GRID_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return None if math.isnan(v) else ("inf" if math.isinf(v) else v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.str_):
+        return str(v)
+    return v
+
+
+def write_sample(out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.ndarray,
+                 meta: dict[str, Any], preview: bool = True) -> Path:
+    """``sample_<index>.npz`` (image, mask, dots, meta as JSON) and ``sample_<index>.png``.
+
+    The npz holds only plain arrays and a JSON string, so it loads with ``allow_pickle=False``.
+    """
+    from dotseg import viz
+
+    index = int(meta["index"])
+    meta_json = json.dumps({k: _jsonable(v) for k, v in meta.items()}, sort_keys=True)
+    path = out_dir / f"sample_{index:06d}.npz"
+    dots = dots[~np.isnan(dots[:, 0])] if len(dots) else dots
+    np.savez(path, image=image, mask=mask, dots=dots, meta=np.array(meta_json))
+    if preview:
+        viz.save_png(viz.overlay(image, truth=mask), out_dir / f"sample_{index:06d}.png")
+    return path
+
+
+def load_sample(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(image, mask, dots, meta) of a file written by :func:`write_sample`."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["image"], f["mask"], f["dots"], json.loads(str(f["meta"]))
+
+
+def rows_of(batch: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Split a :func:`make_batch` batch into per-sample (image, mask, dots, meta)."""
+    for i in range(len(batch["image"])):
+        meta = {k: batch[k][i] for k in META_COLUMNS if k in batch}
+        yield batch["image"][i], batch["mask"][i], batch["dots"][i], meta
+
+
+def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterable[float] = GRID_LEVELS) -> Path:
+    """One figure: rows = clean and each noise type (plus a 2-type mix), columns = severity levels,
+    every cell with its ground-truth outline and SNR. Each row keeps one shape and its dots, so only
+    the noise changes along it."""
+    from dotseg import viz
+
+    levels = tuple(levels)
+    rows: list[tuple[str, tuple[str, ...] | None]] = [("clean", None)]
+    rows += [(t, (t,)) for t in ORDER if t in cfg.noise.types]
+    mix = tuple(t for t in ORDER if t in cfg.noise.types)[:2]
+    if len(mix) == 2:
+        rows.append(("+".join(mix), mix))
+    cells = []
+    for r, (name, types) in enumerate(rows):
+        row = []
+        for level in levels:
+            s = make_sample(cfg, seed, r, noisy=types is not None, noise_types=types, severity=level)
+            snr = s.snr_db
+            caption = "SNR inf" if math.isinf(snr) else f"SNR {snr:.1f} dB"
+            row.append((s.image, s.mask, caption))
+        cells.append(row)
+    col_labels = [f"severity {lv:g}" for lv in levels]
+    return viz.sample_grid(cells, [r[0] for r in rows], col_labels, path,
+                           title=f"dotseg synthesis, {cfg.size} px, seed {seed} (green: ground-truth outline)")
