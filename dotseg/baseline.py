@@ -14,7 +14,7 @@ pre-deep-learning idea (denoise, threshold, morphology) and makes each step robu
    needs no knowledge of the noise type or level. The score is thresholded (``robust``), or the
    response by Otsu or a local threshold. Connected components smaller than ``min_dot_area`` are
    specks, not dots.
-4. **Dots -> region.** The dot spacing s is the median distance from a dot to its 4th nearest
+4. **Dots -> region.** The dot spacing s is the median distance from a dot to its 2nd nearest
    neighbour (about sqrt(area / count) for both random and lattice placement). ``density``: a
    Gaussian kernel density of the dot centres with bandwidth ``bandwidth * s``, scaled so that it
    is ~1 inside a uniformly dotted region and ~0.5 on its edge, which is where the blob's outline
@@ -143,8 +143,13 @@ def _robust_stats(r: np.ndarray) -> tuple[float, float, float]:
 
 
 def _dot_spacing(centres: np.ndarray) -> float:
-    """Median distance from a centre to its 4th nearest neighbour (fewer if there are fewer)."""
-    k = min(4, len(centres) - 1)
+    """Median distance from a centre to its 2nd nearest neighbour (the 1st if there is one).
+
+    Measured on the synthesizer's data this is sqrt(region area / dot count) to within ~10 %, for
+    random and jittered-lattice placement alike (the 1st neighbour is ~0.75 of it for random dots
+    and the 4th ~1.35: edge dots lack outer neighbours).
+    """
+    k = min(2, len(centres) - 1)
     dist, _ = cKDTree(centres).query(centres, k=k + 1)  # (n, k+1), column 0 is the point itself
     return float(np.median(dist[:, k]))
 

@@ -18,6 +18,7 @@ EPILOG = """examples:
   dotseg synth --ray --n 256 --out runs/synth          # parallel Ray Data workers
   dotseg config --config configs/cpu.yaml --set train.lr=3e-4
   dotseg config --explain                                # every key, its type, default and meaning
+  dotseg predict --checkpoint best.safetensors --input scans/ --output masks/ --overlay
 """
 
 
@@ -119,6 +120,73 @@ def _synth_batches(cfg, scfg, seed: int, args: argparse.Namespace):
     yield from ds.iter_batches(batch_size=cfg.data.rows_per_block, batch_format="numpy", prefetch_batches=2)
 
 
+# -- dotseg predict -----------------------------------------------------------------------------
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    from dotseg.imageio import ImageError, list_images
+
+    try:
+        inputs = list_images(args.input)
+    except ImageError as e:
+        raise UserError(str(e)) from None
+    clashes = _stem_clashes(inputs)
+    if clashes:
+        raise UserError(f"inputs would write the same outputs: {clashes} (rename one or predict them separately)")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out}: exists and is not a directory")
+
+    from tqdm import tqdm
+
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.imageio import read_image, write_mask_png, write_overlay_png, write_prob_npy
+    from dotseg.predictor import Predictor
+
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
+                                              threshold=args.threshold)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:  # the device
+        raise UserError(f"--device: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+
+    failed = 0
+    t0 = time.perf_counter()
+    bar = tqdm(inputs, desc="predict", unit="image", disable=args.quiet)
+    for path in bar:
+        try:
+            image = read_image(path)
+            pred = predictor.predict(image)
+            write_mask_png(pred.mask, out / f"{path.stem}_mask.png")
+            if args.prob:
+                write_prob_npy(pred.prob, out / f"{path.stem}_prob.npy")
+            if args.overlay:
+                write_overlay_png(image, pred.mask, out / f"{path.stem}_overlay.png")
+        except (ValueError, OSError, MemoryError) as e:  # one bad file (ImageError too) must not stop the others
+            failed += 1
+            tqdm.write(f"dotseg predict: {path}: {' '.join(str(e).split())}", file=sys.stderr)
+    bar.close()
+    dt = time.perf_counter() - t0
+    source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
+    print(f"predicted {len(inputs) - failed} of {len(inputs)} images"
+          f"{f' ({failed} failed)' if failed else ''} into {out}/ in {dt:.1f} s "
+          f"with {source} (threshold {predictor.threshold:g}, {predictor.device})")
+    return 1 if failed else 0
+
+
+def _stem_clashes(paths: list[Path]) -> str:
+    """'a.png, a.tif' for inputs whose outputs (named by stem) would overwrite each other; '' if none."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in paths:
+        by_stem.setdefault(p.stem, []).append(p)
+    return "; ".join(", ".join(map(str, ps)) for ps in by_stem.values() if len(ps) > 1)
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--explain", action="store_true", help="list every key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("predict", help="segment image files with a trained model",
+                       description="Predict the shape mask of each input image (.png 8/16-bit, .tif/.tiff, "
+                                   ".npy; colour is converted to grey by luma). Writes <stem>_mask.png (0/255), "
+                                   "and with --prob <stem>_prob.npy (float32), with --overlay <stem>_overlay.png. "
+                                   "A file that cannot be read is reported and skipped; the exit status is "
+                                   "then 1. An unusable checkpoint exits with status 2.")
+    p.add_argument("--checkpoint", metavar="FILE", default=None,
+                   help="dotseg checkpoint (*.safetensors); default: the model shipped with the package, "
+                        "if one is installed")
+    p.add_argument("--input", "-i", metavar="FILE_OR_DIR", nargs="+", required=True,
+                   help="image files and/or directories (every supported file in them, sorted)")
+    p.add_argument("--output", "-o", metavar="DIR", required=True, help="directory for the outputs")
+    p.add_argument("--prob", action="store_true", help="also write the probability map as <stem>_prob.npy")
+    p.add_argument("--overlay", action="store_true", help="also write the image with the mask outline")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold for the mask (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

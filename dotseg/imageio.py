@@ -1,0 +1,199 @@
+"""Reading images from disk for prediction, and writing masks, probabilities and overlays.
+
+    image = read_image("scan.tif")          # (H, W) as stored, or (H, W, 3|4) for colour PNG/TIFF
+    write_mask_png(pred.mask, "scan_mask.png")
+
+Supported: ``.png`` (8- or 16-bit grey, RGB, RGBA, palette), ``.tif``/``.tiff`` (8/16-bit integer or
+float32, grey or RGB), ``.npy`` (a 2-D array of any real dtype; never unpickled). Values are returned
+as stored -- no scaling: the model's input mapping (:func:`dotseg.normalize.normalize`) is invariant to
+offset and scale, so 8-bit, 16-bit and float files of one image give the same prediction. Colour is
+turned into grey only by :func:`to_grey`, which the predictor calls.
+
+Every problem with a file is an :class:`ImageError` with one line naming the file and what was
+expected. Torch-free, so the CLI can check its inputs before loading a model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dotseg.viz import overlay, save_png
+
+__all__ = ["SUPPORTED_SUFFIXES", "MAX_PIXELS", "ImageError", "read_image", "to_grey", "list_images",
+           "write_mask_png", "write_prob_npy", "write_overlay_png"]
+
+SUPPORTED_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+#: Default cap on pixels per image: 64 Mpx is an 8k x 8k frame, ~256 MB as float32.
+MAX_PIXELS = 64 * 1024 * 1024
+#: ITU-R BT.601 luma weights for R, G, B (what Pillow's "L" conversion uses).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the one-line message names the file and the problem."""
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read one image, as stored: (H, W) of its own dtype, or (H, W, 3|4) for colour PNG/TIFF.
+
+    The pixel count is checked from the file's header before decoding, so an oversized (or
+    decompression-bomb) file costs no memory.
+
+    Raises:
+        ImageError: missing file, unsupported suffix, unreadable or corrupt file, wrong
+            dimensionality, a non-numeric dtype, more than ``max_pixels`` pixels, or an empty image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ImageError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
+                         f"supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    reader = {".png": _read_png, ".tif": _read_tiff, ".tiff": _read_tiff, ".npy": _read_npy}[suffix]
+    image = reader(path, max_pixels)
+    if image.size == 0:
+        raise ImageError(f"{path}: image is empty (shape {image.shape})")
+    if image.dtype != bool and not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ImageError(f"{path}: pixel type {image.dtype} is not a real number type")
+    return image
+
+
+def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise ImageError(f"{path}: too many pixels ({width}x{height} = {height * width / 1e6:.1f} Mpx; "
+                         f"the limit is {max_pixels / 1e6:.1f} Mpx)")
+
+
+def _check_ndim(path: Path, shape: tuple[int, ...], colour: bool) -> None:
+    if len(shape) == 2 or (colour and len(shape) == 3 and shape[2] in (3, 4)):
+        return
+    expected = "(H, W) or (H, W, 3|4)" if colour else "a 2-D array (H, W)"
+    raise ImageError(f"{path}: expected {expected}, got shape {tuple(shape)}")
+
+
+def _read_png(path: Path, max_pixels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error like above.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.format != "PNG":
+                    raise ImageError(f"{path}: is not a PNG file (its content is {img.format or 'unknown'})")
+                width, height = img.size
+                _check_pixels(path, height, width, max_pixels)
+                if img.mode == "P":
+                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                elif img.mode == "LA":
+                    img = img.getchannel("L")  # alpha says nothing about the content
+                elif img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"):
+                    img = img.convert("RGB")
+                array = np.array(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: too many pixels (Pillow's decompression-bomb guard: "
+                         f"{' '.join(str(e).split())})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable PNG image (corrupt, or another format?)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"{path}: corrupt or truncated PNG: {' '.join(str(e).split())}") from None
+    _check_ndim(path, array.shape, colour=True)
+    return array
+
+
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ImageError(f"{path}: TIFF holds no image")
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            _check_ndim(path, shape, colour=True)
+            _check_pixels(path, shape[0], shape[1], max_pixels)
+            array = series.asarray()
+    except ImageError:
+        raise
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error, ... on bad files
+        raise ImageError(f"{path}: not a readable TIFF (corrupt or truncated): "
+                         f"{' '.join(str(e).split()) or type(e).__name__}") from None
+    return array
+
+
+def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        # Memory-mapped first: the shape is checked before the data is read.
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ImageError(f"{path}: holds Python objects, which are never unpickled; "
+                             "expected a numeric 2-D array") from None
+        raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
+    except (OSError, EOFError) as e:
+        raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
+    if not isinstance(array, np.ndarray):
+        raise ImageError(f"{path}: expected one array in a .npy file, got {type(array).__name__}")
+    _check_ndim(path, array.shape, colour=False)
+    _check_pixels(path, array.shape[0], array.shape[1], max_pixels)
+    return np.array(array)  # out of the memory map, so the file is closed
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W) unchanged; (H, W, 3|4) RGB(A) -> (H, W) float32 luma ``0.299 R + 0.587 G + 0.114 B``.
+
+    Alpha is ignored. Other shapes raise ``ValueError`` naming the shape.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        rgb = arr[..., :3].astype(np.float64)
+        return (rgb @ np.asarray(LUMA_WEIGHTS)).astype(np.float32)  # (H, W)
+    raise ValueError(f"expected a 2-D image (H, W) or RGB/RGBA (H, W, 3|4), got shape {arr.shape}")
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Files as given, directories expanded to their supported files (sorted, not recursive).
+
+    Raises:
+        ImageError: a path that does not exist, or a directory without supported files.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES)
+            if not found:
+                raise ImageError(f"{p}: directory has no {'/'.join(SUPPORTED_SUFFIXES)} files")
+            out += found
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ImageError(f"{p}: no such file or directory")
+    return out
+
+
+def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
+    """(H, W) bool -> 8-bit grey PNG, 255 inside the shape and 0 outside."""
+    return save_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, path)
+
+
+def write_prob_npy(prob: np.ndarray, path: str | Path) -> Path:
+    """(H, W) probabilities -> float32 ``.npy``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(prob, dtype=np.float32))
+    return path
+
+
+def write_overlay_png(image: np.ndarray, mask: np.ndarray, path: str | Path) -> Path:
+    """The image in grey (contrast-stretched) with the mask's outline in red, as RGB PNG."""
+    return save_png(overlay(to_grey(image), pred=mask), path)

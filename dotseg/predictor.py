@@ -1,0 +1,156 @@
+"""Inference without Ray: a trained model plus the preprocessing and threshold it was trained with.
+
+    predictor = Predictor.from_checkpoint("runs/x/best.safetensors", device="auto", threads=2)
+    pred = predictor.predict(image)        # (H, W) any dtype -> Prediction(mask bool, prob float32), (H, W)
+
+Serving wraps this object; evaluation compares it with the classical baseline through the
+:class:`dotseg.prediction.Segmenter` protocol. Preprocessing is exactly
+:func:`dotseg.normalize.normalize`, the function training uses, and nothing else: its version is
+stored in every checkpoint and checked on load, so train/serve skew cannot creep in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, build_from_checkpoint
+from dotseg.config import Config
+from dotseg.imageio import to_grey
+from dotseg.normalize import normalize
+from dotseg.prediction import Prediction
+
+__all__ = ["Predictor", "resolve_device", "shipped_checkpoint"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> a ``torch.device``.
+
+    Raises:
+        ValueError: for another name, or CUDA requested where there is none (or no GPU N).
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(f"device {name!r}: expected cuda:N with N a GPU number")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available "
+                             f"(torch {torch.__version__}, build CUDA {torch.version.cuda}); use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
+
+
+def shipped_checkpoint() -> Path:
+    """The model installed with the package (``dotseg/assets/model.safetensors``).
+
+    Raises:
+        CheckpointError: if no model has been shipped with this installation.
+    """
+    asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
+    if not asset.is_file():
+        raise CheckpointError("no shipped model is installed (dotseg/assets/model.safetensors is missing); "
+                              "pass a checkpoint (--checkpoint PATH on the command line)")
+    return Path(str(asset))
+
+
+class Predictor:
+    """A model in eval mode with its decision threshold, on one device; implements ``Segmenter``.
+
+    Args:
+        model: the network, ``(B, 1, H, W)`` float32 -> ``(B, 1, H, W)`` logits.
+        cfg: the config it was trained with.
+        threshold: ``mask = prob >= threshold``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`resolve_device`).
+        threads: CPU threads for torch ops (``torch.set_num_threads``, process-wide); ``None`` keeps
+            torch's setting.
+
+    On CUDA the forward pass runs under fp16 autocast; on CPU in fp32. Probabilities are returned
+    as float32 either way.
+    """
+
+    name = "model"
+
+    def __init__(self, model: nn.Module, cfg: Config, threshold: float = 0.5,
+                 device: str | torch.device = "cpu", threads: int | None = None,
+                 checkpoint: LoadedCheckpoint | None = None) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.threshold = float(threshold)
+        self.checkpoint = checkpoint
+        """The checkpoint the model came from (its path, metrics, ...), if any."""
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                        threads: int | None = None, threshold: float | None = None) -> Predictor:
+        """Load a checkpoint (``None``: the shipped model) and use its config and threshold.
+
+        ``threshold`` overrides the checkpoint's. Raises :class:`CheckpointError` for any unusable file.
+        """
+        dev = resolve_device(device)  # before loading: a wrong device should fail fast
+        model, ckpt = build_from_checkpoint(shipped_checkpoint() if path is None else path)
+        return cls(model, ckpt.cfg, ckpt.threshold if threshold is None else threshold, dev, threads, ckpt)
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """One image -> its prediction at the same size.
+
+        Args:
+            image: (H, W) of any real dtype (bool, uint8, uint16, int, float32/64), any size; or
+                (H, W, 3|4) RGB(A), which is converted to grey by luma (0.299 R + 0.587 G + 0.114 B,
+                alpha ignored).
+
+        Returns:
+            ``Prediction(mask (H, W) bool, prob (H, W) float32)``.
+
+        Raises:
+            ValueError: another shape, an empty image, NaN/inf or a non-numeric dtype.
+        """
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
+        """Several images (sizes may differ) -> one prediction each, in input order.
+
+        Images of equal size run together, up to ``batch_size`` per forward pass.
+        """
+        inputs = [normalize(to_grey(im)) for im in images]  # each (H_i, W_i) float32
+        out: list[Prediction | None] = [None] * len(inputs)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(x.shape, []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                probs = self._forward(np.stack([inputs[i] for i in chunk]))  # (b, H, W)
+                for i, prob in zip(chunk, probs):
+                    out[i] = Prediction(mask=prob >= self.threshold, prob=prob)
+        return out  # type: ignore[return-value]
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """(B, H, W) normalized float32 -> (B, H, W) float32 probabilities."""
+        x = torch.from_numpy(batch)[:, None].to(self.device)  # (B, 1, H, W)
+        cuda = self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
+        with torch.inference_mode():
+            with autocast:
+                logits = self.model(x)  # (B, 1, H, W)
+            prob = torch.sigmoid(logits.float())[:, 0]  # (B, H, W), sigmoid in fp32
+            return prob.cpu().numpy()
