@@ -13,24 +13,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dotseg.normalize import normalize
 from dotseg.synthesis import SynthesisConfig, make_batch
 from dotseg.training.config import DataConfig
 
 
 def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int, offset: int,
                 noise_scale: float, mixed_prob: float, noisy: bool,
-                columns: Sequence[str] | None) -> dict[str, np.ndarray]:
+                columns: Sequence[str] | None, model_input: bool) -> dict[str, np.ndarray]:
     out = make_batch(cfg, seed, batch["id"] + offset, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
+    if model_input:
+        out["image"] = normalize(out["image"])  # in the worker: the trainer receives model input
     return out if columns is None else {k: out[k] for k in columns}
 
 
 def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: int, offset: int = 0,
                       noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True,
-                      columns: Sequence[str] | None = None) -> Any:
+                      columns: Sequence[str] | None = None, model_input: bool = False) -> Any:
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
     ``columns`` keeps only those keys of :func:`make_batch`'s output (e.g. ``("image", "mask")``
-    for training, which saves moving metadata through the object store).
+    for training, which saves moving metadata through the object store). ``model_input`` applies
+    :func:`dotseg.normalize.normalize` to the images in the synthesis tasks.
     """
     import ray.data
 
@@ -41,7 +45,8 @@ def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: 
         batch_format="numpy",
         zero_copy_batch=True,
         fn_kwargs=dict(cfg=cfg, seed=seed, offset=offset, noise_scale=noise_scale, mixed_prob=mixed_prob,
-                       noisy=noisy, columns=tuple(columns) if columns is not None else None),
+                       noisy=noisy, columns=tuple(columns) if columns is not None else None,
+                       model_input=model_input),
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,
     )

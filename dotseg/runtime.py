@@ -24,6 +24,8 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("WANDB_SILENT", "true")
     # Torch in every worker would otherwise start one thread per core of the node, oversubscribing it.
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Train V2 patches print() in workers to also log it, which shows every line twice on the driver.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     env.update(extra or {})
     return env
 

@@ -1,0 +1,215 @@
+"""The training driver: run directories, resume checks, and one ``TorchTrainer.fit()``.
+
+A run lives in ``<train.storage_path>/<name>/``: ``config.yaml`` (the resolved config and its
+hash), Ray Train's ``checkpoint_*`` directories (each with ``model.safetensors``, the training
+state and the history so far), and at the end ``best.safetensors``, ``history.json`` and
+``curves.png``. ``--resume RUN_DIR`` re-runs the same Train run name on the same storage, which
+Ray Train V2 restores from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dotseg.config import Config, config_from_dict, dump_yaml, load_config, load_yaml, to_dict
+from dotseg.configbase import apply_override, diff_keys
+
+#: Sections a resumed run must share with the original: a different synthesis or model would make
+#: the checkpoint meaningless (the seed's config drift).
+FROZEN_ON_RESUME = ("synthesis", "model")
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or resume; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    stop_reason: str
+    wall_s: float
+
+
+def new_run_dir(cfg: Config, name: str | None = None) -> Path:
+    root = Path(cfg.train.storage_path).expanduser().resolve()
+    name = name or f"train-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.hash[:6]}"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise TrainError(f"run name {name!r} may only contain letters, digits, '.', '_' and '-'")
+    path = root / name
+    if path.exists():
+        raise TrainError(f"{path} already exists; pick another --name or resume it with --resume {path}")
+    return path
+
+
+def resume_config(run_dir: Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> Config:
+    """The config to resume ``run_dir`` with: its saved ``config.yaml``, or ``config`` if given, with
+    ``overrides`` on top. Refused, naming the keys, if synthesis or model would change."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.exists():
+        raise TrainError(f"{run_dir} is not a dotseg run directory (no config.yaml); "
+                         f"pass the directory `dotseg train` printed when the run started")
+    saved_data = load_yaml(saved_file.read_text(), str(saved_file))
+    saved = config_from_dict(saved_data)
+    if config is not None:
+        requested = load_config(config, overrides)
+    else:
+        data = to_dict(saved)
+        for item in overrides:
+            apply_override(data, item, Config)
+        requested = config_from_dict(data)
+    drift = [k for k in diff_keys(saved, requested) if k.split(".")[0] in FROZEN_ON_RESUME]
+    if drift:
+        shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(requested, k)!r})" for k in drift[:6])
+        more = f" and {len(drift) - 6} more" if len(drift) > 6 else ""
+        raise TrainError(f"refusing to resume {run_dir.name}: the synthesis/model config differs from the run's "
+                         f"config.yaml: {shown}{more}. Resume without changing those keys, or start a new run")
+    return requested
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_resources(cfg: Config, resources: dict[str, float]) -> None:
+    """Fail now, with numbers, instead of letting Ray wait forever for resources that never come."""
+    t = cfg.train
+    need_cpu = t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_task
+    have_cpu = resources.get("CPU", 0.0)
+    if need_cpu > have_cpu:
+        raise TrainError(f"the cluster has {have_cpu:g} CPUs but {t.num_workers} workers x {t.cpus_per_worker:g} CPUs "
+                         f"+ {cfg.data.cpus_per_task:g} for a synthesis task need {need_cpu:g}; lower "
+                         f"train.num_workers / train.cpus_per_worker / data.cpus_per_task or add nodes")
+    if t.use_gpu and resources.get("GPU", 0.0) < t.num_workers:
+        raise TrainError(f"--gpu asks for {t.num_workers} GPU(s) but the cluster has {resources.get('GPU', 0.0):g}; "
+                         f"drop --gpu or use fewer workers")
+
+
+def local_cpus(cfg: Config) -> int:
+    """Logical CPUs for an embedded local Ray: at least what the run reserves, so a 2-core laptop
+    can host 2 training workers plus synthesis tasks (they share the cores; nothing deadlocks)."""
+    t, d = cfg.train, cfg.data
+    need = t.num_workers * t.cpus_per_worker + d.synth_tasks * d.cpus_per_task
+    return max(os.cpu_count() or 1, int(-(-need // 1)))
+
+
+def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = None, address: str | None = None,
+          quiet: bool = False, stop_after_epoch: int | None = None) -> TrainResult:
+    """Train ``cfg`` (or resume ``resume``) and return where the best checkpoint is.
+
+    ``stop_after_epoch`` pauses the run after that epoch (its checkpoint written); resuming it
+    continues exactly as if it had not stopped — for training in time slices.
+    """
+    from dotseg.runtime import init_ray
+
+    t0 = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume).expanduser().resolve()
+    else:
+        run_dir = run_dir or new_run_dir(cfg)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
+
+    resources = init_ray(address, num_cpus=None if address else local_cpus(cfg), quiet=quiet)
+    check_resources(cfg, resources)
+    trainer = _trainer(cfg, run_dir, stop_after_epoch)
+    if not quiet:
+        print(f"[dotseg] run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
+              f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)", flush=True)
+    try:
+        result = trainer.fit()
+    except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
+        raise TrainError(f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
+                         f"fix the cause and resume with --resume {run_dir})") from e
+    return _finish(run_dir, result, time.perf_counter() - t0)
+
+
+def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dotseg.training.loop import train_worker
+
+    t = cfg.train
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "run_id": run_dir.name,
+                           "stop_after_epoch": stop_after_epoch},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_dir.name, storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
+                                                         checkpoint_score_attribute="val_dice",
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        # NCCL for GPUs, gloo for CPU DDP.
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+    )
+
+
+def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
+    from dotseg.training.loop import HISTORY_FILE, MODEL_FILE
+
+    best_path, best_metrics = None, {}
+    if result.best_checkpoints:
+        ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -1.0))
+        best_path = run_dir / "best.safetensors"
+        shutil.copyfile(Path(ckpt.path) / MODEL_FILE, best_path)
+    history: list[dict[str, Any]] = []
+    if result.checkpoint is not None:
+        history = json.loads((Path(result.checkpoint.path) / HISTORY_FILE).read_text())
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        if history:
+            plot_history(history, run_dir / "curves.png")
+    ret = result.return_value or {}
+    return TrainResult(run_dir=run_dir, best_checkpoint=best_path, best_metrics=dict(best_metrics),
+                       history=history, stop_reason=ret.get("stop_reason", "completed"), wall_s=wall_s)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
+    """Learning curves: loss, validation/clean Dice and IoU per epoch, with the curriculum phases shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("compound loss")
+    for key, label in (("val_dice", "val Dice (noisy)"), ("clean_dice", "clean Dice"), ("val_iou", "val IoU")):
+        ax2.plot(epochs, [h[key] for h in history], "o-", label=label)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    for ax in (ax1, ax2):
+        start = None
+        for h in history + [None]:
+            if h is None or (start is not None and h["phase"] != start[1]):
+                ax.axvspan(start[0] - 0.5, (h["epoch"] if h else epochs[-1] + 1) - 0.5, alpha=0.08,
+                           color=f"C{len(ax.patches) % 10}")
+                ax.text(start[0], ax.get_ylim()[1], start[1], va="top", fontsize=8)
+            if h is not None and (start is None or h["phase"] != start[1]):
+                start = (h["epoch"], h["phase"])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax2 else "upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
