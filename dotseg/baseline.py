@@ -74,17 +74,25 @@ class BaselineConfig:
     """Window side (odd, working px) of the ``local`` threshold."""
     min_dot_area: int = 2
     """Detected components smaller than this (working px) are specks, not dots."""
+    peak_window: int = 5
+    """Window side (working px) within which a detection score maximum is one dot's centre."""
     min_dots: int = 3
     """Fewer detected dots than this means nothing was found: empty mask, zero probability."""
     region: Literal["density", "close", "hull"] = "density"
-    """How the dot set becomes a region: kernel density of the centres, closing of the dot mask,
-    or the convex hull of the centres (see the module docstring)."""
+    """How the dot set becomes a region: kernel density of the centres, closing of the centres
+    (a concave hull), or their convex hull (see the module docstring)."""
     bandwidth: float = 0.8
-    """Kernel density standard deviation as a multiple of the dot spacing (``density``)."""
+    """Kernel density standard deviation as a multiple of the dot spacing."""
     edge_level: float = 0.5
     """Relative dot density taken as the region edge: prob = 0.5 there (``density``)."""
-    closing_scale: float = 0.75
-    """Closing disc radius as a multiple of the dot spacing (``close``)."""
+    inlier_level: float = 0.0
+    """``close`` / ``hull``: only dots whose kernel-density score (prob of ``density``) is at least
+    this are used, and only those in its largest region; 0 = every detected dot."""
+    closing_scale: float = 1.5
+    """``close``: closing disc radius as a multiple of the dot spacing (large = convex hull)."""
+    margin: float = 0.5
+    """``close`` / ``hull``: the region is grown by this multiple of the dot spacing beyond the
+    outermost dot centres, where the outline lies on average."""
     fill_holes: bool = True
     """Fill holes of the region."""
     largest_only: bool = True
@@ -102,10 +110,13 @@ class BaselineConfig:
         check(self.local_block >= 3 and self.local_block % 2 == 1, "local_block",
               f"must be an odd number >= 3, got {self.local_block}")
         check_range(self.min_dot_area, "min_dot_area", 1)
+        check_range(self.peak_window, "peak_window", 1, 64)
         check_range(self.min_dots, "min_dots", 1)
         check_range(self.bandwidth, "bandwidth", 0.0, 10.0, lo_open=True)
         check_range(self.edge_level, "edge_level", 0.0, 1.0, lo_open=True, hi_open=True)
+        check_range(self.inlier_level, "inlier_level", 0.0, 1.0, hi_open=True)
         check_range(self.closing_scale, "closing_scale", 0.0, 10.0, lo_open=True)
+        check_range(self.margin, "margin", 0.0, 5.0)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -191,18 +202,27 @@ class ClassicalBaseline:
     # Stages, all at working resolution
 
     def _work_prob(self, x: np.ndarray) -> np.ndarray:
-        centres, dots = self._detect(x)
+        centres = self._detect(x)
         prob = np.zeros(x.shape, dtype=np.float32)
         if len(centres) < self.config.min_dots:
             return prob
         spacing = max(_dot_spacing(centres), 1.0)
-        region = self.config.region
-        if region == "density":
-            prob = self._density_prob(centres, spacing, x.shape)
+        cfg = self.config
+        prob = self._density_prob(centres, spacing, x.shape)
+        if cfg.region == "density":
+            return self._postprocess(prob)
+        if cfg.inlier_level > 0:
+            centres = self._inliers(centres, prob)
+            if len(centres) < cfg.min_dots:
+                return np.zeros(x.shape, dtype=np.float32)
+        if cfg.region == "close":
+            signed = self._closing_distance(centres, spacing, x.shape)
         else:
-            mask = self._close_region(dots, spacing) if region == "close" else self._hull_region(centres, spacing, x.shape)
-            prob = self._distance_prob(mask, spacing)
-        return self._postprocess(prob)
+            signed = self._hull_distance(centres, x.shape)
+        # Signed distance (px, > 0 inside) to the grown outline -> a soft score, 0.5 on the edge.
+        signed += cfg.margin * spacing
+        prob = 0.5 + 0.5 * np.tanh(signed / max(0.25 * spacing, 1.0))
+        return self._postprocess(prob.astype(np.float32))
 
     def _prefilter(self, x: np.ndarray) -> np.ndarray:
         method = self.config.denoise
@@ -216,8 +236,13 @@ class ClassicalBaseline:
             return (denoise_bilateral(x - lo, sigma_spatial=1.5, mode="reflect") + lo).astype(np.float32)
         return x
 
-    def _detect(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dot centres (n, 2) float64 (y, x) in working px, and the dot mask (h', w') bool."""
+    def _detect(self, x: np.ndarray) -> np.ndarray:
+        """Dot centres (n, 2) float64 (y, x) in working px.
+
+        A dot is a local maximum of the detection score (within ``peak_window``) inside a
+        thresholded component of at least ``min_dot_area`` px. Peaks rather than components,
+        because neighbouring dots merge into one component once smoothed.
+        """
         cfg = self.config
         base = self._prefilter(x)
         responses = [ndi.gaussian_filter(base, s, mode="reflect", truncate=3.0) for s in cfg.dot_sigmas]
@@ -230,27 +255,30 @@ class ClassicalBaseline:
                 np.maximum(score, (r - med) / unit, out=score)
             dots = score > cfg.z_threshold
         elif cfg.threshold == "otsu":
-            r = responses[0]
-            dots = r > threshold_otsu(r) if float(r.max()) > float(r.min()) else np.zeros(x.shape, bool)
+            score = responses[0]
+            flat = float(score.max()) == float(score.min())
+            dots = np.zeros(x.shape, bool) if flat else score > threshold_otsu(score)
         else:  # local
-            r = responses[0]
-            _, sigma, _ = _robust_stats(r)
-            block = min(cfg.local_block, 2 * (min(x.shape) // 2) - 1) if min(x.shape) >= 3 else 0
+            score = responses[0]
+            _, sigma, _ = _robust_stats(score)
+            block = min(cfg.local_block, 2 * ((min(x.shape) - 1) // 2) + 1)
             if block < 3:
-                return np.zeros((0, 2)), np.zeros(x.shape, bool)
-            dots = r > threshold_local(r, block, method="mean", offset=-cfg.z_threshold * max(sigma, 1e-6))
+                return np.zeros((0, 2))
+            dots = score > threshold_local(score, block, method="mean", offset=-cfg.z_threshold * max(sigma, 1e-6))
 
         labels, n = ndi.label(dots, structure=_EIGHT)
         if n == 0:
-            return np.zeros((0, 2)), dots
+            return np.zeros((0, 2))
         area = np.bincount(labels.ravel(), minlength=n + 1)  # (n+1,), index 0 is background
         keep = area >= cfg.min_dot_area
         keep[0] = False
-        ys, xs = np.nonzero(keep[labels])
-        lab = labels[ys, xs]
-        cy = np.bincount(lab, weights=ys, minlength=n + 1)[keep] / area[keep]
-        cx = np.bincount(lab, weights=xs, minlength=n + 1)[keep] / area[keep]
-        return np.stack([cy, cx], axis=1), keep[labels]
+        peaks = keep[labels] & (score >= ndi.maximum_filter(score, size=cfg.peak_window, mode="nearest"))
+        # Ties (a flat top) give adjacent peaks: one dot each, at their mean position.
+        labels, n = ndi.label(peaks, structure=_EIGHT)
+        if n == 0:
+            return np.zeros((0, 2))
+        centres = ndi.center_of_mass(peaks, labels, np.arange(1, n + 1))
+        return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
     def _density_prob(self, centres: np.ndarray, spacing: float, shape: tuple[int, int]) -> np.ndarray:
         cfg = self.config
@@ -265,33 +293,45 @@ class ClassicalBaseline:
         dens *= spacing * spacing
         return np.clip(dens * (0.5 / cfg.edge_level), 0.0, 1.0)
 
-    def _close_region(self, dots: np.ndarray, spacing: float) -> np.ndarray:
-        radius = max(1, int(round(self.config.closing_scale * spacing)))
-        # Closing = dilation then erosion by a disc; pad so the erosion does not eat the border.
-        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-        disc = yy * yy + xx * xx <= radius * radius
-        padded = np.pad(dots, radius + 1)
-        closed = ndi.binary_erosion(ndi.binary_dilation(padded, disc), disc)
-        return closed[radius + 1:-radius - 1, radius + 1:-radius - 1]
+    def _inliers(self, centres: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """Centres on the largest region where the density score is >= ``inlier_level``."""
+        labels, n = ndi.label(prob >= self.config.inlier_level, structure=_EIGHT)
+        iy = np.clip(np.rint(centres[:, 0]).astype(np.int64), 0, prob.shape[0] - 1)
+        ix = np.clip(np.rint(centres[:, 1]).astype(np.int64), 0, prob.shape[1] - 1)
+        lab = labels[iy, ix]
+        if n == 0 or not lab.any():
+            return centres[:0]
+        # The region holding most dots, not the largest in area: that is the shape.
+        best = int(np.bincount(lab[lab > 0]).argmax())
+        return centres[lab == best]
 
-    def _hull_region(self, centres: np.ndarray, spacing: float, shape: tuple[int, int]) -> np.ndarray:
+    def _closing_distance(self, centres: np.ndarray, spacing: float, shape: tuple[int, int]) -> np.ndarray:
+        """Signed distance (px, > 0 inside) to the closing of the centre set by a disc of radius
+        R = closing_scale * s: dilation is "within R of a centre", erosion "farther than R from
+        the dilation's outside", both by Euclidean distance transforms (exact discs, and fast for
+        any R, unlike structuring elements)."""
+        radius = self.config.closing_scale * spacing
+        pad = int(np.ceil(radius)) + 2  # so the erosion does not start at the image border
+        pts = np.ones((shape[0] + 2 * pad, shape[1] + 2 * pad), dtype=bool)
+        pts[np.rint(centres[:, 0]).astype(np.int64) + pad, np.rint(centres[:, 1]).astype(np.int64) + pad] = False
+        dilated = ndi.distance_transform_edt(pts) <= radius
+        inside = ndi.distance_transform_edt(dilated) - radius  # > 0 inside the closing
+        return inside[pad:-pad, pad:-pad].astype(np.float32)
+
+    @staticmethod
+    def _hull_distance(centres: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Signed distance (px, > 0 inside) to the convex hull of the centres."""
         mask = np.zeros(shape, dtype=bool)
         try:
             hull = ConvexHull(centres)
             rr, cc = draw_polygon(centres[hull.vertices, 0], centres[hull.vertices, 1], shape)
             mask[rr, cc] = True
-        except QhullError:  # collinear or coincident centres: no area
-            mask[np.rint(centres[:, 0]).astype(int), np.rint(centres[:, 1]).astype(int)] = True
-        # The outermost dots sit about half a spacing inside the outline.
-        return ndi.distance_transform_edt(~mask) <= 0.5 * spacing
-
-    @staticmethod
-    def _distance_prob(mask: np.ndarray, spacing: float) -> np.ndarray:
-        """A soft score from a region: 0.5 on its edge, towards 1 inside and 0 outside."""
-        if not mask.any():
-            return np.zeros(mask.shape, dtype=np.float32)
-        signed = ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask) + 0.5
-        return (0.5 + 0.5 * np.tanh(signed / max(0.25 * spacing, 1.0))).astype(np.float32)
+        except QhullError:  # collinear or coincident centres: the hull has no area
+            pass
+        iy = np.clip(np.rint(centres[:, 0]).astype(np.int64), 0, shape[0] - 1)
+        ix = np.clip(np.rint(centres[:, 1]).astype(np.int64), 0, shape[1] - 1)
+        mask[iy, ix] = True
+        return (ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask)).astype(np.float32)
 
     def _postprocess(self, prob: np.ndarray) -> np.ndarray:
         """Fill holes and keep the largest component, writing the result back into ``prob``."""

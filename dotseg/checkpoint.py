@@ -353,7 +353,7 @@ def _what_is_it(path: Path, head: bytes, size: int) -> str:
         if _zip_is_torch(path):
             return _pickle_message("a torch.save zip archive")
         return "is a ZIP archive, not a dotseg checkpoint (expected a *.safetensors file)"
-    if head[0] == 0x80 and 2 <= head[1] <= 5:
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return _pickle_message("a pickle, as legacy torch.save writes")
     text = _as_text(head)
     if text is not None:
@@ -387,13 +387,13 @@ def _zip_is_torch(path: Path) -> bool:
 
 
 def _as_text(head: bytes) -> str | None:
-    """``head`` decoded as UTF-8 if it looks like text (no NULs; a cut multibyte char at the end is fine)."""
+    """``head`` decoded as UTF-8 if it looks like text (no NULs; a multibyte char cut by our read is fine)."""
     if b"\x00" in head:
         return None
     try:
         return head.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start >= len(head) - 3:
+        if len(head) == _SNIFF_BYTES and e.start >= len(head) - 3:  # we cut the file inside a character
             return head[: e.start].decode("utf-8")
         return None
 
@@ -465,7 +465,7 @@ def _state_dict_problem(state_shapes: Mapping[str, tuple[int, ...]], expected: M
     if unexpected:
         parts.append(f"unexpected {few(unexpected)}")
     if wrong:
-        shown = [f"{k} {tuple(state_shapes[k])} vs {tuple(expected[k])}" for k in wrong]
+        shown = [f"{k} {tuple(state_shapes[k])} (model: {tuple(expected[k])})" for k in wrong]
         parts.append(f"shape mismatch {few(shown)}")
     return "; ".join(parts)
 

@@ -151,8 +151,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                               threshold=args.threshold)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    except ValueError as e:  # the device
-        raise UserError(f"--device: {e}") from None
+    except ValueError as e:  # DeviceError: CUDA asked for but absent, or an unknown device name
+        raise UserError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
 
     failed = 0
@@ -169,7 +169,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 write_overlay_png(image, pred.mask, out / f"{path.stem}_overlay.png")
         except (ValueError, OSError, MemoryError) as e:  # one bad file (ImageError too) must not stop the others
             failed += 1
-            tqdm.write(f"dotseg predict: {path}: {' '.join(str(e).split())}", file=sys.stderr)
+            message = " ".join(str(e).split())
+            where = "" if message.startswith(str(path)) else f"{path}: "  # ImageErrors name the file already
+            tqdm.write(f"dotseg predict: {where}{message}", file=sys.stderr)
     bar.close()
     dt = time.perf_counter() - t0
     source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
@@ -185,6 +187,44 @@ def _stem_clashes(paths: list[Path]) -> str:
     for p in paths:
         by_stem.setdefault(p.stem, []).append(p)
     return "; ".join(", ".join(map(str, ps)) for ps in by_stem.values() if len(ps) > 1)
+
+
+# -- dotseg train -------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dotseg.training.run import TrainError, resume_config, train
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"train.num_workers={args.workers}")
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    try:
+        if args.resume:
+            run_dir = Path(args.resume).expanduser().resolve()
+            cfg = resume_config(run_dir, args.config, overrides)
+            result = train(cfg, resume=run_dir, address=args.address, quiet=args.quiet,
+                           stop_after_epoch=args.stop_after_epoch)
+        else:
+            cfg = _load(args)
+            from dotseg.training.run import new_run_dir
+            result = train(cfg, run_dir=new_run_dir(cfg, args.name), address=args.address, quiet=args.quiet,
+                           stop_after_epoch=args.stop_after_epoch)
+    except TrainError as e:
+        raise UserError(str(e)) from None
+    m = result.best_metrics
+    print(f"[dotseg] finished ({result.stop_reason.replace('_', ' ')}) after {len(result.history)} epoch(s) "
+          f"in {result.wall_s / 60:.1f} min")
+    if result.best_checkpoint:
+        print(f"[dotseg] best checkpoint: {result.best_checkpoint}  (epoch {m.get('epoch')}, "
+              f"val dice {m.get('val_dice', float('nan')):.4f}, clean dice {m.get('clean_dice', float('nan')):.4f}, "
+              f"val iou {m.get('val_iou', float('nan')):.4f})")
+        print(f"[dotseg] learning curves: {result.run_dir / 'curves.png'}; history: {result.run_dir / 'history.json'}; "
+              f"W&B (offline): wandb sync {result.run_dir / 'wandb'}")
+        print(f"[dotseg] next: dotseg predict --checkpoint {result.best_checkpoint} --input IMAGES --output OUT")
+    return 0
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -219,6 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train on Ray Train (embedded local Ray unless --address)",
+                       description="Train with Ray Data synthesis streaming into Ray Train DDP workers, following "
+                                   "the curriculum. Prints one line per epoch; at the end, where the best checkpoint is.")
+    _add_config_args(p)
+    p.add_argument("--workers", type=int, default=None, help="training workers / DDP ranks (default: train.num_workers)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (fp16 + GradScaler, NCCL)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port or ray://...); default: start an embedded local Ray")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue a run from its last checkpoint (synthesis/model config must not change)")
+    p.add_argument("--name", default=None, help="run directory name under train.storage_path (default: timestamped)")
+    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                   help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped")
+    p.add_argument("--quiet", action="store_true", help="only the final summary")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("config", help="print the resolved config and its hash, or explain every key",
                        description="Resolve defaults + YAML + --set overrides, validate, and print the result "

@@ -248,28 +248,51 @@ def parse_value(text: str) -> Any:
 def apply_override(data: dict[str, Any], assignment: str, cls: type) -> None:
     """Apply ``a.b.c=value`` to the nested dict ``data`` in place (checked later by :func:`from_dict`).
 
-    The key path is checked here against ``cls`` so a typo fails with the valid alternatives.
+    List items are addressed by index: ``curriculum.phases[1].start_epoch=3``. The key path is
+    checked here against ``cls`` so a typo fails with the valid alternatives.
     """
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node, tp = data, cls
+    key = key.strip()
+    parts = key.split(".")
+    node: Any = data
+    tp: Any = cls
+    defaults: Any = to_dict(cls())
     for i, part in enumerate(parts):
         here = ".".join(parts[: i + 1])
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        name, index = (m.group(1), int(m.group(2))) if m else (part, None)
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a value, not a section")
         names = [f.name for f in dataclasses.fields(tp)]
-        if part not in names:
+        if name not in names:
             raise ConfigError(f"--set {here}: unknown key; allowed: {', '.join(names)}")
-        tp = type_hints(tp)[part]
-        if i == len(parts) - 1:
-            node[part] = parse_value(raw)
+        tp = type_hints(tp)[name]
+        defaults = defaults.get(name) if isinstance(defaults, dict) else None
+        last = i == len(parts) - 1
+        if index is not None:
+            if get_origin(tp) is not tuple:
+                raise ConfigError(f"--set {here}: {name} is not a list")
+            items = node.get(name)
+            if not isinstance(items, list):
+                items = node[name] = [dict(d) if isinstance(d, dict) else d for d in (defaults or [])]
+            if index >= len(items):
+                raise ConfigError(f"--set {here}: index {index} out of range ({name} has {len(items)} items)")
+            tp = get_args(tp)[0]
+            defaults = items[index]
+            if last:
+                items[index] = parse_value(raw)
+            else:
+                node = items[index]
+            continue
+        if last:
+            node[name] = parse_value(raw)
         else:
-            child = node.get(part)
+            child = node.get(name)
             if not isinstance(child, dict):
                 child = {}
-                node[part] = child
+                node[name] = child
             node = child
 
 

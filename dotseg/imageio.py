@@ -66,8 +66,8 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
-        raise ImageError(f"{path}: too many pixels ({width}x{height} = {height * width / 1e6:.1f} Mpx; "
-                         f"the limit is {max_pixels / 1e6:.1f} Mpx)")
+        raise ImageError(f"{path}: too many pixels ({width}x{height} = {height * width:,}; "
+                         f"the limit is {max_pixels:,})")
 
 
 def _check_ndim(path: Path, shape: tuple[int, ...], colour: bool) -> None:
@@ -115,7 +115,7 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
-                raise ImageError(f"{path}: TIFF holds no image")
+                raise ImageError(f"{path}: not a readable TIFF: it holds no image (corrupt or truncated?)")
             series = tif.series[0]
             shape = tuple(series.shape)
             _check_ndim(path, shape, colour=True)
@@ -134,7 +134,7 @@ def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
         # Memory-mapped first: the shape is checked before the data is read.
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
-        if "allow_pickle" in str(e):
+        if "allow_pickle" in str(e) or "Python objects" in str(e):
             raise ImageError(f"{path}: holds Python objects, which are never unpickled; "
                              "expected a numeric 2-D array") from None
         raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None

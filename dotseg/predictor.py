@@ -7,12 +7,12 @@ Serving wraps this object; evaluation compares it with the classical baseline th
 :class:`dotseg.prediction.Segmenter` protocol. Preprocessing is exactly
 :func:`dotseg.normalize.normalize`, the function training uses, and nothing else: its version is
 stored in every checkpoint and checked on load, so train/serve skew cannot creep in here.
+Device choice is :func:`dotseg.device.resolve_device` (re-exported here), the helper training uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
 
@@ -22,35 +22,12 @@ from torch import nn
 
 from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, build_from_checkpoint
 from dotseg.config import Config
+from dotseg.device import autocast, resolve_device
 from dotseg.imageio import to_grey
 from dotseg.normalize import normalize
 from dotseg.prediction import Prediction
 
 __all__ = ["Predictor", "resolve_device", "shipped_checkpoint"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> a ``torch.device``.
-
-    Raises:
-        ValueError: for another name, or CUDA requested where there is none (or no GPU N).
-    """
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        index = name.partition(":")[2]
-        if index and not index.isdigit():
-            raise ValueError(f"device {name!r}: expected cuda:N with N a GPU number")
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available "
-                             f"(torch {torch.__version__}, build CUDA {torch.version.cuda}); use --device cpu")
-        if index and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
 
 
 def shipped_checkpoint() -> Path:
@@ -147,10 +124,9 @@ class Predictor:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """(B, H, W) normalized float32 -> (B, H, W) float32 probabilities."""
         x = torch.from_numpy(batch)[:, None].to(self.device)  # (B, 1, H, W)
-        cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
+        # fp16 on CUDA; on CPU plain fp32, since bf16 would cost accuracy and CPU inference gains little.
         with torch.inference_mode():
-            with autocast:
+            with autocast(self.device, enabled=self.device.type == "cuda"):
                 logits = self.model(x)  # (B, 1, H, W)
             prob = torch.sigmoid(logits.float())[:, 0]  # (B, H, W), sigmoid in fp32
             return prob.cpu().numpy()

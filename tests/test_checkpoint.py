@@ -178,6 +178,8 @@ HTML = b"<!DOCTYPE html>\n<html><head><title>Hugging Face</title></head><body>Re
     ("best.safetensors", b'{"error": "Entry not found"}', "is a text file (starts '{\"error\""),
     ("best.safetensors", b"", "is empty (0 bytes)"),
     ("best.safetensors", bytes(range(256)) * 4, "is not a safetensors file (starts with bytes 00 01 02"),
+    ("best.safetensors", b"\x80", "is not a safetensors file (starts with bytes 80)"),
+    ("best.safetensors", "ok ünïcödé ".encode() * 400, "is a text file (starts 'ok ünïcödé"),
     ("best.safetensors", (40).to_bytes(8, "little") + b"{ this is not json" + b" " * 40,
      "corrupt safetensors header"),
 ])
@@ -350,7 +352,7 @@ def test_missing_unexpected_and_misshapen_tensors(saved: tuple[Path, torch.nn.Mo
 
     misshapen = {**state, "head.weight": torch.zeros(1, 8, 1, 1)}
     message = _error(_rewrite(path, tmp_path / "s.safetensors", tensors=misshapen))
-    assert "shape mismatch head.weight (1, 8, 1, 1) vs (1, 4, 1, 1)" in message
+    assert "shape mismatch head.weight (1, 8, 1, 1) (model: (1, 4, 1, 1))" in message
 
     renamed = {k.replace("encoder.", "enc."): v for k, v in state.items()}
     message = _error(_rewrite(path, tmp_path / "r.safetensors", tensors=renamed))

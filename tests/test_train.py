@@ -1,0 +1,166 @@
+"""Training on a real local Ray: DDP over gloo, exact resume, config drift, a killed worker, W&B offline.
+
+Each ``fit()`` costs 15-40 s on a 2-core machine (worker group and process-group start-up), so
+every test here does as few as it can and checks as much as it can on each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dotseg.config import dump_yaml, load_config
+from dotseg.training.run import TrainError, resume_config, train
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def smoke(tmp_path: Path, *overrides: str):
+    return load_config("smoke", [f"train.storage_path={tmp_path}", *overrides])
+
+
+def read_wandb_log(path: Path) -> list:
+    """Records of a ``.wandb`` file: W&B's LevelDB-style log (a 7-byte file header, 32 KiB blocks of
+    [crc32, length, type] framed chunks) of protobuf ``Record`` messages. wandb 0.31 ships no Python
+    reader, so the tests carry this one."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, records, buf, off = path.read_bytes(), 32768, [], b"", 7
+    assert data[:4] == b":W&B"
+    while off + 7 <= len(data):
+        if block - off % block < 7:  # a block's tail too short for a chunk header is padding
+            off += block - off % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[off:off + 7])
+        if kind == 0 and length == 0:
+            break
+        buf += data[off + 7:off + 7 + length]
+        off += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            records.append(rec)
+            buf = b""
+    return records
+
+
+def wandb_records(run_dir: Path) -> tuple[list[Path], list[dict], dict]:
+    """(offline run folders, history rows, config) read back from the W&B offline files."""
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    rows, config = [], {}
+    key = lambda item: item.key or ".".join(item.nested_key)  # noqa: E731
+    for r in runs:
+        for rec in read_wandb_log(next(r.glob("*.wandb"))):
+            kind = rec.WhichOneof("record_type")
+            if kind == "history":
+                rows.append({key(i): json.loads(i.value_json) for i in rec.history.item})
+            elif kind == "run":
+                config.update({key(i): json.loads(i.value_json) for i in rec.run.config.update})
+            elif kind == "config":
+                config.update({key(i): json.loads(i.value_json) for i in rec.config.update})
+    return runs, rows, config
+
+
+def test_two_worker_ddp_run_checkpoints_loads_and_logs_one_wandb_run(ray_session, tmp_path: Path) -> None:
+    cfg = smoke(tmp_path, "train.num_workers=2")
+    result = train(cfg, run_dir=tmp_path / "ddp", quiet=True)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.stop_reason == "completed"
+    assert [h["phase"] for h in result.history] == ["easy", "extreme"]
+    assert result.history[0]["noise_scale"] == 0.1 and result.history[1]["mixed_prob"] == 0.6
+    for key in ("loss", "val_dice", "val_iou", "val_precision", "val_recall", "clean_dice", "lr", "samples_per_s"):
+        assert all(np.isfinite(h[key]) for h in result.history), key
+    assert (result.run_dir / "curves.png").stat().st_size > 1000
+    assert (result.run_dir / "config.yaml").read_text().startswith(f"# dotseg run config, hash {cfg.hash}")
+
+    # The best checkpoint is a project checkpoint the Predictor loads.
+    from dotseg.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(result.best_checkpoint)
+    out = pred.predict(np.random.default_rng(0).random((50, 70)).astype(np.float32))
+    assert out.mask.shape == (50, 70) and out.prob.dtype == np.float32
+
+    # One W&B run for the whole training run (not one per rank), with config, metrics and images.
+    runs, rows, config = wandb_records(result.run_dir)
+    assert len(runs) == 1 and runs[0].name.endswith(result.run_dir.name)
+    assert [r["epoch"] for r in rows if "epoch" in r] == [1, 2]
+    assert {"val_dice", "clean_dice", "lr", "w_bce", "phase", "samples_per_s"} <= set(rows[0])
+    assert config["config_hash"] == cfg.hash and config["train"]["num_workers"] == 2
+    images = list((runs[0] / "files" / "media" / "images").glob("*.png"))
+    assert len(images) >= 2 * cfg.train.wandb.images_per_epoch
+
+
+def test_resume_gives_the_same_next_epoch_as_an_uninterrupted_run(ray_session, tmp_path: Path) -> None:
+    cfg = smoke(tmp_path, "train.epochs=3", "curriculum.phases[1].start_epoch=3")
+    full = train(cfg, run_dir=tmp_path / "full", quiet=True)
+    paused = train(cfg, run_dir=tmp_path / "paused", quiet=True, stop_after_epoch=2)
+    assert [h["epoch"] for h in paused.history] == [1, 2] and paused.stop_reason == "paused"
+    resumed = train(resume_config(tmp_path / "paused"), resume=tmp_path / "paused", quiet=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a, b = full.history[2], resumed.history[2]
+    for key in ("loss", "val_dice", "val_iou", "clean_dice", "lr", "w_bce"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    # The resumed run continued the same W&B run id.
+    runs, rows, _ = wandb_records(tmp_path / "paused")
+    assert len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1
+    assert sorted(r["epoch"] for r in rows if "epoch" in r) == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_synthesis_or_model(tmp_path: Path) -> None:
+    cfg = smoke(tmp_path)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    with pytest.raises(TrainError, match=r"synthesis\.size \(64 -> 96\).*model\.base_channels \(4 -> 8\)"):
+        resume_config(run_dir, None, ["synthesis.size=96", "model.base_channels=8"])
+    assert resume_config(run_dir, None, ["train.epochs=5"]).train.epochs == 5  # allowed
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "train", "--resume", str(run_dir),
+                          "--set", "synthesis.noise.gaussian_sigma=[0.1, 0.5]"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "synthesis.noise.gaussian_sigma" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "train", "--resume", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "not a dotseg run directory" in out.stderr
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path: Path) -> None:
+    from ray.util.state import list_actors
+
+    cfg = smoke(tmp_path, "train.epochs=3", "curriculum.phases[1].start_epoch=3", "train.samples_per_epoch=96",
+                "train.max_failures=1")
+    run_dir = tmp_path / "killed"
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", train(cfg, run_dir=run_dir, quiet=True)))
+    thread.start()
+    killed = None
+    deadline = time.time() + 240
+    while killed is None and time.time() < deadline and thread.is_alive():
+        if list(run_dir.glob("checkpoint_*/history.json")):  # epoch 1 is checkpointed; epoch 2 is running
+            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                os.kill(actor["pid"], signal.SIGKILL)
+                killed = actor["pid"]
+        time.sleep(0.2)
+    thread.join(timeout=300)
+    assert killed is not None, "never saw the epoch-1 checkpoint"
+    result = box["result"]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # every epoch exactly once
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+
+
+def test_blank_mask_collapse_stops_the_run(ray_session, tmp_path: Path) -> None:
+    # A threshold no sigmoid of a fresh model reaches: the predicted foreground is empty.
+    cfg = smoke(tmp_path, "train.threshold=0.999", "train.collapse.grace_epochs=0", "train.collapse.max_epochs=1",
+                "train.wandb.mode=disabled")
+    result = train(cfg, run_dir=tmp_path / "collapse", quiet=True)
+    assert result.stop_reason == "collapse"
+    assert len(result.history) == 1 and result.history[0]["collapsed_epochs"] == 1
