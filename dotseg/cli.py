@@ -57,6 +57,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dotseg curriculum ---------------------------------------------------------------------------
+
+def cmd_curriculum(args: argparse.Namespace) -> int:
+    from dotseg.curriculum import schedule_table
+
+    cfg = _load(args)
+    rows = schedule_table(cfg.curriculum, cfg.loss, cfg.train.epochs)
+    print(f"# curriculum and loss schedule, {cfg.train.epochs} epochs (config hash {cfg.hash})")
+    print(f"{'epoch':>5}  {'phase':<10} {'noise_scale':>11} {'mixed_prob':>10}  {'w_dice':>6} {'w_bce':>6} {'w_boundary':>10}")
+    for r in rows:
+        print(f"{r['epoch']:>5}  {r['phase']:<10} {r['noise_scale']:>11.2f} {r['mixed_prob']:>10.2f}  "
+              f"{r['dice']:>6.3f} {r['bce']:>6.3f} {r['boundary']:>10.3f}")
+    return 0
+
+
 # -- dotseg synth -------------------------------------------------------------------------------
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -275,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("curriculum", help="print the epoch -> phase, noise and loss-weight table",
+                       description="Print, for every epoch of the configured run, the curriculum phase, its "
+                                   "noise_scale and mixed_prob, and the loss weights (Dice, BCE, boundary).")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_curriculum)
 
     p = sub.add_parser("config", help="print the resolved config and its hash, or explain every key",
                        description="Resolve defaults + YAML + --set overrides, validate, and print the result "

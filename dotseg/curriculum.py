@@ -6,8 +6,12 @@ Epochs are 1-based everywhere a user sees them (the seed's "Easy 1-5, Medium 6-2
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dotseg.configbase import check, check_range
+
+if TYPE_CHECKING:
+    from dotseg.losses.config import LossConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,3 +62,14 @@ class CurriculumConfig:
             if p.start_epoch <= epoch:
                 current = p
         return current
+
+
+def schedule_table(phases: CurriculumConfig, loss: "LossConfig", epochs: int) -> list[dict[str, object]]:
+    """One row per epoch: phase, noise_scale, mixed_prob and the loss weights in force."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        p = phases.phase_at(epoch)
+        rows.append({"epoch": epoch, "phase": p.name, "noise_scale": p.noise_scale, "mixed_prob": p.mixed_prob,
+                     "dice": loss.dice.at(epoch, epochs), "bce": loss.bce.at(epoch, epochs),
+                     "boundary": loss.boundary.at(epoch, epochs)})
+    return rows
