@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 run: setup
-	@$(PY) -m dotseg.cli synth --ray --n 64 --out runs/quickstart-synth --grid runs/quickstart-synth/grid.png
+	@$(PY) -m dotseg.cli train --config configs/quickstart.yaml
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,35 +6,43 @@ pre-deep-learning idea (denoise, threshold, morphology) and makes each step robu
 1. **Rescale.** :func:`dotseg.normalize.normalize` (the model's own input mapping), so any dtype,
    range or offset reaches the baseline exactly as it reaches the model.
 2. **Reduce.** Images larger than ``work_size`` are block-averaged by an integer factor k. The
-   dots scale with the image in the synthesizer, so the working image looks alike at every input
-   size, and a k x k block mean is itself a matched denoiser for dots a few pixels wide.
-3. **Denoise and detect.** An optional pre-filter (median / non-local means / bilateral), then a
-   Gaussian matched filter at each of ``dot_sigmas``. Each response is turned into a score in
-   units of its own noise, (r - median) / (1.4826 MAD): a constant false-alarm-rate detector that
-   needs no knowledge of the noise type or level. The score is thresholded (``robust``), or the
-   response by Otsu or a local threshold. Connected components smaller than ``min_dot_area`` are
-   specks, not dots.
+   synthesizer scales dots with the image, so the working image looks alike at every input size,
+   and a k x k block mean is itself a matched denoiser for dots a few pixels wide.
+3. **Detect dots.** An optional pre-filter (median / non-local means / bilateral), then a Gaussian
+   matched filter at each of ``dot_sigmas``. Each response becomes a score in units of its own
+   noise, (r - median) / sigma with sigma from the MAD (or the upper tail, for skewed noise): a
+   constant false-alarm-rate detector that needs to know neither the noise type nor its level.
+   The score is thresholded (``robust``; or the response by Otsu or a local threshold),
+   components under ``min_dot_area`` are dropped as specks, and each remaining local maximum is a
+   dot centre (components would merge neighbouring dots once smoothed).
 4. **Dots -> region.** The dot spacing s is the median distance from a dot to its 2nd nearest
-   neighbour (about sqrt(area / count) for both random and lattice placement). ``density``: a
-   Gaussian kernel density of the dot centres with bandwidth ``bandwidth * s``, scaled so that it
-   is ~1 inside a uniformly dotted region and ~0.5 on its edge, which is where the blob's outline
-   lies -- the outermost dots sit about half a spacing inside it. ``close``: union of discs around
-   the dots closed with a radius adapted to s. ``hull``: convex hull of the centres grown by half
-   a spacing. Then holes are filled and the largest component is kept.
+   neighbour (about sqrt(area / count) for random and lattice placement alike). A Gaussian kernel
+   density of the centres, bandwidth ``bandwidth * s``, scaled to ~1 inside a uniformly dotted
+   region, separates the shape's dots from stray detections: ``hull`` (default) keeps the dots of
+   its best-populated region and takes their convex hull grown by ``margin * s`` -- the outermost
+   dots sit a fraction of a spacing inside the outline. ``close`` uses a closing of those dots
+   with a disc of ``closing_scale * s`` instead (a concave hull); ``density`` thresholds the
+   density itself at ``edge_level``. Holes are filled, the largest component is kept, and a region
+   too big to be a shape (dots scattered everywhere: pure noise) is dropped.
 5. **Back to size.** ``prob`` is upsampled bilinearly and ``mask = prob >= 0.5`` at the input's
    size; hole filling and component removal are written back into ``prob`` first, so the two
    always agree.
 
-Dots are assumed brighter than the background (the synthesizer's convention).
+Dots are assumed brighter than the background (the synthesizer's convention). The defaults were
+tuned on synthetic 512 px samples (noise_scale 0.1 / 0.5 / 1.0, mixed_prob 0.3, and clean ones)
+and checked on a held-out seed: Dice ~0.93 clean, ~0.92 across those noise levels, and it breaks
+down below about -5 dB SNR (Gaussian sigma > ~1.8), where only a learned prior can help.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import ndtri
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from skimage.draw import polygon as draw_polygon
 from skimage.filters import threshold_local, threshold_otsu
@@ -62,11 +70,15 @@ class BaselineConfig:
     dot_sigmas: tuple[float, ...] = (1.0, 2.0)
     """Gaussian matched-filter scales in working px; the detection score is the max over scales."""
     threshold: Literal["robust", "otsu", "local"] = "robust"
-    """``robust``: score (r - median) / (1.4826 MAD) above ``z_threshold``; ``otsu``: Otsu's
+    """``robust``: score (r - median) / sigma above ``z_threshold``; ``otsu``: Otsu's
     threshold of the finest response; ``local``: scikit-image local mean threshold over
     ``local_block`` px, offset by ``z_threshold`` noise units."""
-    z_threshold: float = 4.0
-    """Detection threshold in robust noise standard deviations of the filter response."""
+    z_threshold: float = 4.5
+    """Detection threshold in noise standard deviations of the filter response (sigma = 1.4826
+    MAD, or more by ``tail_quantile``)."""
+    tail_quantile: float = 0.95
+    """The noise sigma is at least what puts this quantile of the response where a Gaussian would
+    (a guard against skewed noise: sparse salt); 0 = MAD only."""
     min_contrast: float = 0.2
     """The threshold is at least this fraction of the way from the background median to the bright
     (99.9th percentile) response: on noise-free images the MAD is 0 and would admit any halo."""
@@ -76,23 +88,26 @@ class BaselineConfig:
     """Detected components smaller than this (working px) are specks, not dots."""
     peak_window: int = 5
     """Window side (working px) within which a detection score maximum is one dot's centre."""
-    min_dots: int = 3
+    min_dots: int = 5
     """Fewer detected dots than this means nothing was found: empty mask, zero probability."""
-    region: Literal["density", "close", "hull"] = "density"
+    region: Literal["density", "close", "hull"] = "hull"
     """How the dot set becomes a region: kernel density of the centres, closing of the centres
     (a concave hull), or their convex hull (see the module docstring)."""
-    bandwidth: float = 0.8
+    bandwidth: float = 0.6
     """Kernel density standard deviation as a multiple of the dot spacing."""
-    edge_level: float = 0.5
+    edge_level: float = 0.4
     """Relative dot density taken as the region edge: prob = 0.5 there (``density``)."""
-    inlier_level: float = 0.0
+    inlier_level: float = 0.2
     """``close`` / ``hull``: only dots whose kernel-density score (prob of ``density``) is at least
     this are used, and only those in its largest region; 0 = every detected dot."""
     closing_scale: float = 1.5
     """``close``: closing disc radius as a multiple of the dot spacing (large = convex hull)."""
-    margin: float = 0.5
+    margin: float = 0.35
     """``close`` / ``hull``: the region is grown by this multiple of the dot spacing beyond the
     outermost dot centres, where the outline lies on average."""
+    max_area_fraction: float = 0.5
+    """A region covering more of the frame than this is taken as noise detections scattered
+    everywhere, not a shape, and nothing is returned (the synthesizer's largest blobs cover ~0.43)."""
     fill_holes: bool = True
     """Fill holes of the region."""
     largest_only: bool = True
@@ -106,6 +121,8 @@ class BaselineConfig:
         for i, s in enumerate(self.dot_sigmas):
             check_range(s, f"dot_sigmas[{i}]", 0.0, 32.0, lo_open=True)
         check_range(self.z_threshold, "z_threshold", 0.0, lo_open=True)
+        check(self.tail_quantile == 0 or 0.5 < self.tail_quantile < 1, "tail_quantile",
+              f"must be 0 (off) or in (0.5, 1), got {self.tail_quantile}")
         check_range(self.min_contrast, "min_contrast", 0.0, 1.0)
         check(self.local_block >= 3 and self.local_block % 2 == 1, "local_block",
               f"must be an odd number >= 3, got {self.local_block}")
@@ -117,15 +134,18 @@ class BaselineConfig:
         check_range(self.inlier_level, "inlier_level", 0.0, 1.0, hi_open=True)
         check_range(self.closing_scale, "closing_scale", 0.0, 10.0, lo_open=True)
         check_range(self.margin, "margin", 0.0, 5.0)
+        check_range(self.max_area_fraction, "max_area_fraction", 0.0, 1.0, lo_open=True)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array, or a ValueError naming what is wrong with it."""
     arr = np.asarray(image)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D image (H, W), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"image is empty (shape {arr.shape})")
-    if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if arr.dtype != bool and not real:
         raise ValueError(f"image dtype {arr.dtype} is not a real number type")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise ValueError("image contains NaN or infinite values")
@@ -143,13 +163,46 @@ def _block_mean(x: np.ndarray, k: int) -> np.ndarray:
     return x.reshape(x.shape[0] // k, k, x.shape[1] // k, k).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _robust_stats(r: np.ndarray) -> tuple[float, float, float]:
-    """(median, robust sigma, 99.9th percentile) of a response; a strided subsample keeps it cheap."""
+def _linear_weights(n_out: int, n_in: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` output pixels: the two input pixels around it and the second's weight.
+
+    Input pixel i covers output pixels [i k, (i + 1) k), so output pixel j sits at input
+    coordinate (j + 0.5) / k - 0.5 (clamped at the ends).
+    """
+    c = np.clip((np.arange(n_out) + 0.5) / k - 0.5, 0.0, n_in - 1)
+    lo = np.floor(c).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (c - lo).astype(np.float32)
+
+
+def _upsample(x: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of (h', w') ``x`` by the block factor ``k``, cropped to ``shape``
+    (H, W); pixel centres line up with :func:`_block_mean`'s blocks. Several times faster than
+    ``ndimage.zoom``, which is what matters at the end of every prediction."""
+    lo, hi, t = _linear_weights(shape[0], x.shape[0], k)
+    rows = x[lo] * (1 - t)[:, None] + x[hi] * t[:, None]  # (H, w')
+    lo, hi, t = _linear_weights(shape[1], x.shape[1], k)
+    return (rows[:, lo] * (1 - t) + rows[:, hi] * t).astype(np.float32, copy=False)  # (H, W)
+
+
+def _robust_stats(r: np.ndarray, tail: float = 0.0) -> tuple[float, float, float]:
+    """(median, noise sigma, 99.9th percentile) of a response; a strided subsample keeps it cheap.
+
+    sigma is the MAD's, or if larger the one a Gaussian would need to put quantile ``tail`` where
+    it is (``tail`` = 0: MAD only): salt noise or sparse shot noise stay skewed after smoothing,
+    and their upper tail, which is what makes false dots, is heavier than the MAD says.
+    """
     flat = r.ravel()
     if flat.size > 16384:
-        flat = flat[:: flat.size // 16384]
+        # A stride sharing no factor with the width, so the sample is not a few whole columns.
+        step = flat.size // 16384
+        while math.gcd(step, r.shape[-1]) != 1:
+            step += 1
+        flat = flat[::step]
     med = float(np.median(flat))
     sigma = _MAD_TO_STD * float(np.median(np.abs(flat - med)))
+    if tail > 0:
+        sigma = max(sigma, (float(np.quantile(flat, tail)) - med) / float(ndtri(tail)))
     return med, sigma, float(np.quantile(flat, 0.999))
 
 
@@ -166,9 +219,12 @@ def _dot_spacing(centres: np.ndarray) -> float:
 
 
 class ClassicalBaseline:
-    """Learning-free dot-blob segmenter implementing :class:`dotseg.prediction.Segmenter`."""
+    """Learning-free dot-blob segmenter implementing :class:`dotseg.prediction.Segmenter`.
 
-    name = "baseline"
+    Stateless apart from its config, so one instance can serve any number of images or threads.
+    """
+
+    name: str = "baseline"
 
     def __init__(self, config: BaselineConfig | None = None) -> None:
         self.config = config if config is not None else BaselineConfig()
@@ -189,10 +245,8 @@ class ClassicalBaseline:
         work = _block_mean(x, k)  # (h', w') float32
         prob = self._work_prob(work)  # (h', w') float32, mask = prob >= 0.5
         if k > 1:
-            # grid_mode: work pixel i covers input pixels [i k, (i + 1) k), so centres line up.
-            prob = ndi.zoom(prob, k, order=1, mode="nearest", grid_mode=True)[:h, :w]
-            np.clip(prob, 0.0, 1.0, out=prob)
-        return Prediction(mask=prob >= 0.5, prob=prob.astype(np.float32, copy=False))
+            prob = _upsample(prob, k, (h, w))  # (H, W) float32
+        return Prediction(mask=prob >= 0.5, prob=prob)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Several 2-D images (sizes may differ) -> one prediction each, in order."""
@@ -202,34 +256,47 @@ class ClassicalBaseline:
     # Stages, all at working resolution
 
     def _work_prob(self, x: np.ndarray) -> np.ndarray:
+        """(h', w') normalized image -> (h', w') float32 prob, consistent with its mask >= 0.5."""
         centres = self._detect(x)
         prob = np.zeros(x.shape, dtype=np.float32)
         if len(centres) < self.config.min_dots:
             return prob
         spacing = max(_dot_spacing(centres), 1.0)
+        return self._plausible(self._region_prob(centres, spacing, x.shape))
+
+    def _region_prob(self, centres: np.ndarray, spacing: float, shape: tuple[int, int]) -> np.ndarray:
+        """(h', w') float32 score of the region the dots fill; the mask is score >= 0.5."""
         cfg = self.config
-        prob = self._density_prob(centres, spacing, x.shape)
+        prob = self._density_prob(centres, spacing, shape)
         if cfg.region == "density":
             return self._postprocess(prob)
         if cfg.inlier_level > 0:
             centres = self._inliers(centres, prob)
             if len(centres) < cfg.min_dots:
-                return np.zeros(x.shape, dtype=np.float32)
+                return np.zeros(shape, dtype=np.float32)
         if cfg.region == "close":
-            signed = self._closing_distance(centres, spacing, x.shape)
+            signed = self._closing_distance(centres, spacing, shape)
         else:
-            signed = self._hull_distance(centres, x.shape)
+            signed = self._hull_distance(centres, shape)
         # Signed distance (px, > 0 inside) to the grown outline -> a soft score, 0.5 on the edge.
         signed += cfg.margin * spacing
         prob = 0.5 + 0.5 * np.tanh(signed / max(0.25 * spacing, 1.0))
         return self._postprocess(prob.astype(np.float32))
 
+    def _plausible(self, prob: np.ndarray) -> np.ndarray:
+        """``prob``, or zeros if its region is too large to be a shape."""
+        if np.count_nonzero(prob >= 0.5) > self.config.max_area_fraction * prob.size:
+            return np.zeros_like(prob)
+        return prob
+
     def _prefilter(self, x: np.ndarray) -> np.ndarray:
+        """(h', w') float32 -> the same, denoised by ``denoise`` (``gaussian``: unchanged)."""
         method = self.config.denoise
         if method == "median":
             return ndi.median_filter(x, size=self.config.median_size, mode="reflect")
         if method == "nlmeans":
-            return denoise_nl_means(x, patch_size=5, patch_distance=6, h=0.8, fast_mode=True).astype(np.float32)
+            out = denoise_nl_means(x, patch_size=5, patch_distance=6, h=0.8, fast_mode=True)
+            return out.astype(np.float32)
         if method == "bilateral":
             # Bilateral works on non-negative intensities; shift, filter, shift back.
             lo = float(x.min())
@@ -249,7 +316,7 @@ class ClassicalBaseline:
         if cfg.threshold == "robust":
             score = np.full(x.shape, -np.inf, dtype=np.float32)
             for r in responses:
-                med, sigma, bright = _robust_stats(r)
+                med, sigma, bright = _robust_stats(r, cfg.tail_quantile)
                 # Floor the noise unit so the threshold is >= min_contrast of the bright level.
                 unit = max(sigma, cfg.min_contrast * (bright - med) / cfg.z_threshold, 1e-6)
                 np.maximum(score, (r - med) / unit, out=score)
@@ -260,11 +327,12 @@ class ClassicalBaseline:
             dots = np.zeros(x.shape, bool) if flat else score > threshold_otsu(score)
         else:  # local
             score = responses[0]
-            _, sigma, _ = _robust_stats(score)
+            _, sigma, _ = _robust_stats(score, cfg.tail_quantile)
             block = min(cfg.local_block, 2 * ((min(x.shape) - 1) // 2) + 1)
             if block < 3:
                 return np.zeros((0, 2))
-            dots = score > threshold_local(score, block, method="mean", offset=-cfg.z_threshold * max(sigma, 1e-6))
+            offset = -cfg.z_threshold * max(sigma, 1e-6)
+            dots = score > threshold_local(score, block, method="mean", offset=offset)
 
         labels, n = ndi.label(dots, structure=_EIGHT)
         if n == 0:
@@ -281,6 +349,7 @@ class ClassicalBaseline:
         return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
     def _density_prob(self, centres: np.ndarray, spacing: float, shape: tuple[int, int]) -> np.ndarray:
+        """(h', w') float32 relative dot density mapped to [0, 1], 0.5 at ``edge_level``."""
         cfg = self.config
         h = cfg.bandwidth * spacing
         impulses = np.zeros(shape, dtype=np.float32)
@@ -313,7 +382,8 @@ class ClassicalBaseline:
         radius = self.config.closing_scale * spacing
         pad = int(np.ceil(radius)) + 2  # so the erosion does not start at the image border
         pts = np.ones((shape[0] + 2 * pad, shape[1] + 2 * pad), dtype=bool)
-        pts[np.rint(centres[:, 0]).astype(np.int64) + pad, np.rint(centres[:, 1]).astype(np.int64) + pad] = False
+        iy, ix = np.rint(centres).astype(np.int64).T
+        pts[iy + pad, ix + pad] = False
         dilated = ndi.distance_transform_edt(pts) <= radius
         inside = ndi.distance_transform_edt(dilated) - radius  # > 0 inside the closing
         return inside[pad:-pad, pad:-pad].astype(np.float32)

@@ -22,7 +22,7 @@ from torch import nn
 
 from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, build_from_checkpoint
 from dotseg.config import Config
-from dotseg.device import autocast, resolve_device
+from dotseg.device import autocast, resolve_device, configure_cpu
 from dotseg.imageio import to_grey
 from dotseg.normalize import normalize
 from dotseg.prediction import Prediction
@@ -68,7 +68,7 @@ class Predictor:
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
+        configure_cpu(threads)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg

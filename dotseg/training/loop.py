@@ -22,7 +22,7 @@ import torch
 
 from dotseg.config import Config, config_from_dict
 from dotseg.curriculum import Phase
-from dotseg.device import autocast, grad_scaler, set_threads
+from dotseg.device import autocast, configure_cpu, grad_scaler
 
 #: Files inside each reported checkpoint directory.
 MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.safetensors", "train_state.pt", "history.json"
@@ -111,7 +111,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     tcfg = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    set_threads(tcfg.torch_threads or max(int(tcfg.cpus_per_worker), 1))
+    configure_cpu(tcfg.torch_threads or max(int(tcfg.cpus_per_worker), 1))
     device = ray.train.torch.get_device()
     torch.manual_seed(tcfg.seed)
 
