@@ -33,8 +33,10 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import inspect
 import io
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -42,11 +44,18 @@ import warnings
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
+# libgomp's default wait policy spins at every barrier; when other processes share the 2 cores a
+# descheduled thread stalls the spinning one, and 2-thread latency swung 0.33 s <-> 2.5 s between
+# runs here (attention_unet base 16, 512 px). PASSIVE costs <10% on an idle machine and keeps the
+# 2-thread columns meaningful; set OMP_WAIT_POLICY=ACTIVE to measure the default behaviour.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dotseg import device as dotseg_device
 from dotseg.config import Config
 from dotseg.device import autocast
 from dotseg.models import build_model, list_models
@@ -164,6 +173,25 @@ def ratio(base: list[float] | None, other: list[float] | None) -> str:
     return f"{statistics.median(base) / statistics.median(other):.2f}x"
 
 
+def native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively here (AVX512-BF16 / AMX) rather than emulating it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_autocast() -> contextlib.AbstractContextManager:
+    """``dotseg.device.autocast`` for the CPU, forced on where it would fall back to fp32 (no native bf16).
+
+    The bf16 cells are there to measure bf16, so the fallback must not kick in; a ``device.py``
+    without the ``force`` parameter never falls back.
+    """
+    if "force" in inspect.signature(autocast).parameters:
+        return autocast(CPU, True, force=True)
+    return autocast(CPU, True)
+
+
 def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
                precision: str = "fp32", grad_mode: str = "no_grad") -> Callable[[], torch.Tensor]:
     """A closure running ``model(x)`` at ``threads`` intra-op threads under the given precision and grad mode."""
@@ -171,7 +199,7 @@ def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
 
     def call() -> torch.Tensor:
         torch.set_num_threads(threads)
-        with mode(), autocast(CPU, enabled=precision == "bf16"):
+        with mode(), bf16_autocast() if precision == "bf16" else contextlib.nullcontext():
             return model(x)  # (1, 1, H, W) logits
     return call
 
@@ -355,10 +383,11 @@ def reference_table(args: argparse.Namespace) -> None:
         times.update(interleaved(cells, args.repeats, args.max_cell_s))
     params, flops = count(SEED_MODEL, SEED_SIZE)
     print(f"{params / 1e6:.2f} M parameters, {flops / 1e9:.1f} GFLOPs per forward.\n")
-    print("| what | " + " | ".join(f"{t}T ms" for t in args.threads) + " |")
-    print("|---|" + "---:|" * len(args.threads))
+    print("| what | " + " | ".join(f"{t}T median ms | {t}T best ms" for t in args.threads) + " |")
+    print("|---|" + "---:|---:|" * len(args.threads))
     for what in whats:
-        print(f"| {what} | " + " | ".join(ms(times.get((what, t))) for t in args.threads) + " |")
+        cols = [f"{ms(times.get((what, t)))} | {min(times[(what, t)]) * 1e3:.0f}" for t in args.threads]
+        print(f"| {what} | " + " | ".join(cols) + " |")
     print()
 
 
@@ -405,14 +434,20 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if hasattr(dotseg_device, "amp_active"):
+        dotseg_device.amp_active(CPU, True)  # prints its one-time fallback note here, not inside a table
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"# model benchmark ({'full' if args.full else 'quick'}): torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()}, batch 1, median of up to {args.repeats} calls\n")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_bf16() else 'no (emulated)'}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {os.cpu_count()} CPUs, load average {load}, "
+          f"batch 1, median of up to {args.repeats} calls\n")
     if "variants" in args.tables:
         variants_table(args)
     if "paths" in args.tables:
         paths_table(args)
     if "reference" in args.tables:
         reference_table(args)
+    print("load average at the end: " + " ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

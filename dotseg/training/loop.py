@@ -104,7 +104,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     from dotseg.training.step import build_optimizer, evaluate, train_step
 
     # Our per-epoch line says what matters; Ray Data's per-dataset INFO lines would bury it.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg: Config = config_from_dict(loop_config["cfg"])
     stop_after = loop_config.get("stop_after_epoch")
     run_dir = Path(loop_config["run_dir"])
