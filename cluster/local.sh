@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A real multi-node Ray cluster on this machine, on loopback: a head and N worker nodes with their
+# own temp dir, for trying `dotseg train --address ...` / `ray job submit` before a real cluster.
+#
+#   cluster/local.sh start [WORKERS=1] [CPUS_PER_NODE=2]   # prints the address to use
+#   cluster/local.sh stop                                  # stops exactly the processes it started
+#
+# It never runs `ray stop` (which kills every Ray process on the machine, other people's too):
+# stop kills the process groups recorded at start, TERM then KILL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+STATE=${DOTSEG_CLUSTER_DIR:-/tmp/dotseg-local-cluster}
+PORT=${DOTSEG_GCS_PORT:-36379}
+DASH=${DOTSEG_DASHBOARD_PORT:-38265}
+
+start() {
+  local workers=${1:-1} cpus=${2:-2}
+  mkdir -p "$STATE"
+  if [ -s "$STATE/pids" ]; then echo "already running (state in $STATE); run: $0 stop" >&2; exit 1; fi
+  export PATH="$PWD/$VENV/bin:$PATH"
+  setsid ray start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$cpus" \
+      --dashboard-host=127.0.0.1 --dashboard-port="$DASH" --temp-dir="$STATE/ray" \
+      --disable-usage-stats --block > "$STATE/head.log" 2>&1 &
+  echo $! >> "$STATE/pids"
+  for _ in $(seq 60); do grep -q "Ray runtime started" "$STATE/head.log" 2>/dev/null && break; sleep 1; done
+  for i in $(seq "$workers"); do
+    setsid env RAY_AUTH_MODE=token ray start --address="127.0.0.1:$PORT" --num-cpus="$cpus" \
+        --dashboard-agent-listen-port=$((52400 + i)) --block > "$STATE/worker$i.log" 2>&1 &
+    echo $! >> "$STATE/pids"
+  done
+  sleep 5
+  echo "head: 127.0.0.1:$PORT  dashboard/jobs: http://127.0.0.1:$DASH  ($workers worker node(s), $cpus CPUs each)"
+  echo "  RAY_AUTH_MODE=token $VENV/bin/dotseg train --config configs/smoke.yaml --workers 2 --address 127.0.0.1:$PORT"
+  echo "  RAY_AUTH_MODE=token $VENV/bin/ray job submit --address http://127.0.0.1:$DASH --working-dir . --runtime-env-json '{\"excludes\": [\".venv\", \"runs\", \".git\"]}' -- python jobs/train.py --config configs/smoke.yaml"
+}
+
+stop() {
+  [ -f "$STATE/pids" ] || { echo "nothing recorded in $STATE"; return 0; }
+  while read -r pid; do kill -TERM -- "-$pid" 2>/dev/null || true; done < "$STATE/pids"
+  sleep 5
+  while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null || true; done < "$STATE/pids"
+  rm -f "$STATE/pids"
+  echo "stopped"
+}
+
+case "${1:-}" in
+  start) shift; start "$@" ;;
+  stop) stop ;;
+  *) echo "usage: $0 start [WORKERS] [CPUS_PER_NODE] | stop" >&2; exit 2 ;;
+esac
