@@ -82,13 +82,15 @@ def test_variant(variant: str, tmp_path: Path) -> None:
         losses.append(loss.item())
     assert losses[-1] <= 0.5 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
-    # state_dict round trip: a fresh model with the loaded weights gives identical outputs.
-    path = tmp_path / "model.pt"
-    torch.save(model.state_dict(), path)
-    restored = build_model(cfg)
-    restored.load_state_dict(torch.load(path, weights_only=True))
+    # Round trip through the project's checkpoint format: identical outputs.
+    from dotseg.checkpoint import build_from_checkpoint, save_checkpoint
+    from dotseg.config import Config
+
+    path = save_checkpoint(tmp_path / "model.safetensors", model, Config(model=cfg), threshold=0.5,
+                           metrics={"loss": losses[-1]}, epoch=1)
+    restored, loaded = build_from_checkpoint(path, expect=cfg)
+    assert loaded.cfg.model == cfg
     model.eval()
-    restored.eval()
     with torch.no_grad():
         assert torch.equal(model(images), restored(images))
 
