@@ -20,7 +20,7 @@ FORWARDED_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT", "WA
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    env.setdefault("WANDB_MODE", "offline")
+    # W&B mode comes from train.wandb.mode (offline by default); an explicit WANDB_MODE is forwarded.
     env.setdefault("WANDB_SILENT", "true")
     # Torch in every worker would otherwise start one thread per core of the node, oversubscribing it.
     env.setdefault("OMP_NUM_THREADS", "1")

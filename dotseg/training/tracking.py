@@ -23,9 +23,9 @@ def start_run(cfg: Config, run_dir: Path, run_id: str, rank: int) -> Any | None:
     if rank != 0 or wcfg.mode == "disabled":
         return None
     mode = os.environ.get("WANDB_MODE", wcfg.mode)
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print("[dotseg] W&B: online mode requested but WANDB_API_KEY is not set; logging offline "
-              "(upload later with `wandb sync`)", flush=True)
+    if mode == "online" and not _has_credentials():
+        print("[dotseg] W&B: online mode requested but no API key (WANDB_API_KEY or `wandb login`); "
+              "logging offline instead (upload later with `wandb sync`)", flush=True)
         mode = "offline"
     import wandb
 
@@ -37,6 +37,17 @@ def start_run(cfg: Config, run_dir: Path, run_id: str, rank: int) -> Any | None:
         config={**to_dict(cfg), "config_hash": cfg.hash},
         settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
     )
+
+
+def _has_credentials() -> bool:
+    """An API key in the environment or from ``wandb login`` (stored in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text() or bool(os.environ.get("WANDB_BASE_URL"))
+    except OSError:
+        return bool(os.environ.get("WANDB_BASE_URL"))
 
 
 def log_epoch(run: Any | None, epoch: int, metrics: dict[str, Any],
