@@ -22,9 +22,13 @@ can turn into denormals, which are slow on x86 and would distort the latencies.
 
 Every table times its cells round-robin, one thread count at a time (one untimed warm-up call
 each, then one timed call per cell per round), so load from other processes on a shared machine
-hits the cells that are compared with each other alike; medians are reported. A cell stops after ``--repeats`` calls, or once it has spent ``--max-cell-s`` seconds
-and has 3 calls (1 if a single call took longer than that); a median of fewer than 3 calls is
-marked ``*``.
+hits the cells that are compared with each other alike; medians are reported. A cell stops after
+``--repeats`` calls, or once it has spent ``--max-cell-s`` seconds and has 3 calls; a cell whose
+warm-up call alone took longer than that is not called again, and the warm-up is its one sample.
+A median of fewer than 3 calls is marked ``*``.
+
+Without native bf16 (AVX512-BF16 / AMX) oneDNN emulates it and bf16 runs ~100x slower than fp32
+(minutes a call at base 64), so ``--quick`` then times fp32 only unless ``--precisions`` says otherwise.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import inspect
 import io
 import logging
 import os
@@ -55,9 +58,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dotseg import device as dotseg_device
 from dotseg.config import Config
-from dotseg.device import autocast
+from dotseg.device import amp_active, autocast, configure_cpu, native_bf16
 from dotseg.models import build_model, list_models
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import normalize
@@ -119,7 +121,7 @@ def count(cfg: ModelConfig, size: int) -> tuple[int, int]:
 
 
 def fold_conv_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every ``Conv2d -> BatchNorm2d`` pair in a Sequential folded into the conv."""
+    """A copy of ``model`` (eval mode) with each ``Conv2d -> BatchNorm2d`` pair of a Sequential folded into one conv."""
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
@@ -131,7 +133,8 @@ def fold_conv_bn(model: nn.Module) -> nn.Module:
 
 # --- timing ------------------------------------------------------------------------------------
 
-def interleaved(cells: dict[Hashable, Callable[[], object]], repeats: int, budget_s: float) -> dict[Hashable, list[float]]:
+def interleaved(cells: dict[Hashable, Callable[[], object]], repeats: int,
+                budget_s: float) -> dict[Hashable, list[float]]:
     """Seconds per call of each cell, timed round-robin (see the module docstring for the stopping rule)."""
     times: dict[Hashable, list[float]] = {key: [] for key in cells}
     spent = dict.fromkeys(cells, 0.0)
@@ -140,6 +143,9 @@ def interleaved(cells: dict[Hashable, Callable[[], object]], repeats: int, budge
         t0 = time.perf_counter()
         fn()
         single[key] = time.perf_counter() - t0
+        if single[key] > budget_s:  # e.g. emulated bf16 at ~1 min a call: the warm-up is the sample
+            times[key].append(single[key])
+            spent[key] = single[key]
 
     def done(key: Hashable) -> bool:
         n = len(times[key])
@@ -173,25 +179,6 @@ def ratio(base: list[float] | None, other: list[float] | None) -> str:
     return f"{statistics.median(base) / statistics.median(other):.2f}x"
 
 
-def native_bf16() -> bool:
-    """Whether oneDNN computes bf16 natively here (AVX512-BF16 / AMX) rather than emulating it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def bf16_autocast() -> contextlib.AbstractContextManager:
-    """``dotseg.device.autocast`` for the CPU, forced on where it would fall back to fp32 (no native bf16).
-
-    The bf16 cells are there to measure bf16, so the fallback must not kick in; a ``device.py``
-    without the ``force`` parameter never falls back.
-    """
-    if "force" in inspect.signature(autocast).parameters:
-        return autocast(CPU, True, force=True)
-    return autocast(CPU, True)
-
-
 def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
                precision: str = "fp32", grad_mode: str = "no_grad") -> Callable[[], torch.Tensor]:
     """A closure running ``model(x)`` at ``threads`` intra-op threads under the given precision and grad mode."""
@@ -199,7 +186,8 @@ def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
 
     def call() -> torch.Tensor:
         torch.set_num_threads(threads)
-        with mode(), bf16_autocast() if precision == "bf16" else contextlib.nullcontext():
+        # force: the bf16 cells measure bf16 even where dotseg would fall back to fp32 (no native bf16).
+        with mode(), autocast(CPU, enabled=precision == "bf16", force=True):
             return model(x)  # (1, 1, H, W) logits
     return call
 
@@ -295,7 +283,10 @@ def paths_table(args: argparse.Namespace) -> None:
         add("eager fp32 (no_grad)", lambda: {t: torch_call(model, x, t) for t in threads})
         add("inference_mode (the Predictor)",
             lambda: {t: torch_call(model, x, t, grad_mode="inference_mode") for t in threads})
-        add("bf16 autocast", lambda: {t: torch_call(model, x, t, "bf16", "inference_mode") for t in threads})
+        if "bf16" in args.precisions:
+            add("bf16 autocast", lambda: {t: torch_call(model, x, t, "bf16", "inference_mode") for t in threads})
+        else:
+            skipped.append(("bf16 autocast", "not run (--precisions bf16; emulated on this CPU)"))
 
         def channels_last() -> dict[int, Callable[[], object]]:
             cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -329,7 +320,7 @@ def paths_table(args: argparse.Namespace) -> None:
                 return calls
             add("torch.compile (inductor)", compiled)
         else:
-            skipped.append(("torch.compile (inductor)", "not run (--compile; ~3 min of compilation per thread count)"))
+            skipped.append(("torch.compile (inductor)", "not run (--compile; 2-5 min of compilation here)"))
 
         with tempfile.TemporaryDirectory() as tmp:
             def onnx() -> dict[int, Callable[[], object]]:
@@ -346,7 +337,8 @@ def paths_table(args: argparse.Namespace) -> None:
                 diffs[name] = float(np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - reference).max())
             times = {}
             for t in threads:
-                times.update(interleaved({(name, t): calls[t] for name, _, calls in rows}, args.repeats, args.max_cell_s))
+                cells = {(name, t): calls[t] for name, _, calls in rows}
+                times.update(interleaved(cells, args.repeats, args.max_cell_s))
 
         base = rows[0][0]
         for name, setup_s, _ in rows:
@@ -405,8 +397,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--variants", nargs="+", choices=list_models(), help="variants to time (table 1)")
     ap.add_argument("--bases", nargs="+", type=int, choices=BASES, help="base widths to time (table 1)")
     ap.add_argument("--sizes", nargs="+", type=int, choices=SIZES, help="image sides to time (table 1)")
-    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                    help="fp32 and/or bf16 autocast (table 1; default both)")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                    help="fp32 and/or bf16 autocast (tables 1 and 2; default both, but fp32 only for "
+                         "--quick on a CPU without native bf16)")
     ap.add_argument("--threads", nargs="+", type=int, choices=(1, 2), default=[1, 2],
                     help="intra-op thread counts (default 1 2)")
     ap.add_argument("--repeats", type=int, help="timed calls per cell at most (default 3 quick, 5 full)")
@@ -422,6 +415,8 @@ def parse_args() -> argparse.Namespace:
         args.repeats = 5 if args.full else 3
     if args.compile is None:
         args.compile = args.full
+    if args.precisions is None:
+        args.precisions = list(PRECISIONS) if args.full or native_bf16() else ["fp32"]
     if args.sizes is None:
         args.sizes = list(SIZES) if args.full else [256]
     if args.full or args.variants or args.bases:
@@ -434,8 +429,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if hasattr(dotseg_device, "amp_active"):
-        dotseg_device.amp_active(CPU, True)  # prints its one-time fallback note here, not inside a table
+    configure_cpu()  # flush-to-zero for denormals, as training and the Predictor run
+    amp_active(CPU, True)  # prints dotseg's one-time "no native bf16" note here, not inside a table
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"# model benchmark ({'full' if args.full else 'quick'}): torch {torch.__version__}, "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_bf16() else 'no (emulated)'}, "

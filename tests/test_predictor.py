@@ -131,6 +131,14 @@ def test_normalization_makes_dtype_and_scale_irrelevant(predictor: Predictor) ->
         np.testing.assert_allclose(predictor.predict(image).prob, reference, atol=1e-5)
 
 
+def test_channels_last_path_gives_the_same_probabilities(predictor: Predictor, checkpoint: Path) -> None:
+    fast = Predictor.from_checkpoint(checkpoint, channels_last=True)
+    image = _image(61, 47, seed=3)
+    a, b = predictor.predict(image), fast.predict(image)
+    assert np.abs(a.prob - b.prob).max() < 1e-4
+    assert np.array_equal(a.mask, b.mask)
+
+
 def test_threads_are_set_explicitly(checkpoint: Path) -> None:
     before = torch.get_num_threads()
     try:
