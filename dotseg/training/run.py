@@ -121,7 +121,8 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = Non
     else:
         run_dir = run_dir or new_run_dir(cfg)
         run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
+    # On resume too: a run extended with --set train.epochs=N must stay extended on the next resume.
+    (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
 
     resources = init_ray(address, num_cpus=None if address else local_cpus(cfg), quiet=quiet)
     check_resources(cfg, resources)
