@@ -204,6 +204,52 @@ def _stem_clashes(paths: list[Path]) -> str:
     return "; ".join(", ".join(map(str, ps)) for ps in by_stem.values() if len(ps) > 1)
 
 
+# -- dotseg evaluate ----------------------------------------------------------------------------
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+    from datetime import datetime
+
+    from dotseg.baseline import ClassicalBaseline
+    from dotseg.evaluation import EVAL_SEED, run_evaluation
+
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.size is not None and not 32 <= args.size <= 4096:
+        raise UserError(f"--size must be in [32, 4096], got {args.size}")
+    segmenters = []
+    if not args.baseline:
+        from dotseg.checkpoint import CheckpointError
+        from dotseg.predictor import Predictor
+
+        try:
+            model = Predictor.from_checkpoint(args.checkpoint, threads=args.threads)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        segmenters.append(model)
+        synthesis = model.cfg.synthesis  # the distribution the model was trained on
+    else:
+        from dotseg.config import load_config
+        synthesis = load_config(None).synthesis
+    segmenters.append(ClassicalBaseline())
+    if args.size is not None:
+        synthesis = dataclasses.replace(synthesis, size=args.size)
+    out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    report = run_evaluation(segmenters, synthesis, args.n, out, seed=EVAL_SEED if args.seed is None else args.seed,
+                            tolerance=args.tolerance, progress=not args.quiet)
+    names = report["segmenters"]
+    print(f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)")
+    print(f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names))
+    for group, per in report["by_snr_bin"].items():
+        if per[names[0]]["n"]:
+            print(f"{group:<10}" + "".join(f"{per[n]['dice']:>12.3f}" for n in names))
+    print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
+    if args.wandb:
+        from dotseg.evaluation import log_to_wandb
+        log_to_wandb(report, out)
+    return 0
+
+
 # -- dotseg train -------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -290,6 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="benchmark a checkpoint against the classical baseline, by SNR and noise type",
+                       description="Evaluate on a fixed, seeded benchmark set (every noise type across its full "
+                                   "severity range, mixed noise, clean images, both dot placements): per-sample Dice, "
+                                   "IoU, precision, recall, HD95, boundary F1; tables by SNR bin and noise type, model "
+                                   "and baseline side by side; report.json, report.md and plots.")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to evaluate (default: the model shipped with the package)")
+    p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
+    p.add_argument("--n", type=int, default=1000, help="benchmark images (default 1000)")
+    p.add_argument("--size", type=int, default=None, help="image side in px (default: the checkpoint's, 512 for the seed)")
+    p.add_argument("--out", default=None, help="report directory (default runs/eval-<time>)")
+    p.add_argument("--seed", type=int, default=None, help="benchmark seed (default: the fixed benchmark seed)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="boundary F1 tolerance in px (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--wandb", action="store_true", help="also log the tables and plots to W&B (offline by default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("curriculum", help="print the epoch -> phase, noise and loss-weight table",
                        description="Print, for every epoch of the configured run, the curriculum phase, its "

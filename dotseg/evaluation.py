@@ -1,0 +1,264 @@
+"""Robustness evaluation: a fixed, seeded benchmark set, per-sample metrics, tables and pictures.
+
+The set is stratified so every noise type is seen across its whole severity range (from the
+mildest to the harshest parameter, evenly spaced), mixed noise too, plus clean images; dot
+placement is drawn per sample as in training, so both placements occur. Every segmenter (the
+model, the classical baseline) sees exactly the same images, so their numbers sit side by side.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dotseg.metrics import segmentation_metrics
+from dotseg.prediction import Segmenter
+from dotseg.synthesis import SynthesisConfig, make_sample
+from dotseg.synthesis.noise import ORDER
+
+#: Seed of the benchmark set; never used by training (whose seeds are derived through SeedSequence).
+EVAL_SEED = 90210
+#: (label, low dB, high dB) — the report's SNR bins.
+SNR_BINS: tuple[tuple[str, float, float], ...] = (
+    ("> 30 dB", 30.0, math.inf), ("20-30 dB", 20.0, 30.0), ("10-20 dB", 10.0, 20.0),
+    ("0-10 dB", 0.0, 10.0), ("< 0 dB", -math.inf, 0.0), ("clean", math.inf, math.inf),
+)
+#: Noise kinds of the stratified set, in the order they cycle.
+KINDS: tuple[str, ...] = ("clean", *ORDER, "mixed")
+METRIC_KEYS = ("dice", "iou", "precision", "recall", "hd95", "boundary_f1")
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One benchmark sample's recipe."""
+
+    index: int
+    kind: str
+    noise_types: tuple[str, ...] | None
+    severity: float | None
+
+
+def benchmark_cases(n: int) -> list[Case]:
+    """``n`` recipes cycling through :data:`KINDS`; within a kind, severities are evenly spaced over
+    [0, 1]; mixed samples cycle through the 2- and 3-type combinations."""
+    import itertools
+
+    combos = [c for k in (2, 3) for c in itertools.combinations(ORDER, k)]
+    per_kind = max(math.ceil(n / len(KINDS)), 1)
+    cases = []
+    for i in range(n):
+        kind, j = KINDS[i % len(KINDS)], i // len(KINDS)
+        severity = j / (per_kind - 1) if per_kind > 1 else 1.0
+        if kind == "clean":
+            cases.append(Case(i, kind, None, None))
+        elif kind == "mixed":
+            cases.append(Case(i, kind, combos[j % len(combos)], severity))
+        else:
+            cases.append(Case(i, kind, (kind,), severity))
+    return cases
+
+
+def snr_bin(snr: float) -> str:
+    if math.isinf(snr) and snr > 0:
+        return "clean"
+    for label, lo, hi in SNR_BINS[:-1]:
+        if lo <= snr < hi:
+            return label
+    return SNR_BINS[0][0]
+
+
+def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, n: int, out_dir: Path,
+                   seed: int = EVAL_SEED, tolerance: float = 2.0, worst_k: int = 8, progress: bool = True
+                   ) -> dict[str, Any]:
+    """Evaluate every segmenter on the same ``n`` benchmark samples and write the report to ``out_dir``.
+
+    Returns the report dict (also written as report.json); writes report.md, dice_vs_snr.png and
+    worst_<name>.png.
+    """
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    worst: dict[str, list] = {s.name: [] for s in segmenters}
+    for case in tqdm(benchmark_cases(n), desc="evaluate", unit="image", disable=not progress):
+        s = make_sample(synthesis, seed, case.index, noisy=case.kind != "clean", noise_types=case.noise_types,
+                        severity=case.severity)
+        truth = s.mask.astype(bool)
+        for seg in segmenters:
+            pred = seg.predict(s.image)
+            m = segmentation_metrics(pred.mask, truth, tolerance=tolerance)
+            row = {"segmenter": seg.name, "index": case.index, "kind": case.kind, "noise": s.meta["noise"],
+                   "severity": case.severity, "placement": s.meta["placement"], "snr_db": s.snr_db,
+                   "snr_bin": snr_bin(s.snr_db), **{k: float(m[k]) for k in METRIC_KEYS}}
+            rows.append(row)
+            # Keep the k lowest-Dice cases for the gallery: a min-heap on -dice has the best kept
+            # case at its root, which is the one to evict. The unique index breaks ties before
+            # the arrays would be compared.
+            item = (-m["dice"], case.index, (s.image, truth, pred.mask, pred.prob, row))
+            heap = worst[seg.name]
+            if len(heap) < worst_k:
+                heapq.heappush(heap, item)
+            elif item[0] > heap[0][0]:
+                heapq.heapreplace(heap, item)
+    report = _aggregate(rows, [s.name for s in segmenters], synthesis, n, seed, tolerance)
+    (out_dir / "report.json").write_text(json.dumps({**report, "samples": rows}, indent=1, default=_json))
+    (out_dir / "report.md").write_text(render_markdown(report))
+    plot_dice_vs_snr(rows, [s.name for s in segmenters], out_dir / "dice_vs_snr.png")
+    for name, heap in worst.items():
+        items = sorted(heap, key=lambda t: (-t[0], t[1]))  # lowest Dice first
+        plot_gallery([t[2] for t in items], out_dir / f"worst_{name}.png", name)
+    return report
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows]
+    return float(np.mean(vals)) if vals else None
+
+
+def _aggregate(rows: list[dict[str, Any]], names: list[str], synthesis: SynthesisConfig, n: int, seed: int,
+               tolerance: float) -> dict[str, Any]:
+    def table(group_key: str, groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for g in groups:
+            out[g] = {}
+            for name in names:
+                sel = [r for r in rows if r["segmenter"] == name and r[group_key] == g]
+                out[g][name] = {"n": len(sel), **{k: _mean(sel, k) for k in METRIC_KEYS}}
+        return out
+
+    overall = {name: {"n": len([r for r in rows if r["segmenter"] == name]),
+                      **{k: _mean([r for r in rows if r["segmenter"] == name], k) for k in METRIC_KEYS}}
+               for name in names}
+    return {
+        "benchmark": {"n": n, "seed": seed, "size": synthesis.size, "tolerance_px": tolerance,
+                      "kinds": list(KINDS), "snr_bins": [b[0] for b in SNR_BINS]},
+        "segmenters": names,
+        "overall": overall,
+        "by_snr_bin": table("snr_bin", [b[0] for b in SNR_BINS]),
+        "by_noise": table("kind", list(KINDS)),
+        "by_placement": table("placement", ["random", "lattice"]),
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    names = report["segmenters"]
+    b = report["benchmark"]
+    lines = [f"# dotseg evaluation: {b['n']} images, {b['size']}x{b['size']} px, seed {b['seed']}", "",
+             "Mean per-sample metrics (HD95 in px; boundary F1 at a tolerance of "
+             f"{b['tolerance_px']:g} px).", ""]
+
+    def fmt(v: float | None, key: str) -> str:
+        return "–" if v is None else (f"{v:.1f}" if key == "hd95" else f"{v:.3f}")
+
+    lines += ["## Overall", "", "| segmenter | n | " + " | ".join(METRIC_KEYS) + " |",
+              "|---|---:|" + "---:|" * len(METRIC_KEYS)]
+    for name in names:
+        o = report["overall"][name]
+        lines.append(f"| {name} | {o['n']} | " + " | ".join(fmt(o[k], k) for k in METRIC_KEYS) + " |")
+    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"), ("By dot placement", "by_placement")):
+        lines += ["", f"## {title}", "",
+                  "| group | n | " + " | ".join(f"Dice ({n})" for n in names) + " | "
+                  + " | ".join(f"IoU ({n})" for n in names) + " | " + " | ".join(f"HD95 ({n})" for n in names) + " |",
+                  "|---|---:|" + "---:|" * (3 * len(names))]
+        for group, per in report[key].items():
+            count = per[names[0]]["n"]
+            if not count:
+                continue
+            lines.append(f"| {group} | {count} | " + " | ".join(fmt(per[n]["dice"], "dice") for n in names) + " | "
+                         + " | ".join(fmt(per[n]["iou"], "iou") for n in names) + " | "
+                         + " | ".join(fmt(per[n]["hd95"], "hd95") for n in names) + " |")
+    lines += ["", "Plots: `dice_vs_snr.png` (Dice against SNR per noise type), "
+              + ", ".join(f"`worst_{n}.png`" for n in names) + " (lowest-Dice cases: image | truth | prediction | probability).", ""]
+    return "\n".join(lines)
+
+
+def plot_dice_vs_snr(rows: list[dict[str, Any]], names: list[str], path: Path) -> Path:
+    """One panel per noise type: per-sample Dice against SNR, with binned means, per segmenter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in KINDS if k != "clean"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.6), sharey=True)
+    edges = np.array([-10, -5, 0, 5, 10, 15, 20, 25, 30, 40, 60])
+    for ax, kind in zip(axes, kinds):
+        for i, name in enumerate(names):
+            sel = [r for r in rows if r["segmenter"] == name and r["kind"] == kind and math.isfinite(r["snr_db"])]
+            if not sel:
+                continue
+            snr = np.array([r["snr_db"] for r in sel])
+            dice = np.array([r["dice"] for r in sel])
+            ax.scatter(snr, dice, s=6, alpha=0.35, color=f"C{i}")
+            centres, means = [], []
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                m = (snr >= lo) & (snr < hi)
+                if m.sum() >= 2:
+                    centres.append((lo + hi) / 2)
+                    means.append(dice[m].mean())
+            ax.plot(centres, means, "-o", color=f"C{i}", label=name, ms=3)
+        ax.set_title(kind, fontsize=10)
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(items: list[tuple], path: Path, name: str) -> Path:
+    """Rows of image | truth | prediction | probability for the given (worst) cases."""
+    from PIL import Image, ImageDraw
+
+    from dotseg.viz import panel_row
+
+    if not items:
+        return path
+    strips = []
+    for image, truth, mask, prob, row in items:
+        strip = panel_row(image, truth, mask, prob)
+        img = Image.fromarray(strip)
+        ImageDraw.Draw(img).text((4, 4), f"{name}: dice {row['dice']:.3f}, {row['noise']}, "
+                                         f"SNR {row['snr_db']:.1f} dB", fill=(255, 255, 0))
+        strips.append(np.asarray(img))
+    width = max(s.shape[1] for s in strips)
+    strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
+    Image.fromarray(np.concatenate(strips, axis=0)).save(path)
+    return path
+
+
+def log_to_wandb(report: dict[str, Any], out_dir: Path, project: str = "dotseg") -> None:
+    """Log the overall and per-bin tables and the plots as one W&B run (offline unless WANDB_MODE says otherwise)."""
+    import os
+
+    import wandb
+
+    names = report["segmenters"]
+    run = wandb.init(project=project, job_type="evaluate", dir=str(out_dir),
+                     mode=os.environ.get("WANDB_MODE", "offline"), config=report["benchmark"])
+    for key in ("by_snr_bin", "by_noise"):
+        table = wandb.Table(columns=["group", *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names]])
+        for group, per in report[key].items():
+            if per[names[0]]["n"]:
+                table.add_data(group, *[per[n]["dice"] for n in names], *[per[n]["iou"] for n in names])
+        run.log({key: table})
+    run.log({f"overall/{n}/{k}": v for n in names for k, v in report["overall"][n].items() if v is not None})
+    run.log({p.stem: wandb.Image(str(p)) for p in out_dir.glob("*.png")})
+    run.finish()

@@ -1,0 +1,60 @@
+"""`dotseg evaluate`: the stratified benchmark set, the report's structure, the plots, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dotseg.evaluation import KINDS, SNR_BINS, benchmark_cases, snr_bin
+
+
+def test_benchmark_set_covers_every_kind_across_severity() -> None:
+    cases = benchmark_cases(60)
+    assert {c.kind for c in cases} == set(KINDS)
+    for kind in KINDS[1:]:
+        sev = sorted(c.severity for c in cases if c.kind == kind)
+        assert sev[0] == 0.0 and sev[-1] == 1.0
+    assert any(c.noise_types and len(c.noise_types) == 3 for c in cases if c.kind == "mixed")
+    assert benchmark_cases(60) == cases  # fixed
+    assert snr_bin(35) == "> 30 dB" and snr_bin(-3) == "< 0 dB" and snr_bin(float("inf")) == "clean"
+    assert snr_bin(10.0) == "10-20 dB"
+
+
+def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
+    from dotseg.checkpoint import save_checkpoint
+    from dotseg.config import load_config
+    from dotseg.models import build_model
+
+    cfg = load_config("smoke", ["synthesis.size=96"])
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5,
+                           metrics={}, epoch=1)
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(ckpt), "--n", "14",
+                          "--out", str(tmp_path / "ev"), "--quiet", "--threads", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "overall" in out.stdout and "report.md" in out.stdout
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["segmenters"] == ["model", "baseline"]
+    assert report["benchmark"]["n"] == 14 and report["benchmark"]["size"] == 96
+    assert set(report["by_snr_bin"]) == {b[0] for b in SNR_BINS}
+    assert set(report["by_noise"]) == set(KINDS)
+    assert len(report["samples"]) == 28
+    for name in ("model", "baseline"):
+        o = report["overall"][name]
+        assert o["n"] == 14 and 0.0 <= o["dice"] <= 1.0 and o["hd95"] >= 0.0
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "## By SNR bin" in md and "Dice (model)" in md and "Dice (baseline)" in md
+    for png in ("dice_vs_snr.png", "worst_model.png", "worst_baseline.png"):
+        assert (tmp_path / "ev" / png).stat().st_size > 1000
+
+
+def test_evaluate_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "x.safetensors"
+    bad.write_text("<html><body>not found</body></html>")
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(bad), "--n", "2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "HTML page" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--n must be >= 1" in out.stderr
