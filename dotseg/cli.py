@@ -7,18 +7,21 @@ without loading torch or Ray.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 EPILOG = """examples:
   dotseg synth --n 16 --out runs/synth --grid runs/synth/grid.png
   dotseg synth --ray --n 256 --out runs/synth          # parallel Ray Data workers
   dotseg config --config configs/cpu.yaml --set train.lr=3e-4
   dotseg config --explain                                # every key, its type, default and meaning
+  dotseg train --config configs/quickstart.yaml          # embedded local Ray
+  dotseg train --config configs/smoke.yaml --workers 2 # CPU DDP
+  dotseg train --resume runs/<run>                      # continue from the last checkpoint
+  dotseg curriculum --config configs/cpu.yaml           # epoch -> phase, noise, loss weights
   dotseg predict --checkpoint best.safetensors --input scans/ --output masks/ --overlay
+  dotseg evaluate --checkpoint best.safetensors --n 1000 --out runs/eval
 """
 
 

@@ -26,7 +26,6 @@ import math
 import re
 import textwrap
 import types
-import typing
 from functools import cache
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
