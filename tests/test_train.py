@@ -146,7 +146,9 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path:
     deadline = time.time() + 240
     while killed is None and time.time() < deadline and thread.is_alive():
         if list(run_dir.glob("checkpoint_*/history.json")):  # epoch 1 is checkpointed; epoch 2 is running
-            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+            # Name our cluster: another Ray on the machine would make the State API's auto-detection fail.
+            for actor in list_actors(address=ray_session.get_runtime_context().gcs_address,
+                                     filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
                 os.kill(actor["pid"], signal.SIGKILL)
                 killed = actor["pid"]
         time.sleep(0.2)
