@@ -153,3 +153,13 @@ def test_help_describes_every_option() -> None:
             assert action.help, f"{name} {action.option_strings} has no help"
             for opt in action.option_strings:
                 assert opt in text, f"{opt} missing from `dotseg {name} --help`"
+
+
+def test_curriculum_command_prints_the_seed_schedule() -> None:
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "curriculum"], capture_output=True, text=True)
+    assert out.returncode == 0
+    rows = {int(line.split()[0]): line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()}
+    assert sorted(rows) == list(range(1, 81))
+    assert rows[1][1:4] == ["easy", "0.10", "0.00"] and rows[6][1] == "medium" and rows[21][1] == "hard"
+    assert rows[46][1:4] == ["extreme", "1.00", "0.60"]
+    assert rows[20][-1] == "0.000" and rows[40][-1] == "0.250" and rows[80][-2:] == ["0.500", "0.500"]
