@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dotseg.config import Config, config_from_dict
-from dotseg.configbase import ConfigError, config_hash, diff_keys, to_dict
+from dotseg.configbase import ConfigError, config_hash, diff_keys, get_path, to_dict
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import NORMALIZATION
 
@@ -242,7 +242,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if expect is not None:
         differ = diff_keys(expect, cfg.model, "model")
         if differ:
-            details = ", ".join(f"{k}={_get(cfg.model, k)!r} (expected {_get(expect, k)!r})" for k in differ)
+            details = ", ".join(f"{k}={get_path(cfg.model, k.partition('.')[2])!r} "
+                                f"(expected {get_path(expect, k.partition('.')[2])!r})" for k in differ)
             raise CheckpointError(f"{path}: checkpoint holds another model than expected: {details}")
 
     version = meta["format_version"]
@@ -472,14 +473,6 @@ def _state_dict_problem(state_shapes: Mapping[str, tuple[int, ...]], expected: M
 
 def _describe_model(cfg: ModelConfig) -> str:
     return f"model {cfg.variant!r} (base_channels={cfg.base_channels}, depth={cfg.depth})"
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    """Value of ``model.base_channels``-style keys on a ModelConfig (the ``model.`` prefix is skipped)."""
-    value = cfg
-    for part in dotted.split(".")[1:]:
-        value = getattr(value, part)
-    return value
 
 
 def _one_line(text: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from dotseg.configbase import (ConfigError, apply_override, check, config_hash, from_dict, load_yaml,
+from dotseg.configbase import (ConfigError, apply_override, check, config_hash, from_dict, load_yaml, set_path,
                                to_dict, type_hints)
 from dotseg.curriculum import CurriculumConfig
 from dotseg.losses.config import LossConfig
@@ -76,7 +76,7 @@ class Config:
         """A copy with dotted keys replaced, checked like ``--set``: ``cfg.replace(**{"train.lr": 1e-3})``."""
         data = to_dict(self)
         for key, value in overrides.items():
-            _set_path(data, key, value)
+            set_path(data, key, value, Config)
         return from_dict(Config, data)
 
 
@@ -90,19 +90,6 @@ def _has_key(cls: type, key: str) -> bool:
             return False
         tp = type_hints(tp)[part]
     return not dataclasses.is_dataclass(tp)
-
-
-def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: not a config section")
-        node = child
-    if parts[-1] not in node:
-        raise ConfigError(f"{key}: unknown key; allowed: {', '.join(node)}")
-    node[parts[-1]] = value
 
 
 def resolve_path(path: str | Path) -> Path:

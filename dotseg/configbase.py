@@ -247,13 +247,21 @@ def parse_value(text: str) -> Any:
 def apply_override(data: dict[str, Any], assignment: str, cls: type) -> None:
     """Apply ``a.b.c=value`` to the nested dict ``data`` in place (checked later by :func:`from_dict`).
 
-    List items are addressed by index: ``curriculum.phases[1].start_epoch=3``. The key path is
-    checked here against ``cls`` so a typo fails with the valid alternatives.
+    The value is parsed as YAML; see :func:`set_path` for the key syntax.
     """
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     key, raw = assignment.split("=", 1)
-    key = key.strip()
+    set_path(data, key.strip(), parse_value(raw), cls, origin="--set ")
+
+
+def set_path(data: dict[str, Any], key: str, value: Any, cls: type, origin: str = "") -> None:
+    """Set ``key`` (``a.b.c``) to ``value`` in the nested dict form ``data`` of a ``cls`` config.
+
+    List items are addressed by index: ``curriculum.phases[1].start_epoch``. The key path is
+    checked against ``cls`` so a typo fails with the valid alternatives; ``origin`` prefixes
+    messages (``--set `` for command-line overrides).
+    """
     parts = key.split(".")
     node: Any = data
     tp: Any = cls
@@ -263,36 +271,43 @@ def apply_override(data: dict[str, Any], assignment: str, cls: type) -> None:
         m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
         name, index = (m.group(1), int(m.group(2))) if m else (part, None)
         if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a value, not a section")
+            raise ConfigError(f"{origin}{key}: {'.'.join(parts[:i])} is a value, not a section")
         names = [f.name for f in dataclasses.fields(tp)]
         if name not in names:
-            raise ConfigError(f"--set {here}: unknown key; allowed: {', '.join(names)}")
+            raise ConfigError(f"{origin}{here}: unknown key; allowed: {', '.join(names)}")
         tp = type_hints(tp)[name]
         defaults = defaults.get(name) if isinstance(defaults, dict) else None
         last = i == len(parts) - 1
         if index is not None:
             if get_origin(tp) is not tuple:
-                raise ConfigError(f"--set {here}: {name} is not a list")
+                raise ConfigError(f"{origin}{here}: {name} is not a list")
             items = node.get(name)
             if not isinstance(items, list):
                 items = node[name] = [dict(d) if isinstance(d, dict) else d for d in (defaults or [])]
             if index >= len(items):
-                raise ConfigError(f"--set {here}: index {index} out of range ({name} has {len(items)} items)")
+                raise ConfigError(f"{origin}{here}: index {index} out of range ({name} has {len(items)} items)")
             tp = get_args(tp)[0]
             defaults = items[index]
             if last:
-                items[index] = parse_value(raw)
+                items[index] = value
             else:
                 node = items[index]
             continue
         if last:
-            node[name] = parse_value(raw)
+            node[name] = value
         else:
             child = node.get(name)
             if not isinstance(child, dict):
                 child = {}
                 node[name] = child
             node = child
+
+
+def get_path(cfg: Any, key: str) -> Any:
+    """The value at ``a.b.c`` in a config object."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dotseg.config import Config, config_from_dict, dump_yaml, load_config, load_yaml, to_dict
-from dotseg.configbase import apply_override, diff_keys
+from dotseg.configbase import apply_override, diff_keys, get_path
 
 #: Sections a resumed run must share with the original: a different synthesis or model would make
 #: the checkpoint meaningless (the seed's config drift).
@@ -71,17 +71,11 @@ def resume_config(run_dir: Path, config: str | Path | None = None, overrides: li
         requested = config_from_dict(data)
     drift = [k for k in diff_keys(saved, requested) if k.split(".")[0] in FROZEN_ON_RESUME]
     if drift:
-        shown = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(requested, k)!r})" for k in drift[:6])
+        shown = ", ".join(f"{k} ({get_path(saved, k)!r} -> {get_path(requested, k)!r})" for k in drift[:6])
         more = f" and {len(drift) - 6} more" if len(drift) > 6 else ""
         raise TrainError(f"refusing to resume {run_dir.name}: the synthesis/model config differs from the run's "
                          f"config.yaml: {shown}{more}. Resume without changing those keys, or start a new run")
     return requested
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def check_resources(cfg: Config, resources: dict[str, float]) -> None:
