@@ -13,7 +13,10 @@ Three tables, all at batch 1 on the CPU:
    eager fp32 under ``no_grad`` is the baseline, measured in the same run, and every other path is
    given as a speed-up over it and as the largest difference of its probabilities from it;
 3. the seed's deployed configuration (base-64 attention_unet, 256x256 input, eager fp32) as a
-   reference row, forward alone and through :meth:`dotseg.predictor.Predictor.predict`.
+   reference row, forward alone and through :meth:`dotseg.predictor.Predictor.predict`;
+4. the shipped model (``dotseg/assets/model.safetensors``) on a 512x512 image against that seed
+   configuration on a 256x256 image, whole ``Predictor.predict`` calls in the same rounds, with
+   the speed-up and each model's Dice. Only this table uses trained weights.
 
 Weights are freshly initialised, and the BatchNorm statistics are then recomputed on two synthetic
 samples: with the initial statistics (mean 0, variance 1) the activations shrink stage by stage and
@@ -60,6 +63,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dotseg.config import Config
 from dotseg.device import amp_active, autocast, configure_cpu, native_bf16
+from dotseg.evaluation import SEED_FIGURES
 from dotseg.models import build_model, list_models
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import normalize
@@ -351,6 +355,14 @@ def paths_table(args: argparse.Namespace) -> None:
     print()
 
 
+def predict_call(predictor: Predictor, image: np.ndarray, threads: int) -> Callable[[], object]:
+    """A closure running the whole :meth:`Predictor.predict` (what a user's call costs) at ``threads``."""
+    def call() -> object:
+        torch.set_num_threads(threads)
+        return predictor.predict(image)
+    return call
+
+
 # --- table 3: the seed's deployed configuration ------------------------------------------------
 
 def reference_table(args: argparse.Namespace) -> None:
@@ -361,17 +373,10 @@ def reference_table(args: argparse.Namespace) -> None:
     cfg = Config(model=SEED_MODEL)
     predictor = Predictor(model, cfg)  # threads=None: leaves torch's setting to the cells below
     image = x[0, 0].numpy()
-
-    def predict(threads: int) -> Callable[[], object]:
-        def call() -> object:
-            torch.set_num_threads(threads)
-            return predictor.predict(image)
-        return call
-
     whats = ("forward (no_grad)", "Predictor.predict (normalize + inference_mode + sigmoid)")
     times = {}
     for t in args.threads:
-        cells = {(whats[0], t): torch_call(model, x, t), (whats[1], t): predict(t)}
+        cells = {(whats[0], t): torch_call(model, x, t), (whats[1], t): predict_call(predictor, image, t)}
         times.update(interleaved(cells, args.repeats, args.max_cell_s))
     params, flops = count(SEED_MODEL, SEED_SIZE)
     print(f"{params / 1e6:.2f} M parameters, {flops / 1e9:.1f} GFLOPs per forward.\n")
@@ -380,6 +385,54 @@ def reference_table(args: argparse.Namespace) -> None:
     for what in whats:
         cols = [f"{ms(times.get((what, t)))} | {min(times[(what, t)]) * 1e3:.0f}" for t in args.threads]
         print(f"| {what} | " + " | ".join(cols) + " |")
+    print()
+
+
+# --- table 4: the shipped model against the seed's deployed configuration ----------------------
+
+SHIPPED_REPORT = Path(__file__).resolve().parents[1] / "docs" / "shipped-model" / "report.json"
+
+
+def shipped_table(args: argparse.Namespace) -> None:
+    """The shipped model predicting a 512x512 image against the seed's deployed configuration
+    predicting a 256x256 one, timed in the same rounds; Dice from the committed evaluation report."""
+    import json
+
+    from dotseg.checkpoint import CheckpointError
+
+    print("## The shipped model against the seed's deployed configuration\n")
+    try:
+        shipped = Predictor.from_checkpoint(None)
+    except CheckpointError as e:
+        print(f"skipped: {e}\n")
+        return
+    fast = Predictor.from_checkpoint(None, channels_last=True)
+    seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL))
+    big = make_sample(shipped.cfg.synthesis, seed=0, index=0).image  # the raw image a user would send
+    small = make_sample(dataclasses.replace(SynthesisConfig(), size=SEED_SIZE), seed=0, index=0).image
+    rows = {"seed: attention_unet base 64, 256 px input": (seed, small),
+            f"shipped: {shipped.cfg.model.variant} base {shipped.cfg.model.base_channels}, "
+            f"downscale {shipped.cfg.model.downscale}, 512 px input": (shipped, big),
+            "shipped, channels_last": (fast, big)}
+    times = {}
+    for t in args.threads:
+        times.update(interleaved({(name, t): predict_call(p, im, t) for name, (p, im) in rows.items()},
+                                 args.repeats, args.max_cell_s))
+    dice = "–"
+    if SHIPPED_REPORT.exists():
+        dice = f"{json.loads(SHIPPED_REPORT.read_text())['overall']['model']['dice']:.3f}"
+    params = {name: sum(q.numel() for q in p.model.parameters()) for name, (p, _) in rows.items()}
+    print("Whole `Predictor.predict` calls (normalize, forward, sigmoid, threshold) on one raw image. "
+          "Speed-up = the seed row's median / the row's median, measured in the same rounds. Dice: the seed's "
+          "reported val Dice (its own validation mix); the shipped model's overall Dice on the committed "
+          "1000-image benchmark (docs/shipped-model/report.md).\n")
+    print("| model | params (M) | Dice | " + " | ".join(f"{t}T ms | speed-up {t}T" for t in args.threads) + " |")
+    print("|---|---:|---:|" + "---:|---:|" * len(args.threads))
+    seed_name = next(iter(rows))
+    for name in rows:
+        cols = [f"{ms(times[(name, t)])} | {ratio(times[(seed_name, t)], times[(name, t)])}" for t in args.threads]
+        shown = f"{SEED_FIGURES['val_dice']} (reported)" if name == seed_name else dice
+        print(f"| {name} | {params[name] / 1e6:.2f} | {shown} | " + " | ".join(cols) + " |")
     print()
 
 
@@ -392,8 +445,8 @@ def parse_args() -> argparse.Namespace:
                       help="default: attention_unet base 16/32 and unet base 16 at 256 px, 3 calls per cell")
     mode.add_argument("--full", action="store_true",
                       help="every variant and base at 256 and 512 px, 5 calls per cell, torch.compile included")
-    ap.add_argument("--tables", nargs="+", choices=("variants", "paths", "reference"),
-                    default=["variants", "paths", "reference"], help="which tables to print (default all)")
+    ap.add_argument("--tables", nargs="+", choices=("variants", "paths", "reference", "shipped"),
+                    default=["variants", "paths", "reference", "shipped"], help="which tables to print (default all)")
     ap.add_argument("--variants", nargs="+", choices=list_models(), help="variants to time (table 1)")
     ap.add_argument("--bases", nargs="+", type=int, choices=BASES, help="base widths to time (table 1)")
     ap.add_argument("--sizes", nargs="+", type=int, choices=SIZES, help="image sides to time (table 1)")
@@ -442,6 +495,8 @@ def main() -> None:
         paths_table(args)
     if "reference" in args.tables:
         reference_table(args)
+    if "shipped" in args.tables:
+        shipped_table(args)
     print("load average at the end: " + " ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 

@@ -220,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.size is not None and not 32 <= args.size <= 4096:
         raise UserError(f"--size must be in [32, 4096], got {args.size}")
-    segmenters = []
+    segmenters, about = [], {}
     if not args.baseline:
         from dotseg.checkpoint import CheckpointError
         from dotseg.predictor import Predictor
@@ -231,6 +231,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
         segmenters.append(model)
         synthesis = model.cfg.synthesis  # the distribution the model was trained on
+        meta = model.checkpoint.meta
+        about = {"checkpoint": "shipped model" if args.checkpoint is None else Path(args.checkpoint).name,
+                 "variant": meta["model_variant"], "config_hash": meta["config_hash"], "epoch": meta["epoch"],
+                 "parameters": sum(p.numel() for p in model.model.parameters())}
     else:
         from dotseg.config import load_config
         synthesis = load_config(None).synthesis
@@ -239,13 +243,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         synthesis = dataclasses.replace(synthesis, size=args.size)
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     report = run_evaluation(segmenters, synthesis, args.n, out, seed=EVAL_SEED if args.seed is None else args.seed,
-                            tolerance=args.tolerance, progress=not args.quiet)
+                            tolerance=args.tolerance, progress=not args.quiet, about=about)
     names = report["segmenters"]
     print(f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)")
     print(f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names))
     for group, per in report["by_snr_bin"].items():
         if per[names[0]]["n"]:
             print(f"{group:<10}" + "".join(f"{per[n]['dice']:>12.3f}" for n in names))
+    for g in report.get("goals", []):
+        shown = "no data" if g["measured"] is None else f"{g['measured']:.3f}"
+        print(f"goal: {g['description']:<48} {shown:>8}  {'met' if g['met'] else 'MISSED'}")
     print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
     if args.wandb:
         from dotseg.evaluation import log_to_wandb

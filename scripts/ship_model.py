@@ -1,0 +1,90 @@
+"""Ship a finished training run as the package's default model, with its training record.
+
+    python scripts/ship_model.py /root/dotseg-runs/shipped-cpu-v1
+
+Copies the run's ``best.safetensors`` to ``dotseg/assets/model.safetensors`` (refused if it does
+not load or is over 25 MB: it travels inside every wheel and clone), and writes the record next to
+the evaluation report in ``docs/shipped-model/``: ``training.json`` (run, config hash, epochs, wall
+time, hardware), ``history.json`` (per-epoch metrics) and ``curves.png`` (the learning curves).
+Then evaluate it: ``dotseg evaluate --n 1000 --out docs/shipped-model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "dotseg" / "assets" / "model.safetensors"
+DOCS = ROOT / "docs" / "shipped-model"
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path, help="a finished `dotseg train` run directory")
+    args = ap.parse_args()
+
+    import ray
+    import torch
+
+    from dotseg.checkpoint import CheckpointError, build_from_checkpoint
+    from dotseg.training.run import plot_history
+
+    best = args.run_dir / "best.safetensors"
+    history_file = args.run_dir / "history.json"
+    if not best.exists() or not history_file.exists():
+        sys.exit(f"{args.run_dir} has no best.safetensors/history.json: is the run finished?")
+    if best.stat().st_size > MAX_BYTES:
+        sys.exit(f"{best} is {best.stat().st_size / 2**20:.1f} MB; the shipped model must be <= 25 MB")
+    try:
+        model, ckpt = build_from_checkpoint(best)
+    except CheckpointError as e:
+        sys.exit(str(e))
+    history = json.loads(history_file.read_text())
+
+    ASSET.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, ASSET)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "history.json").write_text(json.dumps(history, indent=1))
+    plot_history(history, DOCS / "curves.png")
+    t = ckpt.cfg.train
+    record = {
+        "run": args.run_dir.name,
+        "config_hash": ckpt.meta["config_hash"],
+        "config": "configs/cpu.yaml",
+        "model": {"variant": ckpt.cfg.model.variant, "base_channels": ckpt.cfg.model.base_channels,
+                  "depth": ckpt.cfg.model.depth, "downscale": ckpt.cfg.model.downscale,
+                  "parameters": sum(p.numel() for p in model.parameters()), "bytes": ASSET.stat().st_size},
+        "best_epoch": ckpt.meta["epoch"],
+        "best_metrics": {k: v for k, v in ckpt.meta["metrics"].items() if isinstance(v, (int, float))},
+        "epochs_run": len(history),
+        "samples_seen": len(history) * t.samples_per_epoch,
+        "train_wall_s": round(sum(h["epoch_time_s"] for h in history), 1),
+        "hardware": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "gpu": None,
+                     "workers": t.num_workers, "torch_threads": t.torch_threads},
+        "software": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+    }
+    (DOCS / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+    print(f"shipped {ASSET.relative_to(ROOT)} ({ASSET.stat().st_size / 2**20:.1f} MB); record in {DOCS.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
