@@ -29,6 +29,9 @@ SNR_BINS: tuple[tuple[str, float, float], ...] = (
     ("> 30 dB", 30.0, math.inf), ("20-30 dB", 20.0, 30.0), ("10-20 dB", 10.0, 20.0),
     ("0-10 dB", 0.0, 10.0), ("< 0 dB", -math.inf, 0.0), ("clean", math.inf, math.inf),
 )
+#: (label, low, high) — dot-count bins. A shape is only ever seen through its dots, and 15 dots
+#: leave much of a boundary to guesswork even on a clean image: this table shows how much.
+DOT_BINS: tuple[tuple[str, int, int], ...] = (("< 30 dots", 0, 30), ("30-49 dots", 30, 50), (">= 50 dots", 50, 1 << 30))
 #: Noise kinds of the stratified set, in the order they cycle.
 KINDS: tuple[str, ...] = ("clean", *ORDER, "mixed")
 METRIC_KEYS = ("dice", "iou", "precision", "recall", "hd95", "boundary_f1")
@@ -104,7 +107,9 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
             m = segmentation_metrics(pred.mask, truth, tolerance=tolerance)
             row = {"segmenter": seg.name, "index": case.index, "kind": case.kind, "noise": s.meta["noise"],
                    "severity": case.severity, "placement": s.meta["placement"], "snr_db": s.snr_db,
-                   "snr_bin": snr_bin(s.snr_db), **{k: float(m[k]) for k in METRIC_KEYS}}
+                   "snr_bin": snr_bin(s.snr_db), "n_dots": int(s.meta["n_dots"]),
+                   "dots_bin": next(lbl for lbl, lo, hi in DOT_BINS if lo <= s.meta["n_dots"] < hi),
+                   **{k: float(m[k]) for k in METRIC_KEYS}}
             rows.append(row)
             # Keep the k lowest-Dice cases for the gallery: a min-heap on -dice has the best kept
             # case at its root, which is the one to evict. The unique index breaks ties before
@@ -143,12 +148,13 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def _aggregate(rows: list[dict[str, Any]], names: list[str], synthesis: SynthesisConfig, n: int, seed: int,
                tolerance: float) -> dict[str, Any]:
-    def table(group_key: str, groups: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def table(group_key: str, groups: Sequence[str], kind: str | None = None) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for g in groups:
             out[g] = {}
             for name in names:
-                sel = [r for r in rows if r["segmenter"] == name and r[group_key] == g]
+                sel = [r for r in rows if r["segmenter"] == name and r[group_key] == g
+                       and (kind is None or r["kind"] == kind)]
                 out[g][name] = {"n": len(sel), **{k: _mean(sel, k) for k in METRIC_KEYS}}
         return out
 
@@ -163,6 +169,8 @@ def _aggregate(rows: list[dict[str, Any]], names: list[str], synthesis: Synthesi
         "by_snr_bin": table("snr_bin", [b[0] for b in SNR_BINS]),
         "by_noise": table("kind", list(KINDS)),
         "by_placement": table("placement", ["random", "lattice"]),
+        "by_dots": table("dots_bin", [b[0] for b in DOT_BINS]),
+        "clean_by_dots": table("dots_bin", [b[0] for b in DOT_BINS], kind="clean"),
     }
 
 
@@ -217,7 +225,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name in names:
         o = report["overall"][name]
         lines.append(f"| {name} | {o['n']} | " + " | ".join(fmt(o[k], k) for k in METRIC_KEYS) + " |")
-    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"), ("By dot placement", "by_placement")):
+    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"), ("By dot placement", "by_placement"),
+                       ("By dot count", "by_dots"), ("Clean images by dot count", "clean_by_dots")):
         lines += ["", f"## {title}", "",
                   "| group | n | " + " | ".join(f"Dice ({n})" for n in names) + " | "
                   + " | ".join(f"IoU ({n})" for n in names) + " | " + " | ".join(f"HD95 ({n})" for n in names) + " |",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dotseg.evaluation import KINDS, SNR_BINS, benchmark_cases, snr_bin
+from dotseg.evaluation import DOT_BINS, KINDS, SNR_BINS, benchmark_cases, snr_bin
 
 
 def test_benchmark_set_covers_every_kind_across_severity() -> None:
@@ -39,6 +39,7 @@ def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
     assert report["benchmark"]["n"] == 14 and report["benchmark"]["size"] == 96
     assert set(report["by_snr_bin"]) == {b[0] for b in SNR_BINS}
     assert set(report["by_noise"]) == set(KINDS)
+    assert set(report["by_dots"]) == set(report["clean_by_dots"]) == {b[0] for b in DOT_BINS}
     assert len(report["samples"]) == 28
     for name in ("model", "baseline"):
         o = report["overall"][name]
