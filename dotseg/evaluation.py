@@ -211,7 +211,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("goals"):
         lines += ["## Goals", "", "| goal | measured | met |", "|---|---:|---|"]
         for g in report["goals"]:
-            value = "–" if g["measured"] is None else f"{g['measured']:+.3f}" if "by_bin" in g else f"{g['measured']:.3f}"
+            sign = "+" if "by_bin" in g else ""  # margins are signed
+            value = "–" if g["measured"] is None else f"{g['measured']:{sign}.3f}"
             where = ""
             if g.get("by_bin"):
                 where = " (" + ", ".join(f"{b}: {m:+.3f}" for b, m in g["by_bin"].items()) + ")"
@@ -225,8 +226,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name in names:
         o = report["overall"][name]
         lines.append(f"| {name} | {o['n']} | " + " | ".join(fmt(o[k], k) for k in METRIC_KEYS) + " |")
-    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"), ("By dot placement", "by_placement"),
-                       ("By dot count", "by_dots"), ("Clean images by dot count", "clean_by_dots")):
+    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"),
+                       ("By dot placement", "by_placement"), ("By dot count", "by_dots"),
+                       ("Clean images by dot count", "clean_by_dots")):
         lines += ["", f"## {title}", "",
                   "| group | n | " + " | ".join(f"Dice ({n})" for n in names) + " | "
                   + " | ".join(f"IoU ({n})" for n in names) + " | " + " | ".join(f"HD95 ({n})" for n in names) + " |",
@@ -239,7 +241,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                          + " | ".join(fmt(per[n]["iou"], "iou") for n in names) + " | "
                          + " | ".join(fmt(per[n]["hd95"], "hd95") for n in names) + " |")
     lines += ["", "Plots: `dice_vs_snr.png` (Dice against SNR per noise type), "
-              + ", ".join(f"`worst_{n}.png`" for n in names) + " (lowest-Dice cases: image | truth | prediction | probability).", ""]
+              + ", ".join(f"`worst_{n}.png`" for n in names)
+              + " (lowest-Dice cases: image | truth | prediction | probability).", ""]
     return "\n".join(lines)
 
 

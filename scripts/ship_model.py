@@ -82,7 +82,8 @@ def main() -> int:
     }
     (DOCS / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
-    print(f"shipped {ASSET.relative_to(ROOT)} ({ASSET.stat().st_size / 2**20:.1f} MB); record in {DOCS.relative_to(ROOT)}/")
+    size_mb = ASSET.stat().st_size / 2**20
+    print(f"shipped {ASSET.relative_to(ROOT)} ({size_mb:.1f} MB); record in {DOCS.relative_to(ROOT)}/")
     return 0
 
 
