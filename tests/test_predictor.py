@@ -18,7 +18,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from dotseg.checkpoint import CheckpointError, save_checkpoint
+from dotseg.checkpoint import save_checkpoint
 from dotseg.cli import main
 from dotseg.config import Config
 from dotseg.imageio import ImageError, list_images, read_image, to_grey
