@@ -371,7 +371,8 @@ def reference_table(args: argparse.Namespace) -> None:
     model = calibrated_model(SEED_MODEL)
     x = synthetic_input(SEED_SIZE)
     cfg = Config(model=SEED_MODEL)
-    predictor = Predictor(model, cfg)  # threads=None: leaves torch's setting to the cells below
+    # The seed ran eager NCHW. threads=None leaves torch's setting to the cells below.
+    predictor = Predictor(model, cfg, channels_last=False)
     image = x[0, 0].numpy()
     whats = ("forward (no_grad)", "Predictor.predict (normalize + inference_mode + sigmoid)")
     times = {}
@@ -402,18 +403,19 @@ def shipped_table(args: argparse.Namespace) -> None:
 
     print("## The shipped model against the seed's deployed configuration\n")
     try:
-        shipped = Predictor.from_checkpoint(None)
+        Predictor.from_checkpoint(None)
     except CheckpointError as e:
         print(f"skipped: {e}\n")
         return
-    fast = Predictor.from_checkpoint(None, channels_last=True)
-    seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL))
+    fast = Predictor.from_checkpoint(None, channels_last=True)  # the CPU default
+    shipped = Predictor.from_checkpoint(None, channels_last=False)
+    seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL), channels_last=False)  # as the seed ran
     big = make_sample(shipped.cfg.synthesis, seed=0, index=0).image  # the raw image a user would send
     small = make_sample(dataclasses.replace(SynthesisConfig(), size=SEED_SIZE), seed=0, index=0).image
     rows = {"seed: attention_unet base 64, 256 px input": (seed, small),
             f"shipped: {shipped.cfg.model.variant} base {shipped.cfg.model.base_channels}, "
-            f"downscale {shipped.cfg.model.downscale}, 512 px input": (shipped, big),
-            "shipped, channels_last": (fast, big)}
+            f"downscale {shipped.cfg.model.downscale}, 512 px input, contiguous": (shipped, big),
+            "shipped, channels_last (the Predictor's CPU default)": (fast, big)}
     times = {}
     for t in args.threads:
         times.update(interleaved({(name, t): predict_call(p, im, t) for name, (p, im) in rows.items()},

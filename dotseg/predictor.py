@@ -54,8 +54,9 @@ class Predictor:
         threads: CPU threads for torch ops (``torch.set_num_threads``, process-wide); ``None`` keeps
             torch's setting.
         channels_last: run the model in channels-last (NHWC) memory layout, which oneDNN's convs
-            prefer: 1.15-1.2x faster on a 2-core AVX2 CPU at base 16 and 64, probabilities within
-            ~1e-6 of the default layout (``benchmarks/model.py``).
+            prefer: 1.15-1.2x faster on a 2-core AVX2 CPU at base 16 and 64, and 1.07-1.2x for the
+            shipped model, probabilities within ~1e-6 of the default layout (``benchmarks/model.py``).
+            ``None`` (default): on for CPU, off for CUDA.
 
     On CUDA the forward pass runs under fp16 autocast; on CPU in fp32. Probabilities are returned
     as float32 either way.
@@ -65,7 +66,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, cfg: Config, threshold: float = 0.5,
                  device: str | torch.device = "cpu", threads: int | None = None,
-                 checkpoint: LoadedCheckpoint | None = None, channels_last: bool = False) -> None:
+                 checkpoint: LoadedCheckpoint | None = None, channels_last: bool | None = None) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
         if threads is not None:
@@ -74,8 +75,8 @@ class Predictor:
         configure_cpu(threads)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cfg = cfg
         self.threshold = float(threshold)
@@ -85,7 +86,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
                         threads: int | None = None, threshold: float | None = None,
-                        channels_last: bool = False) -> Predictor:
+                        channels_last: bool | None = None) -> Predictor:
         """Load a checkpoint (``None``: the shipped model) and use its config and threshold.
 
         ``threshold`` overrides the checkpoint's. Raises :class:`CheckpointError` for any unusable file.

@@ -133,9 +133,11 @@ def test_normalization_makes_dtype_and_scale_irrelevant(predictor: Predictor) ->
 
 
 def test_channels_last_path_gives_the_same_probabilities(predictor: Predictor, checkpoint: Path) -> None:
+    plain = Predictor.from_checkpoint(checkpoint, channels_last=False)
     fast = Predictor.from_checkpoint(checkpoint, channels_last=True)
+    assert predictor.channels_last and not plain.channels_last  # the CPU default is channels_last
     image = _image(61, 47, seed=3)
-    a, b = predictor.predict(image), fast.predict(image)
+    a, b = plain.predict(image), fast.predict(image)
     assert np.abs(a.prob - b.prob).max() < 1e-4
     assert np.array_equal(a.mask, b.mask)
 

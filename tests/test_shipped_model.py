@@ -1,0 +1,93 @@
+"""The model shipped inside the package: it loads, it is the one the committed report describes,
+`dotseg train --config cpu` reproduces its settings, and it works out of the box (predict, evaluate)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dotseg.config import load_config
+from dotseg.configbase import diff_keys
+from dotseg.evaluation import KINDS, SNR_BINS
+from dotseg.metrics import segmentation_metrics
+from dotseg.predictor import Predictor, shipped_checkpoint
+from dotseg.synthesis import make_sample
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "shipped-model"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor.from_checkpoint(None, threads=1)
+
+
+def test_shipped_model_is_installed_small_and_loads(shipped: Predictor) -> None:
+    asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
+    assert asset.is_file() and shipped_checkpoint() == Path(str(asset))
+    assert Path(str(asset)).stat().st_size <= 25 * 1024 * 1024
+    assert shipped.cfg.model.variant == "attention_unet" and shipped.cfg.synthesis.size == 512
+    assert 0.0 < shipped.threshold < 1.0
+
+
+def test_shipped_model_matches_its_record_and_report(shipped: Predictor) -> None:
+    record = json.loads((DOCS / "training.json").read_text())
+    report = json.loads((DOCS / "report.json").read_text())
+    meta = shipped.checkpoint.meta
+    assert record["config_hash"] == meta["config_hash"] == report["about"]["config_hash"]
+    assert record["best_epoch"] == meta["epoch"] == report["about"]["epoch"]
+    assert report["benchmark"]["n"] >= 1000 and report["benchmark"]["size"] == 512
+    assert [g["goal"] for g in report["goals"]] == ["overall_dice", "clean_dice", "overall_iou", "beats_baseline",
+                                                    "margin_below_10db"]
+    assert (DOCS / "curves.png").stat().st_size > 10_000 and (DOCS / "dice_vs_snr.png").stat().st_size > 10_000
+    assert len(json.loads((DOCS / "history.json").read_text())) == record["epochs_run"]
+
+
+def test_configs_cpu_reproduces_the_shipped_settings(shipped: Predictor) -> None:
+    # Only where the run was stored may differ: everything that shapes the model is configs/cpu.yaml.
+    assert set(diff_keys(shipped.cfg, load_config("cpu"))) <= {"train.storage_path"}
+
+
+def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
+    cfg = load_config("cpu")
+    sample = make_sample(cfg.synthesis, seed=7, index=3, noise_scale=0.5)
+    grey = np.round(np.clip(sample.image / sample.image.max(), 0, 1) * 255).astype(np.uint8)  # an 8-bit PNG
+    Image.fromarray(grey).save(tmp_path / "blob.png")
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "predict", "-i", str(tmp_path / "blob.png"),
+                          "-o", str(tmp_path / "out"), "--overlay", "--quiet", "--threads", "1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    mask = np.asarray(Image.open(tmp_path / "out" / "blob_mask.png")) > 127
+    assert mask.shape == sample.mask.shape
+    assert segmentation_metrics(mask, sample.mask.astype(bool))["dice"] > 0.85
+    assert (tmp_path / "out" / "blob_overlay.png").exists()
+
+
+def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(tmp_path: Path) -> None:
+    n = 48  # 6 of each kind: clean, every noise type across its severity range, mixes
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--n", str(n), "--out", str(tmp_path),
+                          "--quiet", "--threads", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "goal: overall Dice" in out.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["segmenters"] == ["model", "baseline"] and report["about"]["checkpoint"] == "shipped model"
+    assert report["benchmark"]["size"] == 512 and len(report["samples"]) == 2 * n
+    assert set(report["by_snr_bin"]) == {b[0] for b in SNR_BINS} and set(report["by_noise"]) == set(KINDS)
+    for png in ("dice_vs_snr.png", "worst_model.png", "worst_baseline.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+    def mean_dice(name: str, lo: float, hi: float) -> tuple[float, int]:
+        sel = [r["dice"] for r in report["samples"]  # clean images have snr_db "inf" (a string in JSON)
+               if r["segmenter"] == name and r["kind"] != "clean" and lo <= r["snr_db"] < hi]
+        return float(np.mean(sel)), len(sel)
+
+    clean = report["by_snr_bin"]["clean"]
+    assert clean["model"]["n"] >= 6 and clean["model"]["dice"] > clean["baseline"]["dice"]
+    (model_mid, count), (base_mid, _) = mean_dice("model", 0.0, 20.0), mean_dice("baseline", 0.0, 20.0)
+    assert count >= 6 and model_mid > base_mid
