@@ -307,25 +307,28 @@ def plot_gallery(items: list[tuple], path: Path, name: str) -> Path:
 
 
 def log_to_wandb(report: dict[str, Any], out_dir: Path, project: str = "dotseg") -> None:
-    """Log the overall and per-bin tables and the plots as one W&B run (offline unless WANDB_MODE says otherwise)."""
+    """Log the report as one W&B run (offline unless WANDB_MODE says otherwise): the per-bin tables,
+    the goals and the plots as one history step, and the overall metrics in the run summary, where
+    the runs table shows them side by side across evaluations."""
     import os
 
     import wandb
 
     names = report["segmenters"]
     run = wandb.init(project=project, job_type="evaluate", dir=str(out_dir),
-                     mode=os.environ.get("WANDB_MODE", "offline"), config=report["benchmark"])
-    for key in ("by_snr_bin", "by_noise"):
+                     mode=os.environ.get("WANDB_MODE", "offline"),
+                     config={**report["benchmark"], "model": report.get("about", {})})
+    payload: dict[str, Any] = {}
+    for key in ("by_snr_bin", "by_noise", "by_dots"):
         table = wandb.Table(columns=["group", *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names]])
         for group, per in report[key].items():
             if per[names[0]]["n"]:
                 table.add_data(group, *[per[n]["dice"] for n in names], *[per[n]["iou"] for n in names])
-        run.log({key: table})
-    run.log({f"overall/{n}/{k}": v for n in names for k, v in report["overall"][n].items() if v is not None})
+        payload[key] = table
     if report.get("goals"):
-        goals = wandb.Table(columns=["goal", "measured", "met"])
-        for g in report["goals"]:
-            goals.add_data(g["description"], g["measured"], g["met"])
-        run.log({"goals": goals})
-    run.log({p.stem: wandb.Image(str(p)) for p in out_dir.glob("*.png")})
+        payload["goals"] = wandb.Table(columns=["goal", "measured", "met"],
+                                       data=[[g["description"], g["measured"], g["met"]] for g in report["goals"]])
+    payload.update({p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))})
+    run.log(payload)
+    run.summary.update({f"{n}/{k}": v for n in names for k, v in report["overall"][n].items() if v is not None})
     run.finish()

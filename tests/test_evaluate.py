@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,29 @@ def test_evaluate_errors_are_one_line(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--n must be >= 1" in out.stderr
+
+
+def test_evaluate_logs_tables_goals_and_plots_to_a_wandb_offline_run(tmp_path: Path) -> None:
+    from dotseg.checkpoint import save_checkpoint
+    from dotseg.config import load_config
+    from dotseg.models import build_model
+    from wandb_log import wandb_records, wandb_summary
+
+    cfg = load_config("smoke", ["synthesis.size=64"])
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5,
+                           metrics={}, epoch=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # the default: offline
+    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(ckpt), "--n", "7",
+                          "--out", str(tmp_path / "ev"), "--quiet", "--wandb"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    runs, rows, config = wandb_records(tmp_path / "ev")
+    assert len(runs) == 1 and config["n"] == 7 and config["size"] == 64
+    assert config["model"]["epoch"] == 1 and config["model"]["config_hash"] == cfg.hash
+    (row,) = rows  # tables, goals and plots in one step
+    for table in ("by_snr_bin", "by_noise", "by_dots", "goals"):
+        assert row[f"{table}._type"] == "table-file"
+    for image in ("dice_vs_snr", "worst_model", "worst_baseline"):
+        assert row[f"{image}._type"] == "image-file"
+    summary = wandb_summary(tmp_path / "ev")
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert summary["baseline/dice"] == report["overall"]["baseline"]["dice"] and summary["model/n"] == 7
