@@ -402,13 +402,12 @@ def shipped_table(args: argparse.Namespace) -> None:
     from dotseg.checkpoint import CheckpointError
 
     print("## The shipped model against the seed's deployed configuration\n")
-    try:
-        Predictor.from_checkpoint(None)
+    try:  # two copies: channels_last converts the model in place
+        shipped = Predictor.from_checkpoint(None, channels_last=False)
+        fast = Predictor.from_checkpoint(None, channels_last=True)  # the CPU default
     except CheckpointError as e:
         print(f"skipped: {e}\n")
         return
-    fast = Predictor.from_checkpoint(None, channels_last=True)  # the CPU default
-    shipped = Predictor.from_checkpoint(None, channels_last=False)
     seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL), channels_last=False)  # as the seed ran
     big = make_sample(shipped.cfg.synthesis, seed=0, index=0).image  # the raw image a user would send
     small = make_sample(dataclasses.replace(SynthesisConfig(), size=SEED_SIZE), seed=0, index=0).image

@@ -179,7 +179,8 @@ def check_goals(report: dict[str, Any], model: str = "model", baseline: str = "b
     samples are skipped; the margins are model Dice minus baseline Dice, the smallest one counts."""
     bins = {g: per for g, per in report["by_snr_bin"].items() if g != "clean" and per[model]["n"]}
     margins = {g: per[model]["dice"] - per[baseline]["dice"] for g, per in bins.items()}
-    low = {g: m for g, m in margins.items() if g in ("0-10 dB", "< 0 dB")}
+    below_10db = {label for label, _, hi in SNR_BINS if hi <= 10.0}
+    low = {g: m for g, m in margins.items() if g in below_10db}
     clean = report["by_snr_bin"]["clean"][model]
     measured = {"overall_dice": report["overall"][model]["dice"], "overall_iou": report["overall"][model]["iou"],
                 "clean_dice": clean["dice"] if clean["n"] else None,
