@@ -30,8 +30,18 @@ from dotseg.tuning.config import TuneConfig
 
 __all__ = ["Config", "ConfigError", "load_config", "config_hash", "to_dict", "dump_yaml", "CONFIG_DIR"]
 
-#: The YAML files shipped with the repository (``configs/`` at the top level).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _shipped_configs() -> Path:
+    from importlib.resources import files
+
+    packaged = Path(str(files(__package__ or "dotseg") / "configs"))
+    # A checkout where git wrote the symlink as a text file: its configs/ is one level up.
+    return packaged.resolve() if packaged.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+#: The shipped YAML files, the package's ``configs`` resources: in a wheel, copies made at build time
+#: (pyproject.toml's package-data); in a checkout or an editable install, ``dotseg/configs`` is a
+#: symlink to the repository's top-level ``configs/``, so the same files.
+CONFIG_DIR = _shipped_configs()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
