@@ -1,24 +1,28 @@
 """The one checkpoint format of dotseg: a single ``.safetensors`` file that describes itself.
 
     save_checkpoint("runs/x/best.safetensors", model, cfg, threshold=0.5, metrics={"val_dice": 0.88}, epoch=12)
-    model, ckpt = build_from_checkpoint("runs/x/best.safetensors")  # eval mode; ckpt.cfg, ckpt.threshold
+    model, ckpt = build_from_checkpoint("runs/x/best.safetensors")  # eval mode; ckpt.contract, ckpt.model_id
 
 The tensors are the model's ``state_dict`` (parameters and BatchNorm buffers, contiguous, on CPU).
-The safetensors header metadata (``str -> str``) holds, each value JSON-encoded:
+The safetensors header metadata (``str -> str``) holds, each value JSON-encoded (format 2):
 
 =================  ============================================================================
 ``format``         ``"dotseg-checkpoint"``
 ``format_version`` int, :data:`FORMAT_VERSION` when written; a newer one is refused
-``config``         the resolved root config, ``to_dict(cfg)``
-``config_hash``    ``config_hash(cfg)``; checked against ``config`` on load
-``model_variant``  ``cfg.model.variant``
-``normalization``  :data:`dotseg.normalize.NORMALIZATION`; another one is refused
-``threshold``      decision threshold on the foreground probability, in (0, 1)
-``metrics``        validation metrics of this model, e.g. ``{"val_dice": 0.88}``
+``contract``       the :class:`ModelContract`: what a Predictor needs to reproduce the
+                   predictions (model section, input normalization, threshold, training input
+                   size). Validated strictly: a wrong contract refuses the load.
+``run_id``         the training run's identity (:attr:`dotseg.config.Config.run_id`)
 ``epoch``          epoch (1-based) after which it was saved
-``created``        ISO-8601 UTC time of writing
-``dotseg_version`` version of the package that wrote it
+``model_id``       digest of contract, run_id and epoch: the model's identity, checked on load
+``provenance``     the :class:`Provenance`: resolved config, metrics, time, dotseg version, and
+                   for a promoted sweep trial its sweep and trial. Stored and shown, never able to
+                   block a load: a future dotseg may rename any of its keys.
 =================  ============================================================================
+
+Format 1 (dotseg 0.1, the shipped model among them) stored the whole config as the contract; it is
+still read: its contract is taken from the config's ``model`` section and ``synthesis.size``, the
+rest becomes provenance, and its ``config_hash`` guards the metadata as before.
 
 Why not ``torch.save``: a PyTorch ``.pt``/``.pth`` file is a pickle, and unpickling can run any
 code; safetensors is only a JSON header and raw tensor bytes. And why validate so much on load: the
@@ -31,51 +35,36 @@ was expected, raised before any model is built.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import struct
 import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from dotseg.config import Config, config_from_dict
-from dotseg.configbase import ConfigError, config_hash, diff_keys, get_path, to_dict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dotseg.config import Config, run_identity
+from dotseg.configbase import ConfigError, Section, config_hash, describe_error, diff_keys, get_path
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import NORMALIZATION
+from dotseg.synthesis.config import SynthesisConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "KEY_MIGRATIONS", "CheckpointError", "LoadedCheckpoint",
-           "save_checkpoint", "load_checkpoint", "build_from_checkpoint", "migrate_keys"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "ModelContract", "Provenance", "CheckpointMeta",
+           "LoadedCheckpoint", "save_checkpoint", "load_checkpoint", "build_from_checkpoint", "model_identity"]
 
 FORMAT = "dotseg-checkpoint"
 #: Version of the layout described above. Raise it when the meaning of a field or of a tensor name
-#: changes, and add a :data:`KEY_MIGRATIONS` entry for every rename.
-FORMAT_VERSION = 1
-
-#: State-dict renames, ``(format_version_below, old_prefix, new_prefix)``: a key starting with
-#: ``old_prefix`` is renamed when the checkpoint's ``format_version`` is below the first value, or
-#: when the file holds no key with ``new_prefix`` at all (weights named by older code). ``{i}`` in a
-#: prefix stands for a list index and is carried over.
-#:
-#: The seed saved its gates as a list ``attention_gates.<i>.`` (and ``attn_gates.<i>.`` elsewhere);
-#: our U-Net keeps gate ``i`` inside decoder stage ``i`` (deepest first), so both map to
-#: ``decoder.<i>.gate.``. Version 1 is our first format, so these renames never apply by version,
-#: only to files that lack the new names.
-KEY_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
-    (1, "attention_gates.{i}.", "decoder.{i}.gate."),
-    (1, "attn_gates.{i}.", "decoder.{i}.gate."),
-)
-
-_META_KEYS = ("format", "format_version", "config", "config_hash", "model_variant", "normalization",
-              "threshold", "metrics", "epoch", "created", "dotseg_version")
+#: changes, and keep reading the older versions.
+FORMAT_VERSION = 2
 #: A safetensors header is JSON describing the tensors; a longer one means the file is something else.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _SNIFF_BYTES = 4096
@@ -85,34 +74,124 @@ class CheckpointError(ValueError):
     """A file is not a usable dotseg checkpoint; the one-line message says what it is and what was expected."""
 
 
-@dataclass(frozen=True, slots=True)
+class ModelContract(Section):
+    """What a :class:`~dotseg.inference.predictor.Predictor` needs to reproduce a model's predictions."""
+
+    model: ModelConfig
+    """The network the weights belong to."""
+    normalization: str = NORMALIZATION
+    """Version of the input mapping the model was trained with (:data:`dotseg.normalize.NORMALIZATION`)."""
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """Decision threshold on the foreground probability."""
+    input_size: int = Field(512, ge=32, le=4096)
+    """Side (px) of the images it was trained on: predictions are best at this scale."""
+
+    @classmethod
+    def of(cls, cfg: Config, threshold: float | None = None) -> ModelContract:
+        """The contract of a model trained under ``cfg`` (threshold: ``cfg.train.threshold`` unless given)."""
+        return cls(model=cfg.model, threshold=cfg.train.threshold if threshold is None else threshold,
+                   input_size=cfg.synthesis.size)
+
+
+class Provenance(BaseModel):
+    """Where a model came from. Lenient on purpose: unknown keys are kept, nothing here blocks a load."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    config: dict[str, Any] = {}
+    """The resolved root config of the run, as written by the dotseg that trained it."""
+    config_hash: str | None = None
+    """``Config.hash`` of that config."""
+    metrics: dict[str, Any] = {}
+    """Validation metrics of this model, e.g. ``{"val_dice": 0.88}``."""
+    created: str | None = None
+    """ISO-8601 UTC time of writing."""
+    dotseg_version: str | None = None
+    """Version of the package that wrote it."""
+    sweep: str | None = None
+    """For a promoted sweep trial: the sweep's directory name."""
+    trial: str | None = None
+    """For a promoted sweep trial: the trial's name."""
+
+
+class CheckpointMeta(BaseModel):
+    """The decoded metadata of a checkpoint (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["dotseg-checkpoint"] = FORMAT
+    format_version: int = FORMAT_VERSION
+    contract: ModelContract
+    run_id: str
+    epoch: int = Field(ge=0)
+    model_id: str
+    provenance: Provenance = Provenance()
+
+
+def model_identity(contract: ModelContract, run_id: str, epoch: int) -> str:
+    """The model's identity: the same weights-defining settings give the same id wherever the run was stored."""
+    return config_hash({"contract": contract.to_dict(), "run_id": run_id, "epoch": epoch})
+
+
+@dataclass(frozen=True, eq=False)
 class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
-    """Tensors by (migrated) parameter name, on ``map_location``."""
-    cfg: Config
-    """The resolved config the model was trained with."""
-    meta: dict[str, Any]
-    """The decoded metadata (every field of the table in the module docstring)."""
+    """Tensors by parameter name, on ``map_location``."""
+    meta: CheckpointMeta
+    """The decoded, validated metadata."""
     path: Path
     """The file it was read from."""
 
     @property
+    def contract(self) -> ModelContract:
+        return self.meta.contract
+
+    @property
     def threshold(self) -> float:
         """Decision threshold on the foreground probability."""
-        return float(self.meta["threshold"])
+        return self.meta.contract.threshold
+
+    @property
+    def model_id(self) -> str:
+        return self.meta.model_id
+
+    @property
+    def epoch(self) -> int:
+        return self.meta.epoch
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return dict(self.meta["metrics"])
+        return dict(self.meta.provenance.metrics)
+
+    @cached_property
+    def cfg(self) -> Config | None:
+        """The run's full config if this dotseg can read it (provenance: None when it cannot)."""
+        try:
+            return Config.from_dict(self.meta.provenance.config)
+        except ConfigError:
+            return None
+
+    @property
+    def synthesis(self) -> SynthesisConfig:
+        """The image distribution the model was trained on (defaults at its input size if unknown)."""
+        return self.cfg.synthesis if self.cfg is not None else SynthesisConfig(size=self.contract.input_size)
+
+    def about(self) -> dict[str, Any]:
+        """A short, JSON-able description for reports and logs."""
+        p = self.meta.provenance
+        return {"checkpoint": self.path.name, "model_id": self.model_id, "run_id": self.meta.run_id,
+                "variant": self.contract.model.variant, "epoch": self.epoch, "config_hash": p.config_hash,
+                **({"sweep": p.sweep, "trial": p.trial} if p.sweep else {})}
 
 
 # -- saving ---------------------------------------------------------------------------------------
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, *, threshold: float,
-                    metrics: Mapping[str, float], epoch: int) -> Path:
-    """Write ``model``'s weights and ``cfg`` to ``path`` (``*.safetensors``) atomically.
+                    metrics: Mapping[str, float], epoch: int, origin: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s weights, its contract and ``cfg`` as provenance to ``path`` (``*.safetensors``), atomically.
 
+    ``origin`` adds provenance fields (``{"sweep": ..., "trial": ...}`` for a promoted sweep trial).
     DDP / DataParallel (``.module``) and ``torch.compile`` (``_orig_mod``) wrappers are unwrapped, so
     the names are those of the plain model. The file appears complete or not at all: it is written
     to a temporary file in the same directory and moved into place with ``os.replace``.
@@ -132,27 +211,19 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, *, threshol
     clean_metrics = {str(k): _json_number(v, f"metrics[{k!r}]") for k, v in metrics.items()}
 
     state = _plain_state_dict(model)
-    expected = _expected_shapes(cfg.model)
-    problem = _state_dict_problem(state_shapes={k: tuple(v.shape) for k, v in state.items()}, expected=expected)
+    problem = _state_dict_problem({k: tuple(v.shape) for k, v in state.items()}, _expected_shapes(cfg.model))
     if problem:
         raise ValueError(f"the model does not match cfg.model ({_describe_model(cfg.model)}): {problem}")
     # safetensors stores each tensor's bytes once and refuses views of shared memory: clone to own them.
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        "model_variant": cfg.model.variant,
-        "normalization": NORMALIZATION,
-        "threshold": float(threshold),
-        "metrics": clean_metrics,
-        "epoch": int(epoch),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dotseg_version": _dotseg_version(),
-    }
-    header = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    contract = ModelContract.of(cfg, float(threshold))
+    meta = CheckpointMeta(
+        contract=contract, run_id=cfg.run_id, epoch=int(epoch), model_id=model_identity(contract, cfg.run_id, epoch),
+        provenance=Provenance(config=cfg.to_dict(), config_hash=cfg.hash, metrics=clean_metrics,
+                              created=datetime.now(UTC).isoformat(timespec="seconds"),
+                              dotseg_version=_dotseg_version(), **dict(origin or {})))
+    header = {k: json.dumps(v, sort_keys=True, allow_nan=False) for k, v in meta.model_dump(mode="json").items()}
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -189,11 +260,14 @@ def _ddp_inner(model: nn.Module) -> nn.Module | None:
     return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else None
 
 
-def _json_number(value: Any, name: str) -> float | int:
+def _json_number(value: Any, name: str) -> float | int | None:
+    """A metric as a JSON number; NaN/inf (e.g. an undefined grad norm) become null."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else number
 
 
@@ -221,39 +295,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     Raises:
         CheckpointError: (a ``ValueError``) with one line, for a missing path, a directory, an HTML
             page or other text, a PyTorch pickle, a truncated or corrupt file, a safetensors file
-            without dotseg metadata, a newer format, another normalization, an invalid config, a
-            model other than ``expect``, or tensors that do not fit the model the config builds.
+            without dotseg metadata, a newer format, another normalization, an invalid model
+            contract, edited metadata, a model other than ``expect``, or tensors that do not fit
+            the model the contract builds. Provenance (the run's config, metrics, ...) never fails a load.
     """
     path = Path(path)
     header, data_bytes = _read_header(path)
     meta = _decode_meta(path, header.pop("__metadata__", None))
-
-    try:
-        cfg = config_from_dict(meta["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its stored config is not valid for this dotseg: "
-                              f"{_one_line(str(e))}") from None
-    if config_hash(meta["config"]) != meta["config_hash"]:
-        raise CheckpointError(f"{path}: its config does not match its config_hash {meta['config_hash']!r} "
-                              "(the metadata was edited or corrupted)")
-    if meta["model_variant"] != cfg.model.variant:
-        raise CheckpointError(f"{path}: model_variant {meta['model_variant']!r} disagrees with its config's "
-                              f"model.variant {cfg.model.variant!r} (corrupt metadata)")
+    model_cfg = meta.contract.model
     if expect is not None:
-        differ = diff_keys(expect, cfg.model, "model")
+        differ = diff_keys(expect, model_cfg, "model")
         if differ:
-            details = ", ".join(f"{k}={get_path(cfg.model, k.partition('.')[2])!r} "
+            details = ", ".join(f"{k}={get_path(model_cfg, k.partition('.')[2])!r} "
                                 f"(expected {get_path(expect, k.partition('.')[2])!r})" for k in differ)
             raise CheckpointError(f"{path}: checkpoint holds another model than expected: {details}")
 
-    version = meta["format_version"]
-    renames = migrate_keys(list(header), version)
-    shapes = {renames.get(k, k): tuple(info["shape"]) for k, info in header.items()}
-    if len(shapes) != len(header):
-        raise CheckpointError(f"{path}: renaming old parameter names gives duplicates (corrupt state dict)")
-    problem = _state_dict_problem(shapes, _expected_shapes(cfg.model))
+    shapes = {k: tuple(info["shape"]) for k, info in header.items()}
+    problem = _state_dict_problem(shapes, _expected_shapes(model_cfg))
     if problem:
-        raise CheckpointError(f"{path}: tensors do not fit {_describe_model(cfg.model)}: {problem}")
+        raise CheckpointError(f"{path}: tensors do not fit {_describe_model(model_cfg)}: {problem}")
 
     size = path.stat().st_size
     if data_bytes > size:
@@ -265,8 +325,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         tensors = load_file(str(path), device=str(map_location))
     except Exception as e:  # safetensors raises its own error type, OSError or RuntimeError
         raise CheckpointError(f"{path}: corrupt safetensors data: {_one_line(str(e))}") from None
-    state = {renames.get(k, k): v for k, v in tensors.items()}
-    return LoadedCheckpoint(state_dict=state, cfg=cfg, meta=meta, path=path)
+    return LoadedCheckpoint(state_dict=tensors, meta=meta, path=path)
 
 
 def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
@@ -275,31 +334,86 @@ def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     from dotseg.models import build_model
 
     ckpt = load_checkpoint(path, map_location, expect=expect)
-    model = build_model(ckpt.cfg.model)
+    model = build_model(ckpt.contract.model)
     model.load_state_dict(ckpt.state_dict, strict=True)  # keys and shapes were checked already
     return model.to(map_location).eval(), ckpt
 
 
-def migrate_keys(keys: list[str], format_version: int,
-                 migrations: tuple[tuple[int, str, str], ...] = KEY_MIGRATIONS) -> dict[str, str]:
-    """``{old_name: new_name}`` for the keys that :data:`KEY_MIGRATIONS` renames (the rest are absent)."""
-    renames: dict[str, str] = {}
-    for below, old, new in migrations:
-        old_re, new_re = _prefix_regex(old), _prefix_regex(new)
-        current = [renames.get(k, k) for k in keys]
-        if format_version >= below and any(new_re.match(k) for k in current):
-            continue
-        for key in keys:
-            name = renames.get(key, key)
-            m = old_re.match(name)
-            if m:
-                prefix = new.replace("{i}", m.group("i")) if "{i}" in new else new
-                renames[key] = prefix + name[m.end():]
-    return renames
+# -- metadata ---------------------------------------------------------------------------------------
 
 
-def _prefix_regex(prefix: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(prefix).replace(re.escape("{i}"), r"(?P<i>\d+)"))
+def _decode_meta(path: Path, raw: Any) -> CheckpointMeta:
+    """The metadata, decoded and validated; a newer format is refused first, provenance never blocks."""
+    if not isinstance(raw, dict) or "format" not in raw:
+        raise CheckpointError(f"{path}: is a safetensors file without dotseg metadata (plain weights from "
+                              "another tool?); expected a checkpoint written by dotseg.checkpoint.save_checkpoint")
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            fields[key] = json.loads(value)
+        except (TypeError, ValueError):
+            fields[key] = value  # only dotseg's own fields must be JSON; checked below
+    if fields["format"] != FORMAT:
+        raise CheckpointError(f"{path}: metadata format is {fields['format']!r}, expected {FORMAT!r} "
+                              "(a safetensors file from another tool?)")
+    version = fields.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: corrupt metadata: format_version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer dotseg (format {version} > {FORMAT_VERSION}); "
+                              "upgrade dotseg")
+    if version == 1:
+        fields = _from_format_1(path, fields)
+    missing = [k for k in ("contract", "run_id", "epoch", "model_id") if k not in fields]
+    if missing:
+        raise CheckpointError(f"{path}: corrupt metadata: missing {', '.join(missing)}")
+    contract = fields["contract"]
+    if isinstance(contract, dict) and contract.get("normalization", NORMALIZATION) != NORMALIZATION:
+        raise CheckpointError(f"{path}: model was trained with input normalization {contract['normalization']!r}, "
+                              f"this dotseg uses {NORMALIZATION!r}; its predictions would be meaningless")
+    try:
+        contract = ModelContract.from_dict(contract)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its model contract is not valid for this dotseg: {_one_line(str(e))}") from None
+    try:
+        provenance = Provenance.model_validate(fields.get("provenance") or {})
+    except ValidationError:
+        provenance = Provenance()  # unreadable provenance is only lost information
+    try:
+        meta = CheckpointMeta.model_validate({**{k: fields[k] for k in ("run_id", "epoch", "model_id")},
+                                              "format_version": version, "contract": contract,
+                                              "provenance": provenance})
+    except ValidationError as e:
+        raise CheckpointError(f"{path}: corrupt metadata: {describe_error(CheckpointMeta, e)}") from None
+    if model_identity(contract, meta.run_id, meta.epoch) != meta.model_id:
+        raise CheckpointError(f"{path}: its contract, run_id and epoch do not match its model_id {meta.model_id!r} "
+                              "(the metadata was edited or corrupted)")
+    return meta
+
+
+def _from_format_1(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Format-1 metadata (the whole config, unversioned fields) in format-2 form."""
+    missing = [k for k in ("config", "config_hash", "normalization", "threshold", "metrics", "epoch")
+               if k not in fields]
+    if missing:
+        raise CheckpointError(f"{path}: corrupt metadata: missing {', '.join(missing)}")
+    config = fields["config"]
+    if not isinstance(config, dict) or config_hash(config) != fields["config_hash"]:
+        raise CheckpointError(f"{path}: its config does not match its config_hash {fields['config_hash']!r} "
+                              "(the metadata was edited or corrupted)")
+    synthesis = config.get("synthesis")
+    contract = {"model": config.get("model"), "normalization": fields["normalization"],
+                "threshold": fields["threshold"],
+                **({"input_size": synthesis["size"]} if isinstance(synthesis, dict) and "size" in synthesis else {})}
+    run_id = run_identity(config)
+    epoch = fields["epoch"]
+    try:
+        model_id = model_identity(ModelContract.from_dict(contract), run_id, epoch)
+    except ConfigError:
+        model_id = ""  # the contract is refused with its reason right after
+    return {"contract": contract, "run_id": run_id, "epoch": epoch, "model_id": model_id,
+            "provenance": {"config": config, "config_hash": fields["config_hash"], "metrics": fields["metrics"],
+                           "created": fields.get("created"), "dotseg_version": fields.get("dotseg_version")}}
 
 
 # -- what the file is --------------------------------------------------------------------------------
@@ -397,42 +511,6 @@ def _as_text(head: bytes) -> str | None:
         if len(head) == _SNIFF_BYTES and e.start >= len(head) - 3:  # we cut the file inside a character
             return head[: e.start].decode("utf-8")
         return None
-
-
-def _decode_meta(path: Path, raw: Any) -> dict[str, Any]:
-    """The metadata fields, JSON-decoded and type-checked; a newer format is refused first."""
-    if not isinstance(raw, dict) or "format" not in raw:
-        raise CheckpointError(f"{path}: is a safetensors file without dotseg metadata (plain weights from "
-                              "another tool?); expected a checkpoint written by dotseg.checkpoint.save_checkpoint")
-    meta: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            meta[key] = json.loads(value)
-        except (TypeError, ValueError):
-            meta[key] = value  # only dotseg's own fields must be JSON; checked below
-    if meta["format"] != FORMAT:
-        raise CheckpointError(f"{path}: metadata format is {meta['format']!r}, expected {FORMAT!r} "
-                              "(a safetensors file from another tool?)")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path}: corrupt metadata: format_version {version!r} is not a positive integer")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer dotseg (format {version} > {FORMAT_VERSION}); "
-                              "upgrade dotseg")
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: corrupt metadata: missing {', '.join(missing)}")
-    types = {"config": dict, "config_hash": str, "model_variant": str, "normalization": str,
-             "threshold": (int, float), "metrics": dict, "epoch": int}
-    for key, tp in types.items():
-        if isinstance(meta[key], bool) or not isinstance(meta[key], tp):
-            raise CheckpointError(f"{path}: corrupt metadata: {key} is {meta[key]!r}")
-    if meta["normalization"] != NORMALIZATION:
-        raise CheckpointError(f"{path}: model was trained with input normalization {meta['normalization']!r}, "
-                              f"this dotseg uses {NORMALIZATION!r}; its predictions would be meaningless")
-    if not (0.0 < meta["threshold"] < 1.0) or math.isnan(meta["threshold"]):
-        raise CheckpointError(f"{path}: corrupt metadata: threshold {meta['threshold']!r} is not in (0, 1)")
-    return meta
 
 
 # -- state dict vs model ---------------------------------------------------------------------------

@@ -1,34 +1,45 @@
 """The root config: one section per component, composed, loaded from YAML plus ``--set`` overrides.
 
     cfg = load_config("configs/cpu.yaml", ["train.lr=3e-4"])
-    cfg.synthesis.size, cfg.train.lr, config_hash(cfg)
+    cfg.synthesis.size, cfg.train.lr, cfg.hash, cfg.run_id
 
 A function receives only its own section (``make_batch(cfg.synthesis, ...)``). Cross-section
 consistency (a curriculum phase that would start after the last epoch, a sweep key that does not
 exist) is checked here, once, so every entry point rejects the same mistakes the same way.
+
+Two digests identify what a config makes:
+
+* :attr:`Config.hash` covers every value: two configs with the same hash are the same config.
+* :attr:`Config.run_id` covers only what changes the trained weights (:data:`NOT_IN_RUN_IDENTITY`
+  lists what it leaves out: where runs are stored, logging, serving, sweeps, parallelism knobs
+  of the synthesis pipeline). Two runs that differ only in ``train.storage_path`` or the W&B
+  project have the same run identity; resume refuses a change to it (except
+  :data:`CHANGEABLE_ON_RESUME`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
+from pydantic import model_validator
 
-from dotseg.configbase import (ConfigError, apply_override, check, config_hash, from_dict, load_yaml, set_path,
-                               to_dict, type_hints)
+from dotseg.baseline.config import BaselineConfig
+from dotseg.configbase import (ConfigError, Section, apply_override, check, config_hash, drop_paths, has_key,
+                               load_yaml, to_dict)
 from dotseg.curriculum import CurriculumConfig
+from dotseg.data import DataConfig
 from dotseg.losses.config import LossConfig
 from dotseg.models.config import ModelConfig
 from dotseg.serving.config import ServeConfig
 from dotseg.synthesis.config import SynthesisConfig
-from dotseg.training.config import DataConfig, TrainConfig
+from dotseg.training.config import TrainConfig
 from dotseg.tuning.config import TuneConfig
 
-__all__ = ["Config", "ConfigError", "load_config", "config_hash", "to_dict", "dump_yaml", "CONFIG_DIR"]
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_hash", "run_identity", "to_dict",
+           "dump_yaml", "CONFIG_DIR", "NOT_IN_RUN_IDENTITY", "CHANGEABLE_ON_RESUME"]
 
 def _shipped_configs() -> Path:
     from importlib.resources import files
@@ -43,27 +54,43 @@ def _shipped_configs() -> Path:
 #: symlink to the repository's top-level ``configs/``, so the same files.
 CONFIG_DIR = _shipped_configs()
 
+#: Keys that do not change the trained weights, left out of :func:`run_identity`: where and how a
+#: run is stored and logged, how fast synthesis runs, when it stops (the epoch is part of a model's
+#: identity anyway), the validation set and threshold (they judge weights, they do not make them),
+#: and the sections of other components.
+NOT_IN_RUN_IDENTITY: tuple[str, ...] = (
+    "train.storage_path", "train.wandb", "train.keep_checkpoints", "train.max_failures", "train.cpus_per_worker",
+    "train.torch_threads", "train.early_stopping", "train.collapse", "train.val_samples", "train.threshold",
+    "data", "baseline", "tune", "serve",
+)
+#: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
+#: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be
+#: continued under settings it was not trained with (the seed's config drift).
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ("train.epochs", "train.num_workers", "train.use_gpu", "train.amp")
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Config:
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+
+class Config(Section):
+    synthesis: SynthesisConfig = SynthesisConfig()
     """Synthetic dot-blob images: shapes, dots, noise."""
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = ModelConfig()
     """The segmentation network."""
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = LossConfig()
     """Compound loss and its weight schedules."""
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    curriculum: CurriculumConfig = CurriculumConfig()
     """Noise curriculum phases."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = TrainConfig()
     """Optimisation, validation, checkpoints, W&B."""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = DataConfig()
     """Ray Data synthesis parallelism."""
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    baseline: BaselineConfig = BaselineConfig()
+    """The classical baseline that evaluation compares the model with."""
+    tune: TuneConfig = TuneConfig()
     """Ray Tune sweeps."""
-    serve: ServeConfig = field(default_factory=ServeConfig)
+    serve: ServeConfig = ServeConfig()
     """Ray Serve deployment."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         epochs = self.train.epochs
         for i, phase in enumerate(self.curriculum.phases):
             check(phase.start_epoch <= epochs, f"curriculum.phases[{i}].start_epoch",
@@ -74,32 +101,25 @@ class Config:
             check(sched.from_epoch <= epochs, f"loss.{name}.from_epoch",
                   f"ramp starts at epoch {sched.from_epoch}, after the last epoch (train.epochs={epochs})")
         for i, dim in enumerate(self.tune.space):
-            check(_has_key(Config, dim.key), f"tune.space[{i}].key",
+            check(has_key(Config, dim.key), f"tune.space[{i}].key",
                   f"{dim.key!r} is not a config key (use a full path such as loss.boundary.end)")
             check(not dim.key.startswith("tune."), f"tune.space[{i}].key", "a sweep cannot vary tune.* itself")
+        return self
 
     @property
     def hash(self) -> str:
+        """Digest of every value (see the module docstring)."""
         return config_hash(self)
 
-    def replace(self, **overrides: Any) -> "Config":
-        """A copy with dotted keys replaced, checked like ``--set``: ``cfg.replace(**{"train.lr": 1e-3})``."""
-        data = to_dict(self)
-        for key, value in overrides.items():
-            set_path(data, key, value, Config)
-        return from_dict(Config, data)
+    @property
+    def run_id(self) -> str:
+        """Digest of what changes the trained weights (see the module docstring)."""
+        return run_identity(self.to_dict())
 
 
-def _has_key(cls: type, key: str) -> bool:
-    tp: Any = cls
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(tp):
-            return False
-        names = {f.name: f for f in dataclasses.fields(tp)}
-        if part not in names:
-            return False
-        tp = type_hints(tp)[part]
-    return not dataclasses.is_dataclass(tp)
+def run_identity(data: dict[str, Any]) -> str:
+    """The run identity of a resolved config in dict form (as stored in checkpoints and runs)."""
+    return config_hash(drop_paths(data, NOT_IN_RUN_IDENTITY))
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -123,12 +143,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item, Config)
-    return from_dict(Config, data)
+    return Config.from_dict(data)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a resolved config (from a checkpoint or a run directory), checked like a YAML file."""
-    return from_dict(Config, data)
+    """Rebuild a resolved config (from a run directory or a checkpoint's provenance), checked like a YAML file."""
+    return Config.from_dict(data)
 
 
 def dump_yaml(cfg: Any) -> str:

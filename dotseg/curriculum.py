@@ -5,31 +5,25 @@ Epochs are 1-based everywhere a user sees them (the seed's "Easy 1-5, Medium 6-2
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Self
 
-from dotseg.configbase import check, check_range
+from pydantic import Field, model_validator
+
+from dotseg.configbase import NONEMPTY, PositiveInt, Probability, Section, check
 
 if TYPE_CHECKING:
     from dotseg.losses.config import LossConfig
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Phase:
-    name: str
+class Phase(Section):
+    name: str = Field(min_length=1)
     """Label shown in logs and W&B."""
-    start_epoch: int
+    start_epoch: PositiveInt
     """First epoch of the phase (1-based); the phase lasts until the next one starts."""
-    noise_scale: float
+    noise_scale: Probability
     """0 = mildest noise parameters only, 1 = the full range up to the harshest."""
-    mixed_prob: float
+    mixed_prob: Probability
     """Probability that a sample gets 2-3 composed noise types instead of one."""
-
-    def __post_init__(self) -> None:
-        check(bool(self.name), "name", "must not be empty")
-        check_range(self.start_epoch, "start_epoch", 1)
-        check_range(self.noise_scale, "noise_scale", 0.0, 1.0)
-        check_range(self.mixed_prob, "mixed_prob", 0.0, 1.0)
 
 
 def _seed_phases() -> tuple[Phase, ...]:
@@ -41,19 +35,19 @@ def _seed_phases() -> tuple[Phase, ...]:
     )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CurriculumConfig:
-    phases: tuple[Phase, ...] = field(default_factory=_seed_phases)
+class CurriculumConfig(Section):
+    phases: Annotated[tuple[Phase, ...], NONEMPTY] = _seed_phases()
     """Phases in order; the first starts at epoch 1."""
 
-    def __post_init__(self) -> None:
-        check(len(self.phases) > 0, "phases", "needs at least one phase")
+    @model_validator(mode="after")
+    def _in_order(self) -> Self:
         check(self.phases[0].start_epoch == 1, "phases[0].start_epoch",
               f"the first phase must start at epoch 1, got {self.phases[0].start_epoch}")
         for i in range(1, len(self.phases)):
             check(self.phases[i].start_epoch > self.phases[i - 1].start_epoch, f"phases[{i}].start_epoch",
                   f"must be after phases[{i - 1}].start_epoch ({self.phases[i - 1].start_epoch}), "
                   f"got {self.phases[i].start_epoch}")
+        return self
 
     def phase_at(self, epoch: int) -> Phase:
         """The phase in force at ``epoch`` (1-based)."""

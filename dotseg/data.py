@@ -9,13 +9,28 @@ or on which node.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from dotseg.configbase import Section
 from dotseg.normalize import normalize
 from dotseg.synthesis import SynthesisConfig, make_batch
-from dotseg.training.config import DataConfig
+
+
+class DataConfig(Section):
+    """How Ray Data synthesizes training and validation samples."""
+
+    synth_tasks: int = Field(2, ge=1, le=4096)
+    """Ray Data tasks synthesizing in parallel (per training run)."""
+    rows_per_block: int = Field(32, ge=1, le=100000)
+    """Samples per Ray Data block (larger blocks amortize per-task overhead)."""
+    cpus_per_task: float = Field(0.5, gt=0.0, le=64)
+    """Logical CPUs each synthesis task reserves; keep the total below the cluster's free CPUs."""
+    prefetch_batches: int = Field(2, ge=0, le=64)
+    """Batches each training worker prefetches."""
 
 
 def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int, offset: int,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from dotseg.baseline import BaselineConfig, ClassicalBaseline, _block_mean, _upsample
+from dotseg.baseline.classical import BaselineConfig, ClassicalBaseline, _block_mean, _upsample
 from dotseg.configbase import ConfigError
+from dotseg.inference.segmenter import Prediction, Segmenter
 from dotseg.metrics import segmentation_metrics
-from dotseg.prediction import Prediction, Segmenter
 from dotseg.synthesis import SynthesisConfig, make_sample
 
-SYNTH_256 = replace(SynthesisConfig(), size=256)
-SYNTH_128 = replace(SynthesisConfig(), size=128)
+SYNTH_256 = SynthesisConfig().replace(size=256)
+SYNTH_128 = SynthesisConfig().replace(size=128)
 BASELINE = ClassicalBaseline()
 
 
@@ -81,11 +80,14 @@ def test_invariant_to_affine_intensity() -> None:
 
 
 def test_predict_batch_matches_predict() -> None:
-    images = [make_sample(SYNTH_128, 0, 2).image, np.zeros((31, 45), np.uint8),
-              make_sample(SYNTH_256, 0, 3, noisy=False).image[:200, :150]]
+    images = [
+        make_sample(SYNTH_128, 0, 2).image,
+        np.zeros((31, 45), np.uint8),
+        make_sample(SYNTH_256, 0, 3, noisy=False).image[:200, :150],
+    ]
     preds = BASELINE.predict_batch(images)
     assert len(preds) == len(images)
-    for image, pred in zip(images, preds):
+    for image, pred in zip(images, preds, strict=True):
         single = BASELINE.predict(image)
         check_prediction(pred, image.shape)
         np.testing.assert_array_equal(pred.mask, single.mask)
@@ -97,12 +99,16 @@ def test_predict_batch_matches_predict() -> None:
 # Nothing to find, and inputs that must be refused
 
 
-@pytest.mark.parametrize("image", [
-    np.zeros((64, 80), np.float32),
-    np.full((50, 50), 7, np.uint8),
-    np.ones((17, 23), bool),
-    np.full((1, 1), 3.5),
-], ids=["zeros", "uint8-constant", "bool-ones", "1x1"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((64, 80), np.float32),
+        np.full((50, 50), 7, np.uint8),
+        np.ones((17, 23), bool),
+        np.full((1, 1), 3.5),
+    ],
+    ids=["zeros", "uint8-constant", "bool-ones", "1x1"],
+)
 def test_constant_image_is_empty(image: np.ndarray) -> None:
     pred = BASELINE.predict(image)
     check_prediction(pred, image.shape)
@@ -125,34 +131,41 @@ def test_pure_noise_is_empty(kind: str, size: int) -> None:
     assert not pred.mask.any()
 
 
-@pytest.mark.parametrize("image, message", [
-    (np.zeros((4, 5, 6)), "2-D"),
-    (np.zeros(10), "2-D"),
-    (np.float32(1.0), "2-D"),
-    (np.zeros((0, 5)), "empty"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN"),
-    (np.array([[1.0, np.inf], [0.0, 1.0]]), "infinite"),
-    (np.ones((4, 4), np.complex64), "real"),
-    (np.array([["a", "b"], ["c", "d"]]), "real"),
-], ids=["3d", "1d", "0d", "empty", "nan", "inf", "complex", "str"])
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 5, 6)), "2-D"),
+        (np.zeros(10), "2-D"),
+        (np.float32(1.0), "2-D"),
+        (np.zeros((0, 5)), "empty"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), "infinite"),
+        (np.ones((4, 4), np.complex64), "real"),
+        (np.array([["a", "b"], ["c", "d"]]), "real"),
+    ],
+    ids=["3d", "1d", "0d", "empty", "nan", "inf", "complex", "str"],
+)
 def test_rejects_bad_input(image: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BASELINE.predict(image)
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"work_size": 8}, "work_size"),
-    ({"dot_sigmas": ()}, "dot_sigmas"),
-    ({"dot_sigmas": (1.0, -2.0)}, "dot_sigmas[1]"),
-    ({"z_threshold": 0.0}, "z_threshold"),
-    ({"tail_quantile": 0.3}, "tail_quantile"),
-    ({"local_block": 30}, "local_block"),
-    ({"edge_level": 1.0}, "edge_level"),
-    ({"max_area_fraction": 0.0}, "max_area_fraction"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"work_size": 8}, "work_size"),
+        ({"dot_sigmas": ()}, "dot_sigmas"),
+        ({"dot_sigmas": (1.0, -2.0)}, "dot_sigmas[1]"),
+        ({"z_threshold": 0.0}, "z_threshold"),
+        ({"tail_quantile": 0.3}, "tail_quantile"),
+        ({"local_block": 30}, "local_block"),
+        ({"edge_level": 1.0}, "edge_level"),
+        ({"max_area_fraction": 0.0}, "max_area_fraction"),
+    ],
+)
 def test_config_rejects_bad_values(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match="^" + re.escape(key) + ":"):
-        BaselineConfig(**overrides)
+        BaselineConfig.from_dict(overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,9 +202,17 @@ def test_quality_at_reduced_working_resolution() -> None:
     assert mean_dice(BASELINE, SynthesisConfig(), 2, noise_scale=0.5, mixed_prob=0.3) > 0.85
 
 
-VARIANTS = [{"region": "close"}, {"region": "density"}, {"threshold": "otsu"}, {"threshold": "local"},
-            {"denoise": "median"}, {"denoise": "nlmeans"}, {"denoise": "bilateral"},
-            {"work_size": 0}, {"dot_sigmas": (1.5,), "fill_holes": False, "largest_only": False}]
+VARIANTS = [
+    {"region": "close"},
+    {"region": "density"},
+    {"threshold": "otsu"},
+    {"threshold": "local"},
+    {"denoise": "median"},
+    {"denoise": "nlmeans"},
+    {"denoise": "bilateral"},
+    {"work_size": 0},
+    {"dot_sigmas": (1.5,), "fill_holes": False, "largest_only": False},
+]
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))

@@ -7,7 +7,6 @@ model (base 4, depth 3) keeps every case to milliseconds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -19,9 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dotseg import checkpoint as ckpt_mod
 from dotseg.checkpoint import (FORMAT_VERSION, CheckpointError, build_from_checkpoint, load_checkpoint,
-                               migrate_keys, save_checkpoint)
+                               model_identity, save_checkpoint)
 from dotseg.config import Config
 from dotseg.configbase import config_hash, to_dict
 from dotseg.models import build_model
@@ -94,13 +92,15 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Path, torch.nn.Module, 
     assert ckpt.cfg == cfg
     assert ckpt.threshold == 0.4
     assert ckpt.metrics == {"val_dice": 0.75, "clean_dice": 0.9}
-    assert ckpt.meta["epoch"] == 7
-    assert ckpt.meta["format"] == "dotseg-checkpoint"
-    assert ckpt.meta["format_version"] == FORMAT_VERSION
-    assert ckpt.meta["config_hash"] == config_hash(cfg)
-    assert ckpt.meta["model_variant"] == "attention_unet"
-    assert ckpt.meta["normalization"] == NORMALIZATION
-    assert ckpt.meta["created"].endswith("+00:00")
+    assert ckpt.epoch == 7
+    assert ckpt.meta.format == "dotseg-checkpoint"
+    assert ckpt.meta.format_version == FORMAT_VERSION == 2
+    assert ckpt.contract.model == cfg.model and ckpt.contract.input_size == 64
+    assert ckpt.contract.normalization == NORMALIZATION
+    assert ckpt.meta.run_id == cfg.run_id
+    assert ckpt.model_id == model_identity(ckpt.contract, cfg.run_id, 7)
+    assert ckpt.meta.provenance.config_hash == config_hash(cfg)
+    assert ckpt.meta.provenance.created.endswith("+00:00")
     assert ckpt.path == path
     assert set(ckpt.state_dict) == set(model.state_dict())  # BN buffers included
     assert any(k.endswith("num_batches_tracked") for k in ckpt.state_dict)
@@ -111,7 +111,8 @@ def test_metadata_is_plain_json_readable_without_dotseg(saved: tuple[Path, torch
     with safe_open(str(path), "pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
         tensors_on_cpu = all(f.get_tensor(k).is_contiguous() for k in f.keys())
-    assert meta["config"] == to_dict(cfg)
+    assert meta["provenance"]["config"] == to_dict(cfg)
+    assert meta["contract"]["model"] == to_dict(cfg.model)
     assert tensors_on_cpu
 
 
@@ -296,38 +297,107 @@ def test_newer_format_version_is_refused(saved: tuple[Path, torch.nn.Module, Con
             in _error(newer))
 
 
-def test_invalid_stored_config_names_the_key(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
+def test_unknown_provenance_never_blocks_a_load(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
+    """A future dotseg renames a serve field and adds a section: the model still loads and predicts."""
+    path, model, cfg = saved
+    with safe_open(str(path), "pt") as f:
+        provenance = json.loads(f.metadata()["provenance"])
+    provenance["config"]["serve"]["port_number"] = provenance["config"]["serve"].pop("port")
+    provenance["config"]["tune"]["search"] = {"kind": "bohb"}
+    provenance["config"]["train"]["lr"] = -1.0  # a range this dotseg would refuse
+    provenance["future_field"] = [1, 2]
+    newer = _rewrite(path, tmp_path / "newer.safetensors", meta={"provenance": provenance})
+    restored, ckpt = build_from_checkpoint(newer)
+    assert ckpt.cfg is None  # not readable as this dotseg's config...
+    assert ckpt.meta.provenance.config["serve"]["port_number"] == 8000  # ...but kept and shown
+    assert ckpt.synthesis.size == 64  # the contract still knows the input size
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
+    garbage = _rewrite(path, tmp_path / "garbage.safetensors", meta={"provenance": "not a mapping"})
+    assert load_checkpoint(garbage).meta.provenance.config == {}
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("base_channels", 0, "model.base_channels: must be in [4, 256], got 0"),
+    ("variant", "resnet", "model.variant: unknown variant 'resnet'"),
+    ("width", 3, "model.width: unknown key"),
+])
+def test_invalid_model_contract_is_refused(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path,
+                                           key: str, value: object, expected: str) -> None:
     path, _, cfg = saved
-    for key, value in (("lr", -1.0), ("lr_typo", 0.1)):
-        data = to_dict(cfg)
-        data["train"][key] = value
-        bad = _rewrite(path, tmp_path / "bad.safetensors", meta={"config": data, "config_hash": config_hash(data)})
-        message = _error(bad)
-        assert "stored config is not valid" in message and f"train.{key}" in message
+    contract = load_checkpoint(path).contract.to_dict()
+    contract["model"][key] = value
+    bad = _rewrite(path, tmp_path / "bad.safetensors", meta={"contract": contract})
+    message = _error(bad)
+    assert f"its model contract is not valid for this dotseg: {expected}" in message
 
 
-def test_edited_config_fails_the_hash_check(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
-    data = to_dict(saved[2])
-    data["synthesis"]["size"] = 128  # config drift: the seed's failure 2
-    edited = _rewrite(saved[0], tmp_path / "edited.safetensors", meta={"config": data})
-    assert "does not match its config_hash" in _error(edited)
+def test_edited_contract_fails_the_identity_check(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
+    contract = load_checkpoint(saved[0]).contract.to_dict()
+    contract["input_size"] = 128  # config drift: the seed's failure 2
+    edited = _rewrite(saved[0], tmp_path / "edited.safetensors", meta={"contract": contract})
+    assert "do not match its model_id" in _error(edited)
+    edited = _rewrite(saved[0], tmp_path / "epoch.safetensors", meta={"epoch": 8})
+    assert "do not match its model_id" in _error(edited)
 
 
 def test_other_normalization_is_refused(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
-    other = _rewrite(saved[0], tmp_path / "norm.safetensors", meta={"normalization": "minmax-v0"})
-    message = _error(other)
+    contract = load_checkpoint(saved[0]).contract.to_dict()
+    contract["normalization"] = "minmax-v0"
+    message = _error(_rewrite(saved[0], tmp_path / "norm.safetensors", meta={"contract": contract}))
     assert "'minmax-v0'" in message and NORMALIZATION in message
 
 
 def test_missing_metadata_field(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
-    partial = _rewrite(saved[0], tmp_path / "partial.safetensors", meta={"threshold": None})
-    assert "corrupt metadata: missing threshold" in _error(partial)
+    partial = _rewrite(saved[0], tmp_path / "partial.safetensors", meta={"model_id": None})
+    assert "corrupt metadata: missing model_id" in _error(partial)
+    bad = _rewrite(saved[0], tmp_path / "bad.safetensors", meta={"epoch": "seven"})
+    assert "corrupt metadata: epoch" in _error(bad)
+
+
+# -- format 1 (dotseg 0.1 and the shipped model) -----------------------------------------------------
+
+
+def _format_1(path: Path, dest: Path, config: dict, **fields: object) -> Path:
+    """The checkpoint ``path`` rewritten in format 1: the whole config is the metadata."""
+    ckpt = load_checkpoint(path)
+    header = {"format": "dotseg-checkpoint", "format_version": 1, "config": config, "config_hash": config_hash(config),
+              "model_variant": config["model"]["variant"], "normalization": NORMALIZATION, "threshold": 0.4,
+              "metrics": {"val_dice": 0.75}, "epoch": 7, "created": "2026-01-01T00:00:00+00:00",
+              "dotseg_version": "0.1.0", **fields}
+    save_file(load_file(str(path)), str(dest), metadata={k: json.dumps(v) for k, v in header.items()})
+    assert ckpt.epoch == 7
+    return dest
+
+
+def test_format_1_loads_and_keeps_its_identity(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
+    path, model, cfg = saved
+    old_style = to_dict(cfg)
+    old_style.pop("baseline")  # dotseg 0.1 had no baseline section
+    old_style["serve"]["renamed_later"] = old_style["serve"].pop("max_pixels")
+    v1 = _format_1(path, tmp_path / "v1.safetensors", old_style)
+    restored, ckpt = build_from_checkpoint(v1)
+    assert ckpt.meta.format_version == 1 and ckpt.threshold == 0.4 and ckpt.epoch == 7
+    assert ckpt.contract == load_checkpoint(path).contract
+    assert ckpt.meta.run_id == cfg.run_id  # the serve section is not part of the run identity
+    assert ckpt.cfg is None and ckpt.meta.provenance.config["serve"]["renamed_later"] > 0
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), restored(x))
+
+    edited = dict(old_style, synthesis={**old_style["synthesis"], "size": 128})
+    bad = _format_1(path, tmp_path / "edited.safetensors", edited, config_hash=config_hash(old_style))
+    assert "does not match its config_hash" in _error(bad)
+    wrong = dict(old_style, model={**old_style["model"], "depth": 9})
+    bad = _format_1(path, tmp_path / "wrong.safetensors", wrong)
+    assert "its model contract is not valid for this dotseg: model.depth: must be in [2, 7], got 9" in _error(bad)
 
 
 def test_expected_model_config_names_differing_keys(saved: tuple[Path, torch.nn.Module, Config]) -> None:
     path, _, cfg = saved
-    assert load_checkpoint(path, expect=cfg.model).cfg.model == cfg.model
-    other = dataclasses.replace(cfg.model, variant="unet", base_channels=8)
+    assert load_checkpoint(path, expect=cfg.model).contract.model == cfg.model
+    other = cfg.model.replace(variant="unet", base_channels=8)
     message = _error(path, expect=other)
     assert "another model than expected" in message
     assert "model.variant='attention_unet' (expected 'unet')" in message
@@ -359,41 +429,32 @@ def test_missing_unexpected_and_misshapen_tensors(saved: tuple[Path, torch.nn.Mo
     assert "missing encoder." in message and "(+" in message and "more)" in message
 
 
-@pytest.mark.parametrize("old_prefix", ["attention_gates.", "attn_gates."])
-def test_seed_gate_names_are_migrated(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path,
-                                      old_prefix: str) -> None:
-    """The seed's failure 7: gates saved as ``attention_gates.<i>.``; ours live at ``decoder.<i>.gate.``."""
-    path, model, _ = saved
-    state = load_file(str(path))
+def test_seed_gate_names_are_refused_naming_the_keys(saved: tuple[Path, torch.nn.Module, Config],
+                                                     tmp_path: Path) -> None:
+    """The seed's failure 7: gates saved as ``attention_gates.<i>.``; ours live at ``decoder.<i>.gate.``.
+    Never renamed silently: the message lists what is missing and what is unexpected."""
+    path = saved[0]
     old = {}
-    for key, value in state.items():
+    for key, value in load_file(str(path)).items():
         if ".gate." in key:
             stage, rest = key.removeprefix("decoder.").split(".gate.")
-            key = f"{old_prefix}{stage}.{rest}"
+            key = f"attention_gates.{stage}.{rest}"
         old[key] = value
-    assert any(k.startswith(old_prefix) for k in old) and not any(".gate." in k for k in old)
-    legacy = _rewrite(path, tmp_path / "legacy.safetensors", tensors=old)
-
-    restored, ckpt = build_from_checkpoint(legacy)
-    assert set(ckpt.state_dict) == set(state)
-    x = torch.randn(1, 1, 40, 40)
-    with torch.no_grad():
-        assert torch.equal(model(x), restored(x))
+    message = _error(_rewrite(path, tmp_path / "legacy.safetensors", tensors=old))
+    assert "missing decoder.0.gate." in message and "unexpected attention_gates.0." in message
 
 
-def test_migration_table_applies_by_version_or_by_missing_new_keys() -> None:
-    table = ((3, "enc.", "encoder."), (1, "gates.{i}.", "decoder.{i}.gate."))
-    keys = ["enc.0.w", "encoder.1.w", "gates.0.psi.w", "gates.12.w_x.0.w"]
-    # Format 2 < 3: renamed even though new names are present; the gates lack their new names.
-    assert migrate_keys(keys, 2, table) == {"enc.0.w": "encoder.0.w", "gates.0.psi.w": "decoder.0.gate.psi.w",
-                                           "gates.12.w_x.0.w": "decoder.12.gate.w_x.0.w"}
-    # Format 3 with the new names present: already migrated, nothing to do.
-    assert migrate_keys(["enc.0.w", "encoder.1.w"], 3, table) == {}
-    # Format 3 without any new name: old-style names, renamed.
-    assert migrate_keys(["enc.0.w"], 3, table) == {"enc.0.w": "encoder.0.w"}
-
-
-def test_default_migrations_cover_the_seed_names() -> None:
-    old = {old for _, old, _ in ckpt_mod.KEY_MIGRATIONS}
-    assert {"attention_gates.{i}.", "attn_gates.{i}."} <= old
-    assert all(new == "decoder.{i}.gate." for _, o, new in ckpt_mod.KEY_MIGRATIONS if o in old)
+def test_identity_does_not_depend_on_where_the_run_was_stored(tmp_path: Path) -> None:
+    """Two runs identical except train.storage_path (and logging, serving) have one run and model identity."""
+    a = _cfg(**{"train.storage_path": "/runs/a"})
+    b = _cfg(**{"train.storage_path": "/mnt/nfs/b", "train.wandb.project": "other", "serve.port": 9000})
+    assert a.hash != b.hash and a.run_id == b.run_id
+    model = _model(a)
+    pa = load_checkpoint(save_checkpoint(tmp_path / "a.safetensors", model, a, threshold=0.5, metrics={}, epoch=3))
+    pb = load_checkpoint(save_checkpoint(tmp_path / "b.safetensors", model, b, threshold=0.5, metrics={}, epoch=3))
+    assert pa.meta.run_id == pb.meta.run_id and pa.model_id == pb.model_id
+    # What shapes the weights, or which epoch, does change it.
+    c = _cfg(**{"train.lr": 3e-4})
+    pc = load_checkpoint(save_checkpoint(tmp_path / "c.safetensors", model, c, threshold=0.5, metrics={}, epoch=3))
+    pd = load_checkpoint(save_checkpoint(tmp_path / "d.safetensors", model, a, threshold=0.5, metrics={}, epoch=4))
+    assert len({pa.model_id, pc.model_id, pd.model_id}) == 3

@@ -5,7 +5,6 @@ Small widths (base 8, depth 3) keep the parametrized test to about a second per 
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +59,7 @@ def test_variant(variant: str, tmp_path: Path) -> None:
     with torch.no_grad():
         for batch, height, width in [(2, 301, 457), (1, 37, 53), (1, 3, 5)]:
             assert model(torch.randn(batch, 1, height, width)).shape == (batch, 1, height, width)
-        half_res = build_model(dataclasses.replace(cfg, downscale=2)).eval()
+        half_res = build_model(cfg.replace(downscale=2)).eval()
         for height, width in [(301, 457), (37, 53)]:
             assert half_res(torch.randn(1, 1, height, width)).shape == (1, 1, height, width)
 
@@ -86,8 +85,9 @@ def test_variant(variant: str, tmp_path: Path) -> None:
     from dotseg.checkpoint import build_from_checkpoint, save_checkpoint
     from dotseg.config import Config
 
-    path = save_checkpoint(tmp_path / "model.safetensors", model, Config(model=cfg), threshold=0.5,
-                           metrics={"loss": losses[-1]}, epoch=1)
+    path = save_checkpoint(
+        tmp_path / "model.safetensors", model, Config(model=cfg), threshold=0.5, metrics={"loss": losses[-1]}, epoch=1
+    )
     restored, loaded = build_from_checkpoint(path, expect=cfg)
     assert loaded.cfg.model == cfg
     model.eval()
@@ -104,5 +104,6 @@ def test_parameter_counts_at_base_64() -> None:
 
 def test_config_import_does_not_import_torch() -> None:
     code = "import sys, dotseg.models, dotseg.models.config; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True,
-                   env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""})
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""}
+    )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from PIL import Image
 from dotseg.config import load_config
 from dotseg.configbase import diff_keys
 from dotseg.evaluation import KINDS, SNR_BINS
+from dotseg.inference.predictor import Predictor, shipped_checkpoint
 from dotseg.metrics import segmentation_metrics
-from dotseg.predictor import Predictor, shipped_checkpoint
 from dotseg.synthesis import make_sample
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "shipped-model"
@@ -32,26 +33,39 @@ def test_shipped_model_is_installed_small_and_loads(shipped: Predictor) -> None:
     asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
     assert asset.is_file() and shipped_checkpoint() == Path(str(asset))
     assert Path(str(asset)).stat().st_size <= 25 * 1024 * 1024
-    assert shipped.cfg.model.variant == "attention_unet" and shipped.cfg.synthesis.size == 512
+    assert shipped.contract.model.variant == "attention_unet" and shipped.contract.input_size == 512
+    assert shipped.checkpoint is not None and shipped.checkpoint.meta.format_version == 1  # converted never
     assert 0.0 < shipped.threshold < 1.0
+
+
+def _reject(token: str) -> NoReturn:
+    raise ValueError(f"not strict JSON: {token}")
 
 
 def test_shipped_model_matches_its_record_and_report(shipped: Predictor) -> None:
     record = json.loads((DOCS / "training.json").read_text())
-    report = json.loads((DOCS / "report.json").read_text())
-    meta = shipped.checkpoint.meta
-    assert record["config_hash"] == meta["config_hash"] == report["about"]["config_hash"]
-    assert record["best_epoch"] == meta["epoch"] == report["about"]["epoch"]
+    report = json.loads((DOCS / "report.json").read_text(), parse_constant=_reject)  # strict JSON
+    ckpt = shipped.checkpoint
+    assert ckpt is not None
+    assert record["config_hash"] == ckpt.meta.provenance.config_hash == report["about"]["config_hash"]
+    assert record["best_epoch"] == ckpt.epoch == report["about"]["epoch"]
     assert report["benchmark"]["n"] >= 1000 and report["benchmark"]["size"] == 512
-    assert [g["goal"] for g in report["goals"]] == ["overall_dice", "clean_dice", "overall_iou", "beats_baseline",
-                                                    "margin_below_10db"]
+    assert [g["goal"] for g in report["goals"]] == [
+        "overall_dice",
+        "clean_dice",
+        "overall_iou",
+        "beats_baseline",
+        "margin_below_10db",
+    ]
     assert (DOCS / "curves.png").stat().st_size > 10_000 and (DOCS / "dice_vs_snr.png").stat().st_size > 10_000
     assert len(json.loads((DOCS / "history.json").read_text())) == record["epochs_run"]
 
 
 def test_configs_cpu_reproduces_the_shipped_settings(shipped: Predictor) -> None:
     # Only where the run was stored may differ: everything that shapes the model is configs/cpu.yaml.
-    assert set(diff_keys(shipped.cfg, load_config("cpu"))) <= {"train.storage_path"}
+    assert shipped.checkpoint is not None and shipped.checkpoint.cfg is not None
+    assert set(diff_keys(shipped.checkpoint.cfg, load_config("cpu"))) <= {"train.storage_path"}
+    assert shipped.checkpoint.meta.run_id == load_config("cpu").run_id
 
 
 def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
@@ -59,9 +73,24 @@ def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
     sample = make_sample(cfg.synthesis, seed=7, index=3, noise_scale=0.5)
     grey = np.round(np.clip(sample.image / sample.image.max(), 0, 1) * 255).astype(np.uint8)  # an 8-bit PNG
     Image.fromarray(grey).save(tmp_path / "blob.png")
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "predict", "-i", str(tmp_path / "blob.png"),
-                          "-o", str(tmp_path / "out"), "--overlay", "--quiet", "--threads", "1"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "predict",
+            "-i",
+            str(tmp_path / "blob.png"),
+            "-o",
+            str(tmp_path / "out"),
+            "--overlay",
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     mask = np.asarray(Image.open(tmp_path / "out" / "blob_mask.png")) > 127
     assert mask.shape == sample.mask.shape
@@ -71,8 +100,23 @@ def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
 
 def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(tmp_path: Path) -> None:
     n = 48  # 6 of each kind: clean, every noise type across its severity range, mixes
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--n", str(n), "--out", str(tmp_path),
-                          "--quiet", "--threads", "1"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "evaluate",
+            "--n",
+            str(n),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "goal: overall Dice" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())
@@ -83,11 +127,32 @@ def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(tmp_path: Pa
         assert (tmp_path / png).stat().st_size > 1000
 
     def mean_dice(name: str, lo: float, hi: float) -> tuple[float, int]:
-        sel = [r["dice"] for r in report["samples"]  # clean images have snr_db "inf" (a string in JSON)
-               if r["segmenter"] == name and r["kind"] != "clean" and lo <= r["snr_db"] < hi]
+        sel = [
+            r["dice"]
+            for r in report["samples"]  # clean images have snr_db "inf" (a string in JSON)
+            if r["segmenter"] == name and r["kind"] != "clean" and lo <= r["snr_db"] < hi
+        ]
         return float(np.mean(sel)), len(sel)
 
     clean = report["by_snr_bin"]["clean"]
     assert clean["model"]["n"] >= 6 and clean["model"]["dice"] > clean["baseline"]["dice"]
     (model_mid, count), (base_mid, _) = mean_dice("model", 0.0, 20.0), mean_dice("baseline", 0.0, 20.0)
     assert count >= 6 and model_mid > base_mid
+
+
+def test_shipped_model_predicts_the_masks_it_always_did(shipped: Predictor) -> None:
+    """Bit-identical masks on 24 benchmark images (every noise kind, clean to harshest), against the
+    masks this model predicted before the checkpoint format moved to version 2 (recorded at 1 thread
+    in tests/data/shipped_model_masks.npz): reading format 1 changed nothing the model computes."""
+    from dotseg.evaluation import benchmark_cases
+
+    ref = np.load(Path(__file__).parent / "data" / "shipped_model_masks.npz")
+    cases = benchmark_cases(len(ref["indices"]))
+    assert [c.index for c in cases] == ref["indices"].tolist() and len(cases) >= 20
+    for case, packed in zip(cases, ref["masks"], strict=True):
+        s = make_sample(shipped.synthesis, 4242, case.index, noisy=case.kind != "clean",
+                        noise_types=case.noise_types, severity=case.severity)
+        mask = shipped.predict(s.image).mask
+        expected = np.unpackbits(packed)[: mask.size].reshape(mask.shape).astype(bool)
+        assert np.array_equal(mask, expected), f"{case}: {int((mask != expected).sum())} pixels differ"
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,25 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_synth_writes_npz_previews_and_grid(tmp_path: Path) -> None:
-    out = run_cli("synth", "--config", "smoke", "--n", "3", "--start", "10", "--seed", "5", "--out", str(tmp_path),
-                  "--grid", str(tmp_path / "grid.png"), "--noise-scale", "0.5", "--mixed-prob", "0.5")
+    out = run_cli(
+        "synth",
+        "--config",
+        "smoke",
+        "--n",
+        "3",
+        "--start",
+        "10",
+        "--seed",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--grid",
+        str(tmp_path / "grid.png"),
+        "--noise-scale",
+        "0.5",
+        "--mixed-prob",
+        "0.5",
+    )
     assert out.returncode == 0, out.stderr
     assert "wrote 3 samples" in out.stdout and "grid.png" in out.stdout
     cfg = load_config("smoke").synthesis
@@ -37,11 +53,14 @@ def test_synth_writes_npz_previews_and_grid(tmp_path: Path) -> None:
     assert grid.size[0] > 500 and grid.size[1] > 500
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n", "2"], "--out DIR is required"),
-    (["--n", "2", "--out", "x", "--noise-scale", "2"], "--noise-scale must be in [0, 1]"),
-    (["--n", "2", "--out", "x", "--config", "nope"], "config file 'nope' not found"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "2"], "--out DIR is required"),
+        (["--n", "2", "--out", "x", "--noise-scale", "2"], "--noise-scale must be in [0, 1]"),
+        (["--n", "2", "--out", "x", "--config", "nope"], "config file 'nope' not found"),
+    ],
+)
 def test_synth_bad_arguments_are_one_line_errors(args: list[str], message: str) -> None:
     out = run_cli("synth", *args)
     assert out.returncode == 2
@@ -54,10 +73,12 @@ def test_ray_data_synthesis_is_the_same_samples_whatever_the_blocks(ray_session)
     from dotseg.data import synthesis_dataset
     from dotseg.training.config import DataConfig
 
-    cfg = dataclasses.replace(load_config("smoke").synthesis, size=48)
+    cfg = load_config("smoke").synthesis.replace(size=48)
     ref = make_batch(cfg, 3, range(100, 130), noise_scale=0.8, mixed_prob=0.5)
-    for data in (DataConfig(synth_tasks=1, rows_per_block=30, cpus_per_task=0.5),
-                 DataConfig(synth_tasks=2, rows_per_block=7, cpus_per_task=0.5)):
+    for data in (
+        DataConfig(synth_tasks=1, rows_per_block=30, cpus_per_task=0.5),
+        DataConfig(synth_tasks=2, rows_per_block=7, cpus_per_task=0.5),
+    ):
         ds = synthesis_dataset(cfg, data, 3, 30, offset=100, noise_scale=0.8, mixed_prob=0.5)
         rows = sorted(ds.take_all(), key=lambda r: int(r["index"]))
         assert [int(r["index"]) for r in rows] == list(range(100, 130))

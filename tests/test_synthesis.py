@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import subprocess
@@ -14,10 +13,10 @@ from scipy import ndimage, stats
 
 from dotseg.normalize import normalize
 from dotseg.synthesis import SynthesisConfig, make_batch, make_sample, snr_db
-from dotseg.synthesis.noise import PARAM, _NORMAL_TABLE, add_normal
+from dotseg.synthesis.noise import _NORMAL_TABLE, PARAM, add_normal
 
 CFG = SynthesisConfig()
-SMALL = dataclasses.replace(CFG, size=128)
+SMALL = CFG.replace(size=128)
 
 
 def digest(*arrays: np.ndarray) -> str:
@@ -28,6 +27,7 @@ def digest(*arrays: np.ndarray) -> str:
 
 
 # -- determinism ----------------------------------------------------------------------------------
+
 
 def test_same_bytes_in_another_process_and_any_batch_size() -> None:
     indices = list(range(100, 132))
@@ -74,6 +74,7 @@ def test_clean_copy_shares_geometry_and_noise_knobs_do_not_move_it() -> None:
 
 # -- the distribution over 2,000 samples -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def many() -> dict[str, np.ndarray]:
     """Metadata of 2,000 full-size samples at noise_scale=1, plus per-sample geometry checks
@@ -88,9 +89,11 @@ def many() -> dict[str, np.ndarray]:
             checks["inside_frame"].append(not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any()))
             dots = b["dots"][i][~np.isnan(b["dots"][i][:, 0])]
             ys, xs = dots[:, 0].astype(int), dots[:, 1].astype(int)
-            checks["dots_ok"].append(len(dots) == b["n_dots"][i] and bool(m[ys, xs].all())
-                                     and bool(((dots[:, 2] >= CFG.dots.radius[0])
-                                               & (dots[:, 2] <= CFG.dots.radius[1])).all()))
+            checks["dots_ok"].append(
+                len(dots) == b["n_dots"][i]
+                and bool(m[ys, xs].all())
+                and bool(((dots[:, 2] >= CFG.dots.radius[0]) & (dots[:, 2] <= CFG.dots.radius[1])).all())
+            )
             checks["area_ok"].append(int(m.sum()) == b["area"][i])
         for k, v in list(checks.items()) + [(k, b[k]) for k in b if k not in ("image", "mask", "dots")]:
             cols.setdefault(k, []).extend(list(v))
@@ -131,11 +134,12 @@ def test_shape_parameters_recorded_and_in_range(many: dict[str, np.ndarray]) -> 
 
 
 def test_dot_radius_scales_with_image_size() -> None:
-    s = make_sample(dataclasses.replace(CFG, size=256), 0, 0, noisy=False)
+    s = make_sample(CFG.replace(size=256), 0, 0, noisy=False)
     assert (s.dots[:, 2] >= 1.0).all() and (s.dots[:, 2] <= 3.0).all()
 
 
 # -- noise models ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["gaussian", "poisson", "salt_pepper", "speckle"])
 def test_noise_scale_bounds_each_parameter(kind: str) -> None:
@@ -151,7 +155,7 @@ def test_noise_scale_bounds_each_parameter(kind: str) -> None:
 
 
 def test_noise_models_match_their_definitions() -> None:
-    cfg = dataclasses.replace(CFG, size=256)
+    cfg = CFG.replace(size=256)
     clean = make_sample(cfg, 5, 0, noisy=False).image
     sig = clean > 0
     g = make_sample(cfg, 5, 0, noise_types=("gaussian",), severity=0.5)
@@ -201,6 +205,7 @@ def test_bad_knobs_are_rejected() -> None:
 
 # -- normalize ------------------------------------------------------------------------------------
 
+
 def test_normalize_is_affine_invariant_across_dtypes() -> None:
     img = make_sample(SMALL, 0, 0, noise_types=("gaussian",), severity=0.1).image
     ref = normalize(img)
@@ -219,7 +224,11 @@ def test_normalize_edge_cases() -> None:
     batch = normalize(np.stack([np.zeros((4, 4)), np.eye(4)]))
     assert batch.shape == (2, 4, 4) and not batch[0].any()
     assert normalize(np.eye(3, dtype=bool)).dtype == np.float32
-    for bad, msg in ((np.zeros(5), "2-D"), (np.zeros((0, 3)), "empty"),
-                     (np.array([[np.nan, 1.0]]), "NaN"), (np.zeros((2, 2), complex), "dtype")):
+    for bad, msg in (
+        (np.zeros(5), "2-D"),
+        (np.zeros((0, 3)), "empty"),
+        (np.array([[np.nan, 1.0]]), "NaN"),
+        (np.zeros((2, 2), complex), "dtype"),
+    ):
         with pytest.raises(ValueError, match=msg):
             normalize(bad)

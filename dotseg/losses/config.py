@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Self
 
-from dotseg.configbase import check, check_range
+from pydantic import Field, model_validator
+
+from dotseg.configbase import NonNegFloat, PositiveInt, Section, check
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Schedule:
+class Schedule(Section):
     """A weight that moves linearly from ``start`` to ``end`` between two epochs (1-based, inclusive)
     and stays constant outside them."""
 
-    start: float = 1.0
+    start: NonNegFloat = 1.0
     """Value up to and including ``from_epoch``."""
-    end: float = 1.0
+    end: NonNegFloat = 1.0
     """Value from ``to_epoch`` on."""
-    from_epoch: int = 1
+    from_epoch: PositiveInt = 1
     """First epoch of the ramp."""
     to_epoch: int | None = None
     """Last epoch of the ramp; null = the last training epoch."""
 
-    def __post_init__(self) -> None:
-        check_range(self.start, "start", 0.0)
-        check_range(self.end, "end", 0.0)
-        check_range(self.from_epoch, "from_epoch", 1)
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
         if self.to_epoch is not None:
             check(self.to_epoch >= self.from_epoch, "to_epoch",
                   f"must be >= from_epoch ({self.from_epoch}), got {self.to_epoch}")
+        return self
 
     def at(self, epoch: int, total_epochs: int) -> float:
         """The weight at ``epoch`` (1-based) of a run of ``total_epochs``."""
@@ -40,27 +40,24 @@ class Schedule:
         return self.start + t * (self.end - self.start)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LossConfig:
-    dice: Schedule = field(default_factory=lambda: Schedule(start=1.0, end=1.0))
+class LossConfig(Section):
+    dice: Schedule = Schedule(start=1.0, end=1.0)
     """Weight alpha of the soft Dice loss (the seed: 1.0 constant)."""
-    bce: Schedule = field(default_factory=lambda: Schedule(start=1.0, end=0.5))
+    bce: Schedule = Schedule(start=1.0, end=0.5)
     """Weight beta of BCE-with-logits (the seed: 1.0 -> 0.5 over training)."""
-    boundary: Schedule = field(default_factory=lambda: Schedule(start=0.0, end=0.5, from_epoch=20, to_epoch=60))
+    boundary: Schedule = Schedule(start=0.0, end=0.5, from_epoch=20, to_epoch=60)
     """Weight gamma of the boundary Tversky loss (the seed: 0 -> 0.5 over epochs 20-60)."""
-    tversky_alpha: float = 0.7
+    tversky_alpha: float = Field(0.7, ge=0.0, le=1.0)
     """Tversky weight of false positives in the boundary band."""
-    tversky_beta: float = 0.3
+    tversky_beta: float = Field(0.3, ge=0.0, le=1.0)
     """Tversky weight of false negatives in the boundary band."""
-    boundary_width: int = 3
+    boundary_width: int = Field(3, ge=1, le=64)
     """Half-width in pixels of the boundary band around the ground-truth outline."""
-    smooth: float = 1.0
+    smooth: NonNegFloat = 1.0
     """Additive smoothing of the Dice and Tversky ratios."""
 
-    def __post_init__(self) -> None:
-        check_range(self.tversky_alpha, "tversky_alpha", 0.0, 1.0)
-        check_range(self.tversky_beta, "tversky_beta", 0.0, 1.0)
+    @model_validator(mode="after")
+    def _tversky(self) -> Self:
         check(self.tversky_alpha + self.tversky_beta > 0, "tversky_alpha",
               "tversky_alpha + tversky_beta must be > 0")
-        check_range(self.boundary_width, "boundary_width", 1, 64)
-        check_range(self.smooth, "smooth", 0.0)
+        return self

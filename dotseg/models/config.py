@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from dotseg.configbase import check, check_range
+from pydantic import Field, field_validator
+
+from dotseg.configbase import Section
 
 #: Registered variants and what they switch on. The builders live in ``dotseg.models.registry``;
 #: names are listed here as well so a config can be checked without importing torch.
@@ -17,26 +18,24 @@ VARIANTS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ModelConfig:
+class ModelConfig(Section):
     variant: str = "attention_unet"
     """Registry entry: unet | unet_gates | unet_cbam | attention_unet."""
-    base_channels: int = 64
+    base_channels: int = Field(64, ge=4, le=256)
     """Channels of the first encoder stage; stage i has base_channels * 2**i."""
-    depth: int = 5
+    depth: int = Field(5, ge=2, le=7)
     """Encoder stages including the bottleneck (5 = 64-128-256-512-1024 at base 64)."""
     downsample: Literal["blurpool", "maxpool"] = "blurpool"
     """Anti-aliased blur-pool (the seed) or plain 2x2 max-pool between encoder stages."""
-    dropout: float = 0.1
+    dropout: float = Field(0.1, ge=0.0, le=0.9)
     """Dropout probability in the deeper stages."""
-    downscale: int = 1
+    downscale: Literal[1, 2, 4] = 1
     """Internal down-scaling stem: the network runs at 1/downscale of the input resolution and the
     logits are upsampled back to the input size (1, 2 or 4)."""
 
-    def __post_init__(self) -> None:
-        check(self.variant in VARIANTS, "variant",
-              f"unknown variant {self.variant!r}; registered: {', '.join(VARIANTS)}")
-        check_range(self.base_channels, "base_channels", 4, 256)
-        check_range(self.depth, "depth", 2, 7)
-        check_range(self.dropout, "dropout", 0.0, 0.9)
-        check(self.downscale in (1, 2, 4), "downscale", f"must be 1, 2 or 4, got {self.downscale!r}")
+    @field_validator("variant")
+    @classmethod
+    def _registered(cls, variant: str) -> str:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; registered: {', '.join(VARIANTS)}")
+        return variant

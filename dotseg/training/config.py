@@ -2,47 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Self
 
-from dotseg.configbase import check, check_range
+from pydantic import Field, model_validator
+
+from dotseg.configbase import NonNegFloat, NonNegInt, PositiveInt, Probability, Section, check
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EarlyStoppingConfig:
-    patience: int = 15
+class EarlyStoppingConfig(Section):
+    patience: NonNegInt = 15
     """Epochs without an improvement of validation Dice before the run stops (0 = never stop early)."""
-    min_delta: float = 0.001
+    min_delta: NonNegFloat = 0.001
     """Smallest rise of validation Dice that counts as an improvement."""
 
-    def __post_init__(self) -> None:
-        check_range(self.patience, "patience", 0)
-        check_range(self.min_delta, "min_delta", 0.0)
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CollapseGuardConfig:
+class CollapseGuardConfig(Section):
     """Catches the seed's blank-mask failure: a model that learns to predict background everywhere."""
 
-    min_clean_dice: float = 0.05
+    min_clean_dice: Probability = 0.05
     """An epoch whose clean-image validation Dice is below this counts as collapsed (after warmup)."""
-    min_foreground_ratio: float = 0.1
+    min_foreground_ratio: Probability = 0.1
     """An epoch whose predicted foreground is below this fraction of the true foreground counts as collapsed."""
-    max_epochs: int = 3
+    max_epochs: NonNegInt = 3
     """Stop the run after this many consecutive collapsed epochs (0 = warn only)."""
-    grace_epochs: int = 2
+    grace_epochs: NonNegInt = 2
     """Epochs at the start that are never counted (a fresh model may start anywhere)."""
 
-    def __post_init__(self) -> None:
-        check_range(self.min_clean_dice, "min_clean_dice", 0.0, 1.0)
-        check_range(self.min_foreground_ratio, "min_foreground_ratio", 0.0, 1.0)
-        check_range(self.max_epochs, "max_epochs", 0)
-        check_range(self.grace_epochs, "grace_epochs", 0)
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class WandbConfig:
-    project: str = "dotseg"
+class WandbConfig(Section):
+    project: str = Field("dotseg", min_length=1)
     """W&B project."""
     group: str | None = None
     """W&B group (e.g. a sweep); null = none."""
@@ -50,100 +38,61 @@ class WandbConfig:
     """Run name; null = the run directory's name."""
     mode: Literal["offline", "online", "disabled"] = "offline"
     """offline writes runs to disk for a later ``wandb sync``; online needs WANDB_API_KEY in the environment."""
-    images_per_epoch: int = 4
+    images_per_epoch: int = Field(4, ge=0, le=64)
     """Prediction overlays (image | truth | prediction) logged per epoch."""
 
-    def __post_init__(self) -> None:
-        check(bool(self.project), "project", "must not be empty")
-        check_range(self.images_per_epoch, "images_per_epoch", 0, 64)
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainConfig:
-    epochs: int = 80
+class TrainConfig(Section):
+    epochs: int = Field(80, ge=1, le=100000)
     """Training epochs (1-based in logs)."""
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1, le=4096)
     """Samples per optimizer step per worker."""
-    samples_per_epoch: int = 5000
+    samples_per_epoch: PositiveInt = 5000
     """Freshly synthesized training samples per epoch, over all workers."""
-    val_samples: int = 2000
+    val_samples: PositiveInt = 2000
     """Size of the fixed, seeded validation set (full noise distribution) and its clean copy."""
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
     """Peak AdamW learning rate."""
-    weight_decay: float = 1e-5
+    weight_decay: Probability = 1e-5
     """AdamW weight decay."""
-    warmup_epochs: int = 3
+    warmup_epochs: NonNegInt = 3
     """Linear warmup epochs before cosine annealing."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Probability = 0.0
     """Cosine floor as a fraction of ``lr``."""
-    grad_clip: float = 1.0
+    grad_clip: NonNegFloat = 1.0
     """Max global gradient norm (0 = no clipping)."""
     amp: bool = True
     """Mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU."""
-    threshold: float = 0.5
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Probability threshold for binary masks in validation (stored in checkpoints)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: model init, training samples (with epoch and index) and validation set."""
-    num_workers: int = 1
+    num_workers: int = Field(1, ge=1, le=4096)
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
     """One GPU per worker."""
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=512)
     """Logical CPUs reserved per training worker."""
-    torch_threads: int = 0
+    torch_threads: int = Field(0, ge=0, le=512)
     """Intra-op threads per worker (0 = CPUs per worker, at least 1)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: PositiveInt = 2
     """Best checkpoints kept by validation Dice (the latest is always kept too)."""
-    max_failures: int = 2
+    max_failures: int = Field(2, ge=-1)
     """Worker-group restarts from the last checkpoint before the run fails."""
     storage_path: str = "runs"
     """Directory under which each run gets its own folder."""
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping on validation Dice."""
-    collapse: CollapseGuardConfig = field(default_factory=CollapseGuardConfig)
+    collapse: CollapseGuardConfig = CollapseGuardConfig()
     """Blank-mask collapse detection."""
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = WandbConfig()
     """Weights & Biases logging (rank 0 only)."""
 
-    def __post_init__(self) -> None:
-        check_range(self.epochs, "epochs", 1, 100000)
-        check_range(self.batch_size, "batch_size", 1, 4096)
-        check_range(self.samples_per_epoch, "samples_per_epoch", 1)
-        check_range(self.val_samples, "val_samples", 1)
-        check_range(self.lr, "lr", 0.0, 1.0, lo_open=True)
-        check_range(self.weight_decay, "weight_decay", 0.0, 1.0)
-        check_range(self.warmup_epochs, "warmup_epochs", 0)
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
         check(self.warmup_epochs < self.epochs or self.epochs == 1, "warmup_epochs",
               f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}")
-        check_range(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
-        check_range(self.grad_clip, "grad_clip", 0.0)
-        check_range(self.threshold, "threshold", 0.0, 1.0, lo_open=True, hi_open=True)
-        check_range(self.seed, "seed", 0, 2**63 - 1)
-        check_range(self.num_workers, "num_workers", 1, 4096)
-        check_range(self.cpus_per_worker, "cpus_per_worker", 0.0, 512, lo_open=True)
-        check_range(self.torch_threads, "torch_threads", 0, 512)
-        check_range(self.keep_checkpoints, "keep_checkpoints", 1)
-        check_range(self.max_failures, "max_failures", -1)
         check(self.samples_per_epoch >= self.batch_size * self.num_workers, "samples_per_epoch",
               f"must be at least batch_size * num_workers = {self.batch_size * self.num_workers} "
               f"so every worker gets one full batch, got {self.samples_per_epoch}")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DataConfig:
-    """How Ray Data synthesizes training samples."""
-
-    synth_tasks: int = 2
-    """Ray Data tasks synthesizing in parallel (per training run)."""
-    rows_per_block: int = 32
-    """Samples per Ray Data block (larger blocks amortize per-task overhead)."""
-    cpus_per_task: float = 0.5
-    """Logical CPUs each synthesis task reserves; keep the total below the cluster's free CPUs."""
-    prefetch_batches: int = 2
-    """Batches each training worker prefetches."""
-
-    def __post_init__(self) -> None:
-        check_range(self.synth_tasks, "synth_tasks", 1, 4096)
-        check_range(self.rows_per_block, "rows_per_block", 1, 100000)
-        check_range(self.cpus_per_task, "cpus_per_task", 0.0, 64, lo_open=True)
-        check_range(self.prefetch_batches, "prefetch_batches", 0, 64)
+        return self

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from dotseg.configbase import check, check_range
+from pydantic import Field, model_validator
+
+from dotseg.configbase import NONEMPTY, PositiveInt, Section, check
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SearchDim:
+class SearchDim(Section):
     key: str
     """Full config key path to vary, e.g. ``loss.boundary.end`` or ``model.variant``."""
     kind: Literal["choice", "uniform", "loguniform", "grid"]
     """``choice``/``grid`` over ``values``; ``uniform``/``loguniform`` between values[0] and values[1]."""
-    values: tuple[Any, ...]
+    values: Annotated[tuple[Any, ...], NONEMPTY]
     """Candidates (choice, grid) or [low, high] (uniform, loguniform)."""
 
-    def __post_init__(self) -> None:
-        check(len(self.values) > 0, "values", "needs at least one value")
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
         if self.kind in ("uniform", "loguniform"):
             check(len(self.values) == 2 and all(isinstance(v, (int, float)) for v in self.values),
                   "values", f"{self.kind} needs [low, high] numbers, got {list(self.values)}")
             check(self.values[0] < self.values[1], "values", f"low must be < high, got {list(self.values)}")
             if self.kind == "loguniform":
                 check(self.values[0] > 0, "values", "loguniform needs low > 0")
+        return self
 
 
 def _default_space() -> tuple[SearchDim, ...]:
@@ -35,29 +36,26 @@ def _default_space() -> tuple[SearchDim, ...]:
     )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TuneConfig:
-    space: tuple[SearchDim, ...] = field(default_factory=_default_space)
+class TuneConfig(Section):
+    space: tuple[SearchDim, ...] = _default_space()
     """Dimensions of the search space; every key must exist in the config."""
-    num_samples: int = 1
+    num_samples: PositiveInt = 1
     """Samples of the space (each grid point is repeated num_samples times)."""
-    max_concurrent_trials: int = 2
+    max_concurrent_trials: PositiveInt = 2
     """Trials running at once."""
     scheduler: Literal["asha", "fifo"] = "asha"
     """ASHA stops weak trials early; fifo runs every trial to the end."""
-    grace_period: int = 2
+    grace_period: PositiveInt = 2
     """Epochs before ASHA may stop a trial."""
-    reduction_factor: int = 2
+    reduction_factor: int = Field(2, ge=2)
     """ASHA's halving rate."""
     metric: str = "val_dice"
     """Reported metric to optimise."""
     mode: Literal["max", "min"] = "max"
     """Whether the metric is maximised or minimised."""
 
-    def __post_init__(self) -> None:
-        check_range(self.num_samples, "num_samples", 1)
-        check_range(self.max_concurrent_trials, "max_concurrent_trials", 1)
-        check_range(self.grace_period, "grace_period", 1)
-        check_range(self.reduction_factor, "reduction_factor", 2)
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
         keys = [d.key for d in self.space]
         check(len(set(keys)) == len(keys), "space", f"a key appears twice: {keys}")
+        return self

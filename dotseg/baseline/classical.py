@@ -37,8 +37,7 @@ down below about -5 dB SNR (Gaussian sigma > ~1.8), where only a learned prior c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -48,93 +47,13 @@ from skimage.draw import polygon as draw_polygon
 from skimage.filters import threshold_local, threshold_otsu
 from skimage.restoration import denoise_bilateral, denoise_nl_means
 
-from dotseg.configbase import check, check_range
+from dotseg.baseline.config import BaselineConfig
 from dotseg.normalize import normalize
-from dotseg.prediction import Prediction
+from dotseg.inference.segmenter import Prediction
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 #: MAD -> standard deviation for Gaussian data.
 _MAD_TO_STD = 1.4826
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class BaselineConfig:
-    work_size: int = 256
-    """Largest side (px) processed: bigger inputs are block-averaged by the smallest integer factor
-    that brings them to at most this; 0 = always full resolution."""
-    denoise: Literal["gaussian", "median", "nlmeans", "bilateral"] = "gaussian"
-    """Pre-filter before the dot matched filter: ``gaussian`` = none beyond the matched filter
-    itself; ``median`` (size ``median_size``), ``nlmeans`` or ``bilateral`` (scikit-image, slower)."""
-    median_size: int = 3
-    """Median filter window side in working px (``denoise = median``)."""
-    dot_sigmas: tuple[float, ...] = (1.0, 2.0)
-    """Gaussian matched-filter scales in working px; the detection score is the max over scales."""
-    threshold: Literal["robust", "otsu", "local"] = "robust"
-    """``robust``: score (r - median) / sigma above ``z_threshold``; ``otsu``: Otsu's
-    threshold of the finest response; ``local``: scikit-image local mean threshold over
-    ``local_block`` px, offset by ``z_threshold`` noise units."""
-    z_threshold: float = 4.5
-    """Detection threshold in noise standard deviations of the filter response (sigma = 1.4826
-    MAD, or more by ``tail_quantile``)."""
-    tail_quantile: float = 0.95
-    """The noise sigma is at least what puts this quantile of the response where a Gaussian would
-    (a guard against skewed noise: sparse salt); 0 = MAD only."""
-    min_contrast: float = 0.2
-    """The threshold is at least this fraction of the way from the background median to the bright
-    (99.9th percentile) response: on noise-free images the MAD is 0 and would admit any halo."""
-    local_block: int = 31
-    """Window side (odd, working px) of the ``local`` threshold."""
-    min_dot_area: int = 2
-    """Detected components smaller than this (working px) are specks, not dots."""
-    peak_window: int = 5
-    """Window side (working px) within which a detection score maximum is one dot's centre."""
-    min_dots: int = 5
-    """Fewer detected dots than this means nothing was found: empty mask, zero probability."""
-    region: Literal["density", "close", "hull"] = "hull"
-    """How the dot set becomes a region: kernel density of the centres, closing of the centres
-    (a concave hull), or their convex hull (see the module docstring)."""
-    bandwidth: float = 0.6
-    """Kernel density standard deviation as a multiple of the dot spacing."""
-    edge_level: float = 0.4
-    """Relative dot density taken as the region edge: prob = 0.5 there (``density``)."""
-    inlier_level: float = 0.2
-    """``close`` / ``hull``: only dots whose kernel-density score (prob of ``density``) is at least
-    this are used, and only those in its largest region; 0 = every detected dot."""
-    closing_scale: float = 1.5
-    """``close``: closing disc radius as a multiple of the dot spacing (large = convex hull)."""
-    margin: float = 0.35
-    """``close`` / ``hull``: the region is grown by this multiple of the dot spacing beyond the
-    outermost dot centres, where the outline lies on average."""
-    max_area_fraction: float = 0.5
-    """A region covering more of the frame than this is taken as noise detections scattered
-    everywhere, not a shape, and nothing is returned (the synthesizer's largest blobs cover ~0.43)."""
-    fill_holes: bool = True
-    """Fill holes of the region."""
-    largest_only: bool = True
-    """Keep only the largest connected region (the data has one shape per image)."""
-
-    def __post_init__(self) -> None:
-        check(self.work_size == 0 or self.work_size >= 16, "work_size",
-              f"must be 0 (full resolution) or >= 16 px, got {self.work_size}")
-        check_range(self.median_size, "median_size", 1, 31)
-        check(len(self.dot_sigmas) > 0, "dot_sigmas", "needs at least one scale")
-        for i, s in enumerate(self.dot_sigmas):
-            check_range(s, f"dot_sigmas[{i}]", 0.0, 32.0, lo_open=True)
-        check_range(self.z_threshold, "z_threshold", 0.0, lo_open=True)
-        check(self.tail_quantile == 0 or 0.5 < self.tail_quantile < 1, "tail_quantile",
-              f"must be 0 (off) or in (0.5, 1), got {self.tail_quantile}")
-        check_range(self.min_contrast, "min_contrast", 0.0, 1.0)
-        check(self.local_block >= 3 and self.local_block % 2 == 1, "local_block",
-              f"must be an odd number >= 3, got {self.local_block}")
-        check_range(self.min_dot_area, "min_dot_area", 1)
-        check_range(self.peak_window, "peak_window", 1, 64)
-        check_range(self.min_dots, "min_dots", 1)
-        check_range(self.bandwidth, "bandwidth", 0.0, 10.0, lo_open=True)
-        check_range(self.edge_level, "edge_level", 0.0, 1.0, lo_open=True, hi_open=True)
-        check_range(self.inlier_level, "inlier_level", 0.0, 1.0, hi_open=True)
-        check_range(self.closing_scale, "closing_scale", 0.0, 10.0, lo_open=True)
-        check_range(self.margin, "margin", 0.0, 5.0)
-        check_range(self.max_area_fraction, "max_area_fraction", 0.0, 1.0, lo_open=True)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -219,7 +138,7 @@ def _dot_spacing(centres: np.ndarray) -> float:
 
 
 class ClassicalBaseline:
-    """Learning-free dot-blob segmenter implementing :class:`dotseg.prediction.Segmenter`.
+    """Learning-free dot-blob segmenter implementing :class:`dotseg.inference.segmenter.Segmenter`.
 
     Stateless apart from its config, so one instance can serve any number of images or threads.
     """

@@ -4,7 +4,7 @@
     pred = predictor.predict(image)        # (H, W) any dtype -> Prediction(mask bool, prob float32), (H, W)
 
 Serving wraps this object; evaluation compares it with the classical baseline through the
-:class:`dotseg.prediction.Segmenter` protocol. Preprocessing is exactly
+:class:`dotseg.inference.segmenter.Segmenter` protocol. Preprocessing is exactly
 :func:`dotseg.normalize.normalize`, the function training uses, and nothing else: its version is
 stored in every checkpoint and checked on load, so train/serve skew cannot creep in here.
 Device choice is :func:`dotseg.device.resolve_device` (re-exported here), the helper training uses.
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, build_from_checkpoint
-from dotseg.config import Config
-from dotseg.device import autocast, resolve_device, configure_cpu
-from dotseg.imageio import to_grey
-from dotseg.normalize import normalize
-from dotseg.prediction import Prediction
+from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, ModelContract, build_from_checkpoint
+from dotseg.device import autocast, configure_cpu, resolve_device
+from dotseg.inference.images import to_grey
+from dotseg.inference.segmenter import Prediction
+from dotseg.normalize import NORMALIZATION, normalize
+from dotseg.synthesis.config import SynthesisConfig
 
 __all__ = ["Predictor", "resolve_device", "shipped_checkpoint"]
 
@@ -48,8 +48,8 @@ class Predictor:
 
     Args:
         model: the network, ``(B, 1, H, W)`` float32 -> ``(B, 1, H, W)`` logits.
-        cfg: the config it was trained with.
-        threshold: ``mask = prob >= threshold``.
+        contract: what the model needs (its config, input normalization, threshold, input size).
+        threshold: ``mask = prob >= threshold``; None = the contract's.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`resolve_device`).
         threads: CPU threads for torch ops (``torch.set_num_threads``, process-wide); ``None`` keeps
             torch's setting.
@@ -64,21 +64,24 @@ class Predictor:
 
     name = "model"
 
-    def __init__(self, model: nn.Module, cfg: Config, threshold: float = 0.5,
+    def __init__(self, model: nn.Module, contract: ModelContract, threshold: float | None = None,
                  device: str | torch.device = "cpu", threads: int | None = None,
                  checkpoint: LoadedCheckpoint | None = None, channels_last: bool | None = None) -> None:
+        threshold = contract.threshold if threshold is None else threshold
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
+        if contract.normalization != NORMALIZATION:
+            raise ValueError(f"the model expects input normalization {contract.normalization!r}, "
+                             f"this dotseg has {NORMALIZATION!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         configure_cpu(threads)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.cfg = cfg
+        self.contract = contract
         self.threshold = float(threshold)
         self.checkpoint = checkpoint
         """The checkpoint the model came from (its path, metrics, ...), if any."""
@@ -93,8 +96,14 @@ class Predictor:
         """
         dev = resolve_device(device)  # before loading: a wrong device should fail fast
         model, ckpt = build_from_checkpoint(shipped_checkpoint() if path is None else path)
-        return cls(model, ckpt.cfg, ckpt.threshold if threshold is None else threshold, dev, threads, ckpt,
-                   channels_last)
+        return cls(model, ckpt.contract, threshold, dev, threads, ckpt, channels_last)
+
+    @property
+    def synthesis(self) -> SynthesisConfig:
+        """The image distribution the model was trained on (defaults at its input size if unknown)."""
+        if self.checkpoint is not None:
+            return self.checkpoint.synthesis
+        return SynthesisConfig(size=self.contract.input_size)
 
     def predict(self, image: np.ndarray) -> Prediction:
         """One image -> its prediction at the same size.

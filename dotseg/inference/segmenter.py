@@ -1,6 +1,6 @@
 """What every segmenter returns, and the interface evaluation and serving rely on.
 
-Both the learned model (:class:`dotseg.predictor.Predictor`) and the classical baseline
+Both the learned model (:class:`dotseg.inference.predictor.Predictor`) and the classical baseline
 (:class:`dotseg.baseline.ClassicalBaseline`) implement :class:`Segmenter`, so an evaluation or a
 server can take either and show them side by side.
 """
