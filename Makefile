@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -10,11 +10,17 @@ setup:
 run: setup
 	@$(PY) -m dotseg.cli train --config configs/quickstart.yaml
 
-test: setup
+# Lint first (seconds; mypy's first run ~30 s, then cached), so a style or type error fails fast.
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+
+test: lint
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) benchmarks/synth.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ Three tables, all at batch 1 on the CPU:
    eager fp32 under ``no_grad`` is the baseline, measured in the same run, and every other path is
    given as a speed-up over it and as the largest difference of its probabilities from it;
 3. the seed's deployed configuration (base-64 attention_unet, 256x256 input, eager fp32) as a
-   reference row, forward alone and through :meth:`dotseg.predictor.Predictor.predict`;
+   reference row, forward alone and through :meth:`dotseg.inference.predictor.Predictor.predict`;
 4. the shipped model (``dotseg/assets/model.safetensors``) on a 512x512 image against that seed
    configuration on a 256x256 image, whole ``Predictor.predict`` calls in the same rounds, with
    the speed-up and each model's Dice. Only this table uses trained weights.
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import io
 import logging
 import os
@@ -64,10 +63,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from dotseg.config import Config
 from dotseg.device import amp_active, autocast, configure_cpu, native_bf16
 from dotseg.evaluation import SEED_FIGURES
+from dotseg.inference.predictor import Predictor
 from dotseg.models import build_model, list_models
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import normalize
-from dotseg.predictor import Predictor
 from dotseg.synthesis import SynthesisConfig, make_sample
 
 CPU = torch.device("cpu")
@@ -84,9 +83,10 @@ SEED_SIZE = 256
 
 # --- models and inputs -------------------------------------------------------------------------
 
+
 def synthetic_input(size: int, index: int = 0) -> torch.Tensor:
     """One normalised synthetic sample as the network sees it: (1, 1, size, size) float32."""
-    cfg = dataclasses.replace(SynthesisConfig(), size=size)
+    cfg = SynthesisConfig().replace(size=size)
     image = normalize(make_sample(cfg, seed=0, index=index).image)  # (size, size) float32
     return torch.from_numpy(image)[None, None]
 
@@ -137,8 +137,10 @@ def fold_conv_bn(model: nn.Module) -> nn.Module:
 
 # --- timing ------------------------------------------------------------------------------------
 
-def interleaved(cells: dict[Hashable, Callable[[], object]], repeats: int,
-                budget_s: float) -> dict[Hashable, list[float]]:
+
+def interleaved(
+    cells: dict[Hashable, Callable[[], object]], repeats: int, budget_s: float
+) -> dict[Hashable, list[float]]:
     """Seconds per call of each cell, timed round-robin (see the module docstring for the stopping rule)."""
     times: dict[Hashable, list[float]] = {key: [] for key in cells}
     spent = dict.fromkeys(cells, 0.0)
@@ -183,8 +185,13 @@ def ratio(base: list[float] | None, other: list[float] | None) -> str:
     return f"{statistics.median(base) / statistics.median(other):.2f}x"
 
 
-def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
-               precision: str = "fp32", grad_mode: str = "no_grad") -> Callable[[], torch.Tensor]:
+def torch_call(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    threads: int,
+    precision: str = "fp32",
+    grad_mode: str = "no_grad",
+) -> Callable[[], torch.Tensor]:
     """A closure running ``model(x)`` at ``threads`` intra-op threads under the given precision and grad mode."""
     mode = torch.inference_mode if grad_mode == "inference_mode" else torch.no_grad
 
@@ -193,17 +200,21 @@ def torch_call(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
         # force: the bf16 cells measure bf16 even where dotseg would fall back to fp32 (no native bf16).
         with mode(), autocast(CPU, enabled=precision == "bf16", force=True):
             return model(x)  # (1, 1, H, W) logits
+
     return call
 
 
 # --- table 1: variants -------------------------------------------------------------------------
 
+
 def variants_table(args: argparse.Namespace) -> None:
     print("## Variants: cost and CPU latency at batch 1 (depth 5)\n")
-    print("GFLOPs are forward conv FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`: "
-          "1 multiply-add = 2 FLOPs, so GMACs = GFLOPs / 2. Latency: median ms, "
-          f"{args.repeats} calls at most ({args.max_cell_s:.0f} s budget per cell), "
-          "`–` = not measured in this run.\n")
+    print(
+        "GFLOPs are forward conv FLOPs counted by `torch.utils.flop_counter.FlopCounterMode`: "
+        "1 multiply-add = 2 FLOPs, so GMACs = GFLOPs / 2. Latency: median ms, "
+        f"{args.repeats} calls at most ({args.max_cell_s:.0f} s budget per cell), "
+        "`–` = not measured in this run.\n"
+    )
     combos = [(size, prec, t) for size in args.sizes for prec in args.precisions for t in args.threads]
     header = " | ".join(f"{size} px {prec} {t}T ms" for size, prec, t in combos)
     print(f"| variant | base | params (M) | GFLOPs @256 | GFLOPs @512 | {header} |")
@@ -224,12 +235,15 @@ def variants_table(args: argparse.Namespace) -> None:
                         cells = {(size, prec, t): torch_call(model, x, t, prec) for prec in args.precisions}
                         measured.update(interleaved(cells, args.repeats, args.max_cell_s))
             cols = " | ".join(ms(measured.get(c)) for c in combos)
-            print(f"| {variant} | {base} | {params / 1e6:.2f} | {flops256 / 1e9:.1f} | {flops512 / 1e9:.1f} "
-                  f"| {cols} |", flush=True)
+            print(
+                f"| {variant} | {base} | {params / 1e6:.2f} | {flops256 / 1e9:.1f} | {flops512 / 1e9:.1f} | {cols} |",
+                flush=True,
+            )
     print()
 
 
 # --- table 2: inference paths ------------------------------------------------------------------
+
 
 def onnx_session_factory(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[int], Callable[[], np.ndarray]]:
     """Export ``model`` for the shape of ``x`` with the dynamo exporter; returns ``threads -> closure``.
@@ -244,8 +258,9 @@ def onnx_session_factory(model: nn.Module, x: torch.Tensor, workdir: Path) -> Ca
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
-                          verbose=False)
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"], verbose=False
+        )
 
     def make(threads: int) -> Callable[[], np.ndarray]:
         opts = ort.SessionOptions()
@@ -257,117 +272,142 @@ def onnx_session_factory(model: nn.Module, x: torch.Tensor, workdir: Path) -> Ca
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         feed = {"x": x.numpy()}
         return lambda: session.run(None, feed)[0]  # (1, 1, H, W) float32 logits
+
     return make
 
 
 def paths_table(args: argparse.Namespace) -> None:
     size = args.path_size
     print(f"## Inference paths: attention_unet base 16, {size} px, batch 1\n")
-    print("Baseline: eager fp32 under `torch.no_grad()`, measured in the same rounds. Speed-up = baseline "
-          "median / path median at the same thread count. Diff = max |p - p_eager| of the sigmoid "
-          "probabilities on one synthetic sample. Setup = one-off cost (trace, export, compile).\n")
+    print(
+        "Baseline: eager fp32 under `torch.no_grad()`, measured in the same rounds. Speed-up = baseline "
+        "median / path median at the same thread count. Diff = max |p - p_eager| of the sigmoid "
+        "probabilities on one synthetic sample. Setup = one-off cost (trace, export, compile).\n"
+    )
     print("| downscale | path | setup s | 1T ms | 2T ms | speed-up 1T | speed-up 2T | max abs diff |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    threads = args.threads
     for downscale in (1, 2):
-        model = calibrated_model(ModelConfig(variant="attention_unet", base_channels=16, downscale=downscale))
-        x = synthetic_input(size)
-        rows: list[tuple[str, float, dict[int, Callable[[], object]]]] = []
-        skipped: list[tuple[str, str]] = []
-
-        def add(name: str, setup: Callable[[], dict[int, Callable[[], object]]]) -> None:
-            t0 = time.perf_counter()
-            try:
-                calls = setup()
-            except Exception as exc:  # a path that does not work here is reported, not fatal
-                skipped.append((name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
-                return
-            rows.append((name, time.perf_counter() - t0, calls))
-
-        add("eager fp32 (no_grad)", lambda: {t: torch_call(model, x, t) for t in threads})
-        add("inference_mode (the Predictor)",
-            lambda: {t: torch_call(model, x, t, grad_mode="inference_mode") for t in threads})
-        if "bf16" in args.precisions:
-            add("bf16 autocast", lambda: {t: torch_call(model, x, t, "bf16", "inference_mode") for t in threads})
-        else:
-            skipped.append(("bf16 autocast", "not run (--precisions bf16; emulated on this CPU)"))
-
-        def channels_last() -> dict[int, Callable[[], object]]:
-            cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-            cl_x = x.contiguous(memory_format=torch.channels_last)
-            return {t: torch_call(cl_model, cl_x, t, grad_mode="inference_mode") for t in threads}
-        add("channels_last", channels_last)
-
-        def folded() -> dict[int, Callable[[], object]]:
-            f_model = fold_conv_bn(model)
-            return {t: torch_call(f_model, x, t, grad_mode="inference_mode") for t in threads}
-        add("conv+BN folded", folded)
-
-        def traced(optimize: bool) -> dict[int, Callable[[], object]]:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TracerWarning about the padding branch: fixed shape here
-                module = torch.jit.freeze(torch.jit.trace(model, x))
-                if optimize:
-                    module = torch.jit.optimize_for_inference(module)
-            return {t: torch_call(module, x, t) for t in threads}
-        add("jit.trace + freeze", lambda: traced(False))
-        add("jit.trace + freeze + optimize_for_inference", lambda: traced(True))
-
-        if args.compile:
-            def compiled() -> dict[int, Callable[[], object]]:
-                # Inductor bakes the thread count into its C++ kernels and Dynamo guards on it, so
-                # each thread count is a compilation of its own; both are done here, not in the rounds.
-                c_model = torch.compile(model)
-                calls = {t: torch_call(c_model, x, t, grad_mode="inference_mode") for t in threads}
-                for call in calls.values():
-                    call()
-                return calls
-            add("torch.compile (inductor)", compiled)
-        else:
-            skipped.append(("torch.compile (inductor)", "not run (--compile; 2-5 min of compilation here)"))
-
-        with tempfile.TemporaryDirectory() as tmp:
-            def onnx() -> dict[int, Callable[[], object]]:
-                make = onnx_session_factory(model, x, Path(tmp))
-                return {t: make(t) for t in threads}
-            add("ONNX Runtime (CPU EP)", onnx)
-
-            with torch.no_grad():
-                reference = torch.sigmoid(model(x)).numpy()
-            diffs = {}
-            for name, _, calls in rows:
-                out = calls[threads[-1]]()
-                logits = out.float().numpy() if isinstance(out, torch.Tensor) else out
-                diffs[name] = float(np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - reference).max())
-            times = {}
-            for t in threads:
-                cells = {(name, t): calls[t] for name, _, calls in rows}
-                times.update(interleaved(cells, args.repeats, args.max_cell_s))
-
-        base = rows[0][0]
-        for name, setup_s, _ in rows:
-            by_t = {t: times.get((name, t)) for t in (1, 2)}
-            base_t = {t: times.get((base, t)) for t in (1, 2)}
-            print(f"| {downscale} | {name} | {setup_s:.1f} | {ms(by_t[1])} | {ms(by_t[2])} "
-                  f"| {ratio(base_t[1], by_t[1])} | {ratio(base_t[2], by_t[2])} | {diffs[name]:.1e} |", flush=True)
-        for name, why in skipped:
-            print(f"| {downscale} | {name} | | – | – | | | {why} |")
+        paths_rows(args, size, downscale)
     print()
+
+
+def paths_rows(args: argparse.Namespace, size: int, downscale: int) -> None:
+    """The paths table's rows for one ``downscale`` (a function, so that its closures bind one model)."""
+    threads = args.threads
+    model = calibrated_model(ModelConfig(variant="attention_unet", base_channels=16, downscale=downscale))
+    x = synthetic_input(size)
+    rows: list[tuple[str, float, dict[int, Callable[[], object]]]] = []
+    skipped: list[tuple[str, str]] = []
+
+    def add(name: str, setup: Callable[[], dict[int, Callable[[], object]]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            calls = setup()
+        except Exception as exc:  # a path that does not work here is reported, not fatal
+            skipped.append((name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
+            return
+        rows.append((name, time.perf_counter() - t0, calls))
+
+    add("eager fp32 (no_grad)", lambda: {t: torch_call(model, x, t) for t in threads})
+    add(
+        "inference_mode (the Predictor)",
+        lambda: {t: torch_call(model, x, t, grad_mode="inference_mode") for t in threads},
+    )
+    if "bf16" in args.precisions:
+        add("bf16 autocast", lambda: {t: torch_call(model, x, t, "bf16", "inference_mode") for t in threads})
+    else:
+        skipped.append(("bf16 autocast", "not run (--precisions bf16; emulated on this CPU)"))
+
+    def channels_last() -> dict[int, Callable[[], object]]:
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        cl_x = x.contiguous(memory_format=torch.channels_last)
+        return {t: torch_call(cl_model, cl_x, t, grad_mode="inference_mode") for t in threads}
+
+    add("channels_last", channels_last)
+
+    def folded() -> dict[int, Callable[[], object]]:
+        f_model = fold_conv_bn(model)
+        return {t: torch_call(f_model, x, t, grad_mode="inference_mode") for t in threads}
+
+    add("conv+BN folded", folded)
+
+    def traced(optimize: bool) -> dict[int, Callable[[], object]]:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TracerWarning about the padding branch: fixed shape here
+            module = torch.jit.freeze(torch.jit.trace(model, x))
+            if optimize:
+                module = torch.jit.optimize_for_inference(module)
+        return {t: torch_call(module, x, t) for t in threads}
+
+    add("jit.trace + freeze", lambda: traced(False))
+    add("jit.trace + freeze + optimize_for_inference", lambda: traced(True))
+
+    if args.compile:
+
+        def compiled() -> dict[int, Callable[[], object]]:
+            # Inductor bakes the thread count into its C++ kernels and Dynamo guards on it, so
+            # each thread count is a compilation of its own; both are done here, not in the rounds.
+            c_model = torch.compile(model)
+            calls = {t: torch_call(c_model, x, t, grad_mode="inference_mode") for t in threads}
+            for call in calls.values():
+                call()
+            return calls
+
+        add("torch.compile (inductor)", compiled)
+    else:
+        skipped.append(("torch.compile (inductor)", "not run (--compile; 2-5 min of compilation here)"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def onnx() -> dict[int, Callable[[], object]]:
+            make = onnx_session_factory(model, x, Path(tmp))
+            return {t: make(t) for t in threads}
+
+        add("ONNX Runtime (CPU EP)", onnx)
+
+        with torch.no_grad():
+            reference = torch.sigmoid(model(x)).numpy()
+        diffs = {}
+        for name, _, calls in rows:
+            out = calls[threads[-1]]()
+            logits = out.float().numpy() if isinstance(out, torch.Tensor) else out
+            diffs[name] = float(np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - reference).max())
+        times = {}
+        for t in threads:
+            cells = {(name, t): calls[t] for name, _, calls in rows}
+            times.update(interleaved(cells, args.repeats, args.max_cell_s))
+
+    base = rows[0][0]
+    for name, setup_s, _ in rows:
+        by_t = {t: times.get((name, t)) for t in (1, 2)}
+        base_t = {t: times.get((base, t)) for t in (1, 2)}
+        print(
+            f"| {downscale} | {name} | {setup_s:.1f} | {ms(by_t[1])} | {ms(by_t[2])} "
+            f"| {ratio(base_t[1], by_t[1])} | {ratio(base_t[2], by_t[2])} | {diffs[name]:.1e} |",
+            flush=True,
+        )
+    for name, why in skipped:
+        print(f"| {downscale} | {name} | | – | – | | | {why} |")
 
 
 def predict_call(predictor: Predictor, image: np.ndarray, threads: int) -> Callable[[], object]:
     """A closure running the whole :meth:`Predictor.predict` (what a user's call costs) at ``threads``."""
+
     def call() -> object:
         torch.set_num_threads(threads)
         return predictor.predict(image)
+
     return call
 
 
 # --- table 3: the seed's deployed configuration ------------------------------------------------
 
+
 def reference_table(args: argparse.Namespace) -> None:
-    print(f"## Reference: the seed's deployed configuration (attention_unet base 64, depth 5, "
-          f"{SEED_SIZE}x{SEED_SIZE}, eager fp32)\n")
+    print(
+        f"## Reference: the seed's deployed configuration (attention_unet base 64, depth 5, "
+        f"{SEED_SIZE}x{SEED_SIZE}, eager fp32)\n"
+    )
     model = calibrated_model(SEED_MODEL)
     x = synthetic_input(SEED_SIZE)
     cfg = Config(model=SEED_MODEL)
@@ -410,23 +450,30 @@ def shipped_table(args: argparse.Namespace) -> None:
         return
     seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL), channels_last=False)  # as the seed ran
     big = make_sample(shipped.cfg.synthesis, seed=0, index=0).image  # the raw image a user would send
-    small = make_sample(dataclasses.replace(SynthesisConfig(), size=SEED_SIZE), seed=0, index=0).image
-    rows = {"seed: attention_unet base 64, 256 px input": (seed, small),
-            f"shipped: {shipped.cfg.model.variant} base {shipped.cfg.model.base_channels}, "
-            f"downscale {shipped.cfg.model.downscale}, 512 px input, contiguous": (shipped, big),
-            "shipped, channels_last (the Predictor's CPU default)": (fast, big)}
+    small = make_sample(SynthesisConfig().replace(size=SEED_SIZE), seed=0, index=0).image
+    rows = {
+        "seed: attention_unet base 64, 256 px input": (seed, small),
+        f"shipped: {shipped.cfg.model.variant} base {shipped.cfg.model.base_channels}, "
+        f"downscale {shipped.cfg.model.downscale}, 512 px input, contiguous": (shipped, big),
+        "shipped, channels_last (the Predictor's CPU default)": (fast, big),
+    }
     times = {}
     for t in args.threads:
-        times.update(interleaved({(name, t): predict_call(p, im, t) for name, (p, im) in rows.items()},
-                                 args.repeats, args.max_cell_s))
+        times.update(
+            interleaved(
+                {(name, t): predict_call(p, im, t) for name, (p, im) in rows.items()}, args.repeats, args.max_cell_s
+            )
+        )
     dice = "–"
     if SHIPPED_REPORT.exists():
         dice = f"{json.loads(SHIPPED_REPORT.read_text())['overall']['model']['dice']:.3f}"
     params = {name: sum(q.numel() for q in p.model.parameters()) for name, (p, _) in rows.items()}
-    print("Whole `Predictor.predict` calls (normalize, forward, sigmoid, threshold) on one raw image. "
-          "Speed-up = the seed row's median / the row's median, measured in the same rounds. Dice: the seed's "
-          "reported val Dice (its own validation mix); the shipped model's overall Dice on the committed "
-          "1000-image benchmark (docs/shipped-model/report.md).\n")
+    print(
+        "Whole `Predictor.predict` calls (normalize, forward, sigmoid, threshold) on one raw image. "
+        "Speed-up = the seed row's median / the row's median, measured in the same rounds. Dice: the seed's "
+        "reported val Dice (its own validation mix); the shipped model's overall Dice on the committed "
+        "1000-image benchmark (docs/shipped-model/report.md).\n"
+    )
     print("| model | params (M) | Dice | " + " | ".join(f"{t}T ms | speed-up {t}T" for t in args.threads) + " |")
     print("|---|---:|---:|" + "---:|---:|" * len(args.threads))
     seed_name = next(iter(rows))
@@ -439,29 +486,53 @@ def shipped_table(args: argparse.Namespace) -> None:
 
 # --- entry point -------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="default: attention_unet base 16/32 and unet base 16 at 256 px, 3 calls per cell")
-    mode.add_argument("--full", action="store_true",
-                      help="every variant and base at 256 and 512 px, 5 calls per cell, torch.compile included")
-    ap.add_argument("--tables", nargs="+", choices=("variants", "paths", "reference", "shipped"),
-                    default=["variants", "paths", "reference", "shipped"], help="which tables to print (default all)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="default: attention_unet base 16/32 and unet base 16 at 256 px, 3 calls per cell",
+    )
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="every variant and base at 256 and 512 px, 5 calls per cell, torch.compile included",
+    )
+    ap.add_argument(
+        "--tables",
+        nargs="+",
+        choices=("variants", "paths", "reference", "shipped"),
+        default=["variants", "paths", "reference", "shipped"],
+        help="which tables to print (default all)",
+    )
     ap.add_argument("--variants", nargs="+", choices=list_models(), help="variants to time (table 1)")
     ap.add_argument("--bases", nargs="+", type=int, choices=BASES, help="base widths to time (table 1)")
     ap.add_argument("--sizes", nargs="+", type=int, choices=SIZES, help="image sides to time (table 1)")
-    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS,
-                    help="fp32 and/or bf16 autocast (tables 1 and 2; default both, but fp32 only for "
-                         "--quick on a CPU without native bf16)")
-    ap.add_argument("--threads", nargs="+", type=int, choices=(1, 2), default=[1, 2],
-                    help="intra-op thread counts (default 1 2)")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        help="fp32 and/or bf16 autocast (tables 1 and 2; default both, but fp32 only for "
+        "--quick on a CPU without native bf16)",
+    )
+    ap.add_argument(
+        "--threads", nargs="+", type=int, choices=(1, 2), default=[1, 2], help="intra-op thread counts (default 1 2)"
+    )
     ap.add_argument("--repeats", type=int, help="timed calls per cell at most (default 3 quick, 5 full)")
-    ap.add_argument("--max-cell-s", type=float, default=30.0,
-                    help="a cell stops after this many seconds once it has 3 calls (default 30)")
+    ap.add_argument(
+        "--max-cell-s",
+        type=float,
+        default=30.0,
+        help="a cell stops after this many seconds once it has 3 calls (default 30)",
+    )
     ap.add_argument("--path-size", type=int, choices=SIZES, default=512, help="image side for table 2 (default 512)")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                    help="include torch.compile in table 2 (default: only with --full)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="include torch.compile in table 2 (default: only with --full)",
+    )
     args = ap.parse_args()
 
     args.quick = not args.full
@@ -486,10 +557,12 @@ def main() -> None:
     configure_cpu()  # flush-to-zero for denormals, as training and the Predictor run
     amp_active(CPU, True)  # prints dotseg's one-time "no native bf16" note here, not inside a table
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"# model benchmark ({'full' if args.full else 'quick'}): torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_bf16() else 'no (emulated)'}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {os.cpu_count()} CPUs, load average {load}, "
-          f"batch 1, median of up to {args.repeats} calls\n")
+    print(
+        f"# model benchmark ({'full' if args.full else 'quick'}): torch {torch.__version__}, "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_bf16() else 'no (emulated)'}, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {os.cpu_count()} CPUs, load average {load}, "
+        f"batch 1, median of up to {args.repeats} calls\n"
+    )
     if "variants" in args.tables:
         variants_table(args)
     if "paths" in args.tables:

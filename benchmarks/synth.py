@@ -11,7 +11,6 @@ the ratio is meaningful on any machine. Everything runs in this one process on o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -89,7 +88,8 @@ def stage_times(cfg: SynthesisConfig, n: int) -> dict[str, float]:
     for kind in NOISE_TYPES:
         rng = np.random.default_rng(1)
         params = {PARAM[kind]: draw_param(rng, cfg.noise, kind, 1.0)}
-        out[f"noise: {kind}"] = timed(lambda i: apply_noise(rng, clean.copy(), (kind,), params), n)
+        noise = (kind,)
+        out[f"noise: {kind}"] = timed(lambda i, r=rng, t=noise, p=params: apply_noise(r, clean.copy(), t, p), n)
     return out
 
 
@@ -104,26 +104,28 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|")
     summary = {}
     for size in args.sizes:
-        cfg = dataclasses.replace(SynthesisConfig(), size=size)
+        cfg = SynthesisConfig().replace(size=size)
         fast_all, naive_all = [], []
         for kind in NOISE_TYPES:
-            ncfg = dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, types=(kind,)))
-            fast = timed(lambda i: make_sample(ncfg, 0, i, noise_scale=1.0), args.n)
-            naive = timed(lambda i: naive_sample(cfg, 0, i, kind), args.n)
+            ncfg = cfg.replace(noise=cfg.noise.replace(types=(kind,)))
+            fast = timed(lambda i, ncfg=ncfg: make_sample(ncfg, 0, i, noise_scale=1.0), args.n)
+            naive = timed(lambda i, cfg=cfg, kind=kind: naive_sample(cfg, 0, i, kind), args.n)
             fast_all.append(fast)
             naive_all.append(naive)
             print(f"| {size} | {kind} | {1 / fast:.0f} | {1 / naive:.0f} | {naive / fast:.1f}x |")
-        mixed = timed(lambda i: make_sample(cfg, 0, i, noise_scale=1.0, mixed_prob=0.6), args.n)
+        mixed = timed(lambda i, cfg=cfg: make_sample(cfg, 0, i, noise_scale=1.0, mixed_prob=0.6), args.n)
         fast_avg, naive_avg = float(np.mean(fast_all)), float(np.mean(naive_all))
         print(f"| {size} | mixed_prob=0.6 | {1 / mixed:.0f} | | |")
-        print(f"| {size} | **average over the 4 types** | **{1 / fast_avg:.0f}** | **{1 / naive_avg:.0f}** "
-              f"| **{naive_avg / fast_avg:.1f}x** |")
+        print(
+            f"| {size} | **average over the 4 types** | **{1 / fast_avg:.0f}** | **{1 / naive_avg:.0f}** "
+            f"| **{naive_avg / fast_avg:.1f}x** |"
+        )
         summary[size] = naive_avg / fast_avg
 
     print("\n# fast-path stages (ms per sample)\n")
     print("| stage | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
     print("|---|" + "---:|" * len(args.sizes))
-    stages = {s: stage_times(dataclasses.replace(SynthesisConfig(), size=s), max(args.n // 2, 20)) for s in args.sizes}
+    stages = {s: stage_times(SynthesisConfig().replace(size=s), max(args.n // 2, 20)) for s in args.sizes}
     for name in stages[args.sizes[0]]:
         print(f"| {name} | " + " | ".join(f"{stages[s][name] * 1e3:.2f}" for s in args.sizes) + " |")
     for size, ratio in summary.items():

@@ -52,11 +52,33 @@ def plain_loop(cfg: Config, steps: int, force_bf16: bool = False) -> float:
         if force_bf16:
             # train_step's own autocast would refuse emulated bf16; measure it anyway.
             with autocast(device, True, force=True):
-                train_step(model, images[j:j + bs], masks[j:j + bs], loss_fn, weights, optimizer, scheduler,
-                           scaler, device, False, cfg.train.grad_clip)
+                train_step(
+                    model,
+                    images[j : j + bs],
+                    masks[j : j + bs],
+                    loss_fn,
+                    weights,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    device,
+                    False,
+                    cfg.train.grad_clip,
+                )
         else:
-            train_step(model, images[j:j + bs], masks[j:j + bs], loss_fn, weights, optimizer, scheduler, scaler,
-                       device, cfg.train.amp, cfg.train.grad_clip)
+            train_step(
+                model,
+                images[j : j + bs],
+                masks[j : j + bs],
+                loss_fn,
+                weights,
+                optimizer,
+                scheduler,
+                scaler,
+                device,
+                cfg.train.amp,
+                cfg.train.grad_clip,
+            )
 
     for i in range(2):  # warm-up: oneDNN picks its kernels on the first calls
         step(i)
@@ -70,8 +92,14 @@ def ray_run(cfg: Config, workers: int, storage: Path) -> tuple[float, float]:
     """(steady-state samples/s, start-up seconds) of a real `dotseg train` run."""
     from dotseg.training.run import train
 
-    cfg = cfg.replace(**{"train.num_workers": workers, "train.storage_path": str(storage),
-                         "train.wandb.mode": "disabled", "train.wandb.images_per_epoch": 0})
+    cfg = cfg.replace(
+        **{
+            "train.num_workers": workers,
+            "train.storage_path": str(storage),
+            "train.wandb.mode": "disabled",
+            "train.wandb.images_per_epoch": 0,
+        }
+    )
     t0 = time.perf_counter()
     result = train(cfg, run_dir=storage / f"bench-{workers}w", quiet=True)
     wall = time.perf_counter() - t0
@@ -84,19 +112,30 @@ def ray_run(cfg: Config, workers: int, storage: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="quickstart", help="config file or shipped name (default quickstart)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override (repeatable)")
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
+    )
     ap.add_argument("--epochs", type=int, default=3, help="epochs per Ray run (default 3; the first is not timed)")
     args = ap.parse_args()
     # One phase at the full noise mix, so every timed epoch does the same work.
-    cfg = load_config(args.config, [f"train.epochs={args.epochs}", "train.warmup_epochs=0",
-                                    "train.early_stopping.patience=0",
-                                    "curriculum.phases=[{name: all, start_epoch: 1, noise_scale: 1.0, mixed_prob: 0.3}]",
-                                    "loss.boundary={start: 0.25, end: 0.25}", *args.overrides])
+    cfg = load_config(
+        args.config,
+        [
+            f"train.epochs={args.epochs}",
+            "train.warmup_epochs=0",
+            "train.early_stopping.patience=0",
+            "curriculum.phases=[{name: all, start_epoch: 1, noise_scale: 1.0, mixed_prob: 0.3}]",
+            "loss.boundary={start: 0.25, end: 0.25}",
+            *args.overrides,
+        ],
+    )
     steps = cfg.train.samples_per_epoch // cfg.train.batch_size
-    print(f"# training throughput: config {args.config} (hash {cfg.hash}), {cfg.synthesis.size} px, "
-          f"{cfg.model.variant} base {cfg.model.base_channels} depth {cfg.model.depth} downscale "
-          f"{cfg.model.downscale}, batch {cfg.train.batch_size}, {os.cpu_count()} cores\n", flush=True)
+    print(
+        f"# training throughput: config {args.config} (hash {cfg.hash}), {cfg.synthesis.size} px, "
+        f"{cfg.model.variant} base {cfg.model.base_channels} depth {cfg.model.depth} downscale "
+        f"{cfg.model.downscale}, batch {cfg.train.batch_size}, {os.cpu_count()} cores\n",
+        flush=True,
+    )
     rows = []
     fp32 = plain_loop(cfg.replace(**{"train.amp": False}), steps)
     rows.append(("(a) plain PyTorch loop, pre-generated tensors, fp32", fp32, None, "1.00x"))
@@ -106,8 +145,10 @@ def main() -> None:
 
     init_ray(num_cpus=local_cpus(cfg.replace(**{"train.num_workers": 2})))
     with tempfile.TemporaryDirectory() as tmp:
-        for workers, label in ((1, "(b) Ray Train, 1 worker, fed by Ray Data"),
-                               (2, "(c) Ray Train, 2 workers (DDP, gloo), fed by Ray Data")):
+        for workers, label in (
+            (1, "(b) Ray Train, 1 worker, fed by Ray Data"),
+            (2, "(c) Ray Train, 2 workers (DDP, gloo), fed by Ray Data"),
+        ):
             rate, startup = ray_run(cfg, workers, Path(tmp))
             rows.append((label, rate, startup, f"{rate / fp32:.2f}x"))
             print(f"... {label}: {rate:.1f} samples/s, start-up {startup:.0f} s", file=sys.stderr, flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ SEED_WEIGHTS_AT_END = LossWeights(dice=1.0, bce=0.5, boundary=0.5)
 def square(size: int = 32, top: int = 8, side: int = 10) -> torch.Tensor:
     """(1, 1, size, size) float target with a ``side`` x ``side`` square at (top, top)."""
     t = torch.zeros(1, 1, size, size)
-    t[..., top:top + side, top:top + side] = 1.0
+    t[..., top : top + side, top : top + side] = 1.0
     return t
 
 
@@ -47,8 +49,8 @@ def hard_logits(target: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
 def test_band_of_square_is_rings_on_both_sides(width: int) -> None:
     band = boundary_band(square(), width)
     expected = torch.zeros(1, 1, 32, 32)
-    expected[..., 8 - width:18 + width, 8 - width:18 + width] = 1.0  # dilated square
-    expected[..., 8 + width:18 - width, 8 + width:18 - width] = 0.0  # minus the eroded square
+    expected[..., 8 - width : 18 + width, 8 - width : 18 + width] = 1.0  # dilated square
+    expected[..., 8 + width : 18 - width, 8 + width : 18 - width] = 0.0  # minus the eroded square
     assert int(band.sum()) == (10 + 2 * width) ** 2 - (10 - 2 * width) ** 2 == 8 * 10 * width
     assert torch.equal(band, expected)
 
@@ -73,7 +75,7 @@ def test_band_matches_scipy_morphology_per_sample() -> None:
     width = 2
     band = boundary_band(targets, width)
     footprint = np.ones((2 * width + 1,) * 2, dtype=bool)
-    for t, b in zip(targets[:, 0].numpy().astype(bool), band[:, 0].numpy()):
+    for t, b in zip(targets[:, 0].numpy().astype(bool), band[:, 0].numpy(), strict=True):
         # Dilation pads with background and erosion with foreground: outside pixels never matter.
         expected = ndi.binary_dilation(t, footprint) & ~ndi.binary_erosion(t, footprint, border_value=1)
         np.testing.assert_array_equal(b.astype(bool), expected)
@@ -112,9 +114,9 @@ def _one_sided_errors(alpha: float, beta: float) -> tuple[float, float]:
     target = square()
     k = 6
     fp_logits = hard_logits(target)
-    fp_logits[0, 0, 7, 8:8 + k] = 20.0  # row just above the square: predicted fg, true bg
+    fp_logits[0, 0, 7, 8 : 8 + k] = 20.0  # row just above the square: predicted fg, true bg
     fn_logits = hard_logits(target)
-    fn_logits[0, 0, 8, 8:8 + k] = -20.0  # first row of the square: predicted bg, true fg
+    fn_logits[0, 0, 8, 8 : 8 + k] = -20.0  # first row of the square: predicted bg, true fg
     loss = BoundaryTverskyLoss(alpha=alpha, beta=beta, width=2, smooth=1.0)
     return loss(fp_logits, target).item(), loss(fn_logits, target).item()
 
@@ -165,7 +167,7 @@ def test_seed_schedule() -> None:
     assert [loss_weights(cfg, e, 80).boundary for e in (1, 10, 20)] == [0.0, 0.0, 0.0]
     assert [loss_weights(cfg, e, 80).boundary for e in (60, 70, 80)] == [0.5, 0.5, 0.5]
     bces = [loss_weights(cfg, e, 80).bce for e in range(1, 81)]
-    assert all(a > b for a, b in zip(bces, bces[1:]))
+    assert all(a > b for a, b in itertools.pairwise(bces))
 
 
 def test_schedule_rejects_zero_based_epochs() -> None:
@@ -209,7 +211,7 @@ def test_compound_under_bfloat16_autocast_is_finite_and_close_to_float32() -> No
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(images)
         assert logits.dtype == torch.bfloat16  # the precondition this test is about
-        total, parts = loss(logits, targets, SEED_WEIGHTS_AT_END)
+        total, _ = loss(logits, targets, SEED_WEIGHTS_AT_END)
     total.backward()
     assert total.dtype == torch.float32 and torch.isfinite(total)
     assert total.item() == pytest.approx(reference.item(), rel=1e-2)

@@ -70,8 +70,8 @@ def ref_boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def reference_metrics(pred: np.ndarray, target: np.ndarray, tolerance: float) -> dict[str, float]:
-    p = set(zip(*np.nonzero(pred)))
-    t = set(zip(*np.nonzero(target)))
+    p = set(zip(*np.nonzero(pred), strict=True))
+    t = set(zip(*np.nonzero(target), strict=True))
     tp, fp, fn = len(p & t), len(p - t), len(t - p)
     both_empty = not p and not t
     out = {
@@ -86,8 +86,12 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, tolerance: float) ->
     if len(bp) == 0 or len(bt) == 0:
         assert (len(bp) == 0) == (not p) and (len(bt) == 0) == (not t)
         score = 1.0 if both_empty else 0.0
-        out.update(hd95=0.0 if both_empty else math.hypot(*pred.shape), boundary_precision=score,
-                   boundary_recall=score, boundary_f1=score)
+        out.update(
+            hd95=0.0 if both_empty else math.hypot(*pred.shape),
+            boundary_precision=score,
+            boundary_recall=score,
+            boundary_f1=score,
+        )
         return out
     d_pt, _ = cKDTree(bt).query(bp)
     d_tp, _ = cKDTree(bp).query(bt)
@@ -97,8 +101,12 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, tolerance: float) ->
     assert d_tp.max() == pytest.approx(directed_hausdorff(bt, bp)[0])
     bprec = float(np.mean(d_pt <= tolerance))
     brec = float(np.mean(d_tp <= tolerance))
-    out.update(hd95=float(np.percentile(np.concatenate([d_pt, d_tp]), 95)), boundary_precision=bprec,
-               boundary_recall=brec, boundary_f1=ref_ratio(2 * bprec * brec, bprec + brec, False))
+    out.update(
+        hd95=float(np.percentile(np.concatenate([d_pt, d_tp]), 95)),
+        boundary_precision=bprec,
+        boundary_recall=brec,
+        boundary_f1=ref_ratio(2 * bprec * brec, bprec + brec, False),
+    )
     return out
 
 
@@ -139,8 +147,7 @@ def test_single_pixels_by_hand() -> None:
 
 def test_masks_may_be_zero_one_numbers_but_not_probabilities() -> None:
     pred, target = CASES["blob_vs_blob"]
-    assert segmentation_metrics(pred.astype(np.uint8), target.astype(np.float32)) == \
-        segmentation_metrics(pred, target)
+    assert segmentation_metrics(pred.astype(np.uint8), target.astype(np.float32)) == segmentation_metrics(pred, target)
     with pytest.raises(ValueError, match="0 or 1"):
         segmentation_metrics(pred * 0.7, target)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
@@ -161,8 +168,9 @@ def test_batch_metrics_and_aggregate() -> None:
 
     summary = aggregate(per_sample)
     dice = per_sample["dice"]
-    assert summary["dice"] == pytest.approx({"mean": dice.mean(), "std": dice.std(), "median": np.median(dice),
-                                             "min": dice.min(), "max": dice.max()})
+    assert summary["dice"] == pytest.approx(
+        {"mean": dice.mean(), "std": dice.std(), "median": np.median(dice), "min": dice.min(), "max": dice.max()}
+    )
     assert all(math.isfinite(v) for stats in summary.values() for v in stats.values())
     with pytest.raises(ValueError, match="no samples"):
         aggregate({"dice": np.array([])})

@@ -46,8 +46,23 @@ def _build_wheel(tmp: Path) -> Path:
         elif p.exists():
             shutil.copy2(p, src / name)
     dist = tmp / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-          "--disable-pip-version-check", "-w", str(dist), str(src)], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        cwd=tmp,
+    )
     (wheel,) = dist.glob("dotseg-*.whl")
     return wheel
 
@@ -57,8 +72,22 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
     py = venv / "bin" / "python"
     # Installed before the .pth exists, so this pip sees an empty environment (no project dotseg).
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-          "--disable-pip-version-check", str(wheel)], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        cwd=tmp,
+    )
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp).strip())
     deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (site / "dotseg_project_deps.pth").write_text("".join(f"{d}\n" for d in deps))
@@ -78,8 +107,15 @@ def test_wheel_in_a_fresh_venv_finds_its_configs_and_trains(ray_session, tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "RAY_ADDRESS")}
 
     # dotseg and its configs come from the wheel's copy in the fresh venv, not from the checkout.
-    where = _run([str(venv / "bin" / "python"), "-c",
-                  "import dotseg, dotseg.config as c; print(dotseg.__file__); print(c.CONFIG_DIR)"], cwd=work, env=env)
+    where = _run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import dotseg, dotseg.config as c; print(dotseg.__file__); print(c.CONFIG_DIR)",
+        ],
+        cwd=work,
+        env=env,
+    )
     module, config_dir = (Path(line) for line in where.split())
     assert module.is_relative_to(venv) and config_dir.is_relative_to(venv), where
     assert sorted(p.name for p in config_dir.glob("*.yaml")) == shipped
@@ -96,8 +132,21 @@ def test_wheel_in_a_fresh_venv_finds_its_configs_and_trains(ray_session, tmp_pat
     # the same way the session's own client was started (from this environment).
     address = ray_session.get_runtime_context().gcs_address
     runs = tmp_path / "runs"
-    out = _run([str(venv / "bin" / "dotseg"), "train", "--config", "smoke", "--address", address,
-                "--set", f"train.storage_path={runs}"], cwd=work, env=env, timeout=400)
+    out = _run(
+        [
+            str(venv / "bin" / "dotseg"),
+            "train",
+            "--config",
+            "smoke",
+            "--address",
+            address,
+            "--set",
+            f"train.storage_path={runs}",
+        ],
+        cwd=work,
+        env=env,
+        timeout=400,
+    )
     assert "finished (completed) after 2 epoch(s)" in out, out
     (run_dir,) = runs.iterdir()
     assert (run_dir / "best.safetensors").is_file() and (run_dir / "history.json").is_file()

@@ -19,10 +19,10 @@ def read_wandb_log(path: Path) -> list:
         if block - off % block < 7:  # a block's tail too short for a chunk header is padding
             off += block - off % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[off:off + 7])
+        _, length, kind = struct.unpack("<IHB", data[off : off + 7])
         if kind == 0 and length == 0:
             break
-        buf += data[off + 7:off + 7 + length]
+        buf += data[off + 7 : off + 7 + length]
         off += 7 + length
         if kind in (1, 4):  # FULL or LAST chunk
             rec = wandb_internal_pb2.Record()
