@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dotseg.metrics import segmentation_metrics
-from dotseg.prediction import Segmenter
+from dotseg.inference.segmenter import Segmenter
 from dotseg.synthesis import SynthesisConfig, make_sample
 from dotseg.synthesis.noise import ORDER
 
@@ -124,7 +124,9 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
     report["about"] = about or {}
     if {"model", "baseline"} <= set(report["segmenters"]):
         report["goals"] = check_goals(report)
-    (out_dir / "report.json").write_text(json.dumps({**report, "samples": rows}, indent=1, default=_json))
+    # Strict JSON (no Infinity tokens, which many parsers reject): see _json.
+    report_json = json.dumps(_json({**report, "samples": rows}), indent=1, allow_nan=False)
+    (out_dir / "report.json").write_text(report_json)
     (out_dir / "report.md").write_text(render_markdown(report))
     plot_dice_vs_snr(rows, [s.name for s in segmenters], out_dir / "dice_vs_snr.png")
     for name, heap in worst.items():
@@ -134,10 +136,19 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
 
 
 def _json(v: Any) -> Any:
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(v, (np.floating, np.integer)):
+    """``v`` as strict JSON values: infinities (a clean image's SNR) as the strings "inf"/"-inf", as in
+    exported sample metadata, NaN as null, numpy scalars as Python numbers, other objects as strings."""
+    if isinstance(v, dict):
+        return {str(k): _json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if math.isfinite(v) else None if math.isnan(v) else "inf" if v > 0 else "-inf"
+    if isinstance(v, (np.integer, np.bool_)):
         return v.item()
+    if v is None or isinstance(v, (str, int)):
+        return v
     return str(v)
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from dotseg.evaluation import DOT_BINS, KINDS, SNR_BINS, benchmark_cases, snr_bin
 
@@ -23,20 +24,47 @@ def test_benchmark_set_covers_every_kind_across_severity() -> None:
     assert snr_bin(10.0) == "10-20 dB"
 
 
+def strict_json(text: str) -> Any:
+    """``json.loads`` that rejects the non-standard NaN / Infinity / -Infinity tokens."""
+
+    def reject(token: str) -> NoReturn:
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
 def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
     from dotseg.checkpoint import save_checkpoint
     from dotseg.config import load_config
     from dotseg.models import build_model
 
     cfg = load_config("smoke", ["synthesis.size=96"])
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5,
-                           metrics={}, epoch=1)
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(ckpt), "--n", "14",
-                          "--out", str(tmp_path / "ev"), "--quiet", "--threads", "1"], capture_output=True, text=True)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5, metrics={}, epoch=1)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--n",
+            "14",
+            "--out",
+            str(tmp_path / "ev"),
+            "--quiet",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "overall" in out.stdout and "report.md" in out.stdout
-    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    report = strict_json((tmp_path / "ev" / "report.json").read_text())
     assert report["segmenters"] == ["model", "baseline"]
+    # A clean image's SNR is infinite: the string "inf" in strict JSON.
+    assert {r["snr_db"] for r in report["samples"] if r["kind"] == "clean"} == {"inf"}
     assert report["benchmark"]["n"] == 14 and report["benchmark"]["size"] == 96
     assert set(report["by_snr_bin"]) == {b[0] for b in SNR_BINS}
     assert set(report["by_noise"]) == set(KINDS)
@@ -54,11 +82,15 @@ def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
 def test_evaluate_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "x.safetensors"
     bad.write_text("<html><body>not found</body></html>")
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(bad), "--n", "2"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(bad), "--n", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "HTML page" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "--n must be >= 1" in out.stderr
 
 
@@ -69,11 +101,27 @@ def test_evaluate_logs_tables_goals_and_plots_to_a_wandb_offline_run(tmp_path: P
     from wandb_log import wandb_records, wandb_summary
 
     cfg = load_config("smoke", ["synthesis.size=64"])
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5,
-                           metrics={}, epoch=1)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5, metrics={}, epoch=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # the default: offline
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(ckpt), "--n", "7",
-                          "--out", str(tmp_path / "ev"), "--quiet", "--wandb"], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--n",
+            "7",
+            "--out",
+            str(tmp_path / "ev"),
+            "--quiet",
+            "--wandb",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     runs, rows, config = wandb_records(tmp_path / "ev")
     assert len(runs) == 1 and config["n"] == 7 and config["size"] == 64
@@ -84,5 +132,5 @@ def test_evaluate_logs_tables_goals_and_plots_to_a_wandb_offline_run(tmp_path: P
     for image in ("dice_vs_snr", "worst_model", "worst_baseline"):
         assert row[f"{image}._type"] == "image-file"
     summary = wandb_summary(tmp_path / "ev")
-    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    report = strict_json((tmp_path / "ev" / "report.json").read_text())
     assert summary["baseline/dice"] == report["overall"]["baseline"]["dice"] and summary["model/n"] == 7
