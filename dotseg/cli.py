@@ -276,13 +276,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             run_dir = Path(args.resume).expanduser().resolve()
             cfg = resume_config(run_dir, args.config, overrides)
-            result = train(cfg, resume=run_dir, address=args.address, quiet=args.quiet,
+            result = train(cfg, resume=run_dir, address=args.address, quiet=args.quiet, verbose=args.verbose,
                            stop_after_epoch=args.stop_after_epoch)
         else:
             cfg = _load(args)
             from dotseg.training.run import new_run_dir
             result = train(cfg, run_dir=new_run_dir(cfg, args.name), address=args.address, quiet=args.quiet,
-                           stop_after_epoch=args.stop_after_epoch)
+                           verbose=args.verbose, stop_after_epoch=args.stop_after_epoch)
     except TrainError as e:
         raise UserError(str(e)) from None
     m = result.best_metrics
@@ -344,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="run directory name under train.storage_path (default: timestamped)")
     p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
                    help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped")
-    p.add_argument("--quiet", action="store_true", help="only the final summary")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
+    noise.add_argument("--verbose", action="store_true",
+                       help="also show Ray's own output (otherwise in RUN_DIR/ray.log and the Ray session's logs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="benchmark a checkpoint against the classical baseline, by SNR and noise type",
@@ -404,7 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import logging
+
     from dotseg.configbase import ConfigError
+    from dotseg.runtime import configure_console
+
+    # dotseg's library code logs; the CLI prints its records as plain `[dotseg] ...` lines.
+    configure_console(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
 
     try:
         return int(args.func(args) or 0)

@@ -75,7 +75,9 @@ def autocast(device: torch.device, enabled: bool, force: bool = False) -> Contex
 
 @functools.cache
 def _warn_once(message: str) -> None:
-    print(f"[dotseg] note: {message}", flush=True)
+    import logging
+
+    logging.getLogger(__name__).info(f"note: {message}")
 
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

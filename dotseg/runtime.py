@@ -5,12 +5,25 @@ an address (``auto``, ``ray://…`` or ``host:port``) the job joins that cluster
 workers must see (W&B mode, thread counts, the cluster address for Train's cleanup) goes through
 the job's runtime_env, not the driver's environment, because workers on other nodes never see
 the driver's.
+
+Logging: dotseg's own lines are ``logging`` records of the ``dotseg`` loggers (the CLI prints them
+with ``configure_console``). Ray's chatter stays out of the console: ``init_ray(quiet=True)`` keeps
+worker, Train controller and C++ core-worker output in the Ray session's log files, and
+``ray_logs_to`` sends the driver's own Ray log records to a file. Records that dotseg code logs
+inside Ray workers reach the driver through a file, not through worker stdout: ``records_to_file``
+in the worker, ``RecordRelay`` on the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 #: Variables forwarded from the driver to every worker when set.
@@ -34,27 +47,205 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
              env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Connect to ``address`` or start a local Ray; returns ``ray.cluster_resources()``.
 
-    A no-op when Ray is already initialized in this process (tests start one per session).
+    ``quiet`` (the default) leaves the stdout/stderr of every Ray process (workers, the Train
+    controller, C++ core-worker lines) in the session's log files instead of echoing it on this
+    console (``log_to_driver``), and the driver's ``ray`` logger at WARNING; ``kwargs`` go to
+    ``ray.init`` and override both. A no-op when Ray is already initialized in this process (tests
+    start one per session): then whoever started it chose these settings.
     """
     import ray
 
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": worker_env(env)}
+    settings: dict[str, Any] = {"log_to_driver": not quiet,
+                                "logging_level": logging.WARNING if quiet else logging.INFO}
+    settings.update(kwargs)
     if address:
         # Ray 2.60 clusters use token auth; a client with an explicit address must opt in.
         if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or "RAY_AUTH_TOKEN" in os.environ:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         runtime_env["env_vars"]["RAY_ADDRESS"] = address
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
-                 logging_level=logging.WARNING if quiet else logging.INFO, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env, **settings)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
-                 log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO,
-                 configure_logging=True, **kwargs)
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True,
+                 **settings)
+    node = getattr(ray._private.worker, "_global_node", None)  # None for ray:// clients
+    if node is not None:
+        logging.getLogger("ray.dotseg").info(
+            f"Ray session logs (workers, Train controller, core workers): {node.get_logs_dir_path()}")
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ray.cluster_resources()
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+#: Ray's own format for its driver-side log lines.
+RAY_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+@contextlib.contextmanager
+def ray_logs_to(path: Path, console: bool = False) -> Iterator[None]:
+    """While inside, the driver's Ray log records (``ray`` and every ``ray.*`` logger with handlers
+    of its own, such as ``ray.data``) are appended to ``path`` at INFO and above, and reach the
+    console only if ``console``. Pass ``logging_level=logging.INFO`` to ``init_ray`` inside, or
+    ``ray.init`` lowers the ``ray`` logger to WARNING again."""
+    import ray.data  # noqa: F401  (configures the ray logger, and ray.data's with a console handler of its own)
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(RAY_LOG_FORMAT))
+    handler.setLevel(logging.INFO)  # ray.data logs DEBUG to its own session file
+    saved = []
+    for name in sorted(n for n in logging.Logger.manager.loggerDict if n == "ray" or n.startswith("ray.")):
+        logger = logging.getLogger(name)
+        if not (logger.handlers or name == "ray"):
+            continue  # propagates to ray's handlers
+        saved.append((logger, list(logger.handlers), logger.level))
+        if not console:
+            for h in [h for h in logger.handlers if _is_console(h)]:
+                logger.removeHandler(h)
+        if name == "ray" or not logger.propagate:
+            logger.addHandler(handler)
+        if name == "ray":
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, handlers, level in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+        handler.close()
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at emit time (pytest and redirections swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """``[dotseg] message``; warnings and errors as ``[dotseg] WARNING: message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        return f"[dotseg] {tag}{super().format(record)}"
+
+
+def configure_console(level: int = logging.INFO) -> logging.Handler:
+    """Print the ``dotseg`` loggers' records at ``level`` and above on stdout as plain
+    ``[dotseg] ...`` lines: what the CLI does. Calling it again replaces the previous handler."""
+    logger = logging.getLogger("dotseg")
+    for h in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(h)
+    handler = _ConsoleHandler()
+    handler.setFormatter(_ConsoleFormatter("%(message)s"))
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO))
+    return handler
+
+
+class _JsonLinesHandler(logging.Handler):
+    """Appends each record to ``path`` as one JSON line (logger name, level, message, time, pid).
+    The file is opened per record: ranks on one node append to it side by side, and a driver on
+    another node of a shared filesystem sees each line once it is closed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.setFormatter(logging.Formatter("%(message)s"))  # plus the traceback, if any
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "relayed", False):
+            return  # relayed here from this very file (driver and worker in one process): no loop
+        try:
+            line = json.dumps({"name": record.name, "levelno": record.levelno, "levelname": record.levelname,
+                               "msg": self.format(record), "created": record.created, "process": record.process})
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def records_to_file(path: Path, logger_name: str = "dotseg") -> Iterator[None]:
+    """In a Ray worker: records of ``logger_name`` and its children, INFO and above, go to ``path``
+    (JSON lines) for a ``RecordRelay`` on the driver, and not to the worker's stdout/stderr, which
+    holds Ray's chatter and stays in the session's log files."""
+    logger = logging.getLogger(logger_name)
+    handler = _JsonLinesHandler(path)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+class RecordRelay:
+    """On the driver, while inside: re-emits the records that workers append to ``path``
+    (``records_to_file``) through this process's loggers of the same names, in order, so that
+    whatever handles dotseg's records here (the CLI's console, a Tune trial's log) shows them.
+    Only records written after entering are relayed (a resumed run's file has older ones)."""
+
+    def __init__(self, path: Path, interval_s: float = 0.2) -> None:
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self._pos = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RecordRelay:
+        self._pos = self.path.stat().st_size if self.path.exists() else 0
+        self._thread = threading.Thread(target=self._run, name="dotseg-record-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.poll()  # whatever the workers wrote last
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # complete lines only; a partial one is read next time
+        self._pos += end
+        for line in data[:end].splitlines():
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue
+            logger = logging.getLogger(fields.get("name", "dotseg"))
+            if logger.isEnabledFor(fields.get("levelno", logging.INFO)):
+                logger.handle(logging.makeLogRecord({**fields, "relayed": True}))

@@ -24,6 +24,8 @@ from dotseg.config import Config, config_from_dict
 from dotseg.curriculum import Phase
 from dotseg.device import autocast, configure_cpu, grad_scaler
 
+log = logging.getLogger(__name__)
+
 #: Files inside each reported checkpoint directory.
 MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.safetensors", "train_state.pt", "history.json"
 
@@ -134,7 +136,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         torch.set_rng_state(saved["torch_rng"])
         state = saved["loop"]
         if rank == 0:
-            print(f"[dotseg] resumed from the checkpoint of epoch {state['epoch']}", flush=True)
+            log.info(f"resumed from the checkpoint of epoch {state['epoch']}")
 
     model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     loss_fn = CompoundLoss(cfg.loss)
@@ -193,16 +195,15 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if rank == 0:
             remaining = tcfg.epochs - epoch
             eta = remaining * (sum(epoch_times) / len(epoch_times))
-            print(f"[dotseg] epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
-                  f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
-                  f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
-                  f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}",
-                  flush=True)
+            log.info(f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
+                     f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
+                     f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
+                     f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}")
             if collapsed:
-                print(f"[dotseg] WARNING: blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
-                      f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
-                      f"(min {guard.min_foreground_ratio}); {state['collapsed']} epoch(s) in a row"
-                      + (f", stopping after {guard.max_epochs}" if guard.max_epochs else ""), flush=True)
+                log.warning(f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
+                            f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
+                            f"(min {guard.min_foreground_ratio}); {state['collapsed']} epoch(s) in a row"
+                            + (f", stopping after {guard.max_epochs}" if guard.max_epochs else ""))
             tracking.log_epoch(run, epoch, metrics, _panels(model, cfg, device, tcfg.wandb.images_per_epoch)
                                if run is not None else None)
 
@@ -229,7 +230,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                              checkpoint=checkpoint)
         if stop_reason != "completed":
             if rank == 0:
-                print(f"[dotseg] stopping at epoch {epoch}: {stop_reason.replace('_', ' ')}", flush=True)
+                log.info(f"stopping at epoch {epoch}: {stop_reason.replace('_', ' ')}")
             break
 
     tracking.finish(run)

@@ -5,11 +5,19 @@ hash), Ray Train's ``checkpoint_*`` directories (each with ``model.safetensors``
 state and the history so far), and at the end ``best.safetensors``, ``history.json`` and
 ``curves.png``. ``--resume RUN_DIR`` re-runs the same Train run name on the same storage, which
 Ray Train V2 restores from the latest checkpoint.
+
+Logging: dotseg's lines are records of the ``dotseg.*`` loggers; those the workers log (per-epoch
+line, resume, collapse, stop) are appended to ``worker_log.jsonl`` and re-emitted on the driver
+while ``fit()`` runs. Ray's own output goes to ``ray.log`` (the driver's Ray log records, and the
+path of the Ray session's log directory, where workers', the Train controller's and the core
+workers' output stays) and reaches the console only with ``verbose``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +33,10 @@ from dotseg.configbase import apply_override, diff_keys, get_path
 #: Sections a resumed run must share with the original: a different synthesis or model would make
 #: the checkpoint meaningless (the seed's config drift).
 FROZEN_ON_RESUME = ("synthesis", "model")
+#: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
+RAY_LOG, WORKER_LOG = "ray.log", "worker_log.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 class TrainError(RuntimeError):
@@ -101,13 +113,16 @@ def local_cpus(cfg: Config) -> int:
 
 
 def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = None, address: str | None = None,
-          quiet: bool = False, stop_after_epoch: int | None = None) -> TrainResult:
+          quiet: bool = False, verbose: bool = False, stop_after_epoch: int | None = None) -> TrainResult:
     """Train ``cfg`` (or resume ``resume``) and return where the best checkpoint is.
 
+    Progress (the run line, and the workers' per-epoch lines relayed to this process) is logged to
+    the ``dotseg`` loggers unless ``quiet``. Ray's own output goes to ``<run_dir>/ray.log`` and the
+    Ray session's log files; ``verbose`` echoes it on the console too (when this call starts Ray).
     ``stop_after_epoch`` pauses the run after that epoch (its checkpoint written); resuming it
     continues exactly as if it had not stopped — for training in time slices.
     """
-    from dotseg.runtime import init_ray
+    from dotseg.runtime import RecordRelay, init_ray, ray_logs_to
 
     t0 = time.perf_counter()
     if resume is not None:
@@ -118,29 +133,40 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = Non
     # On resume too: a run extended with --set train.epochs=N must stay extended on the next resume.
     (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
 
-    resources = init_ray(address, num_cpus=None if address else local_cpus(cfg), quiet=quiet)
-    check_resources(cfg, resources)
-    trainer = _trainer(cfg, run_dir, stop_after_epoch)
-    if not quiet:
-        print(f"[dotseg] run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
-              f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)", flush=True)
-    try:
-        result = trainer.fit()
-    except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
-        raise TrainError(f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
-                         f"fix the cause and resume with --resume {run_dir})") from e
+    with ray_logs_to(run_dir / RAY_LOG, console=verbose):
+        resources = init_ray(address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose,
+                             logging_level=logging.INFO)
+        check_resources(cfg, resources)
+        trainer = _trainer(cfg, run_dir, stop_after_epoch)
+        if not quiet:
+            log.info(f"run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
+                     f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)")
+        try:
+            with RecordRelay(run_dir / WORKER_LOG) if not quiet else contextlib.nullcontext():
+                result = trainer.fit()
+        except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
+            raise TrainError(f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
+                             f"fix the cause and resume with --resume {run_dir})") from e
     return _finish(run_dir, result, time.perf_counter() - t0)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """The Ray Train entry point: ``train_worker`` with dotseg's log records going to the run's
+    ``worker_log.jsonl`` (for the driver to relay) instead of the worker's stdout."""
+    from dotseg.runtime import records_to_file
+    from dotseg.training.loop import train_worker
+
+    with records_to_file(Path(loop_config["run_dir"]) / WORKER_LOG):
+        return train_worker(loop_config)
 
 
 def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dotseg.training.loop import train_worker
-
     t = cfg.train
     return TorchTrainer(
-        train_worker,
+        _train_worker,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "run_id": run_dir.name,
                            "stop_after_epoch": stop_after_epoch},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,

@@ -24,8 +24,10 @@ def start_run(cfg: Config, run_dir: Path, run_id: str, rank: int) -> Any | None:
         return None
     mode = os.environ.get("WANDB_MODE", wcfg.mode)
     if mode == "online" and not _has_credentials():
-        print("[dotseg] W&B: online mode requested but no API key (WANDB_API_KEY or `wandb login`); "
-              "logging offline instead (upload later with `wandb sync`)", flush=True)
+        import logging
+
+        logging.getLogger(__name__).info("W&B: online mode requested but no API key (WANDB_API_KEY or "
+                                         "`wandb login`); logging offline instead (upload later with `wandb sync`)")
         mode = "offline"
     import wandb
 
