@@ -10,12 +10,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 EPILOG = """examples:
   dotseg synth --n 16 --out runs/synth --grid runs/synth/grid.png
   dotseg synth --ray --n 256 --out runs/synth          # parallel Ray Data workers
   dotseg config --config configs/cpu.yaml --set train.lr=3e-4
   dotseg config --explain                                # every key, its type, default and meaning
+  dotseg config --schema dotseg.schema.json              # JSON Schema for editors
   dotseg train --config configs/quickstart.yaml          # embedded local Ray
   dotseg train --config configs/smoke.yaml --workers 2 # CPU DDP
   dotseg train --resume runs/<run>                      # continue from the last checkpoint
@@ -27,6 +29,30 @@ EPILOG = """examples:
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``dotseg synth: error: argument --n: ...``), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind: type, lo: float | None = None, hi: float | None = None, *, open_interval: bool = False):
+    """An argparse ``type`` that parses ``kind`` and checks ``lo <= value <= hi`` (strict with
+    ``open_interval``), so a bad flag is a usage error naming the flag, before anything loads."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        low_ok = lo is None or (value > lo if open_interval else value >= lo)
+        high_ok = hi is None or (value < hi if open_interval else value <= hi)
+        if not (low_ok and high_ok):
+            brackets = "()" if open_interval else "[]"
+            lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
+            raise argparse.ArgumentTypeError(f"must be in {brackets[0]}{lo_s}, {hi_s}{brackets[1]}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -54,8 +80,19 @@ def cmd_config(args: argparse.Namespace) -> int:
         for key, tp, default, doc in explain(Config):
             print(f"{key}  ({tp}, default {default!r})\n    {doc}")
         return 0
+    if args.schema is not None:
+        import json
+
+        text = json.dumps(Config.model_json_schema(), indent=1) + "\n"
+        if args.schema == "-":
+            print(text, end="")
+        else:
+            Path(args.schema).write_text(text)
+            print(f"JSON Schema of the config written to {args.schema} (point your editor's YAML "
+                  f"language server at it, e.g. `# yaml-language-server: $schema={args.schema}`)")
+        return 0
     cfg = _load(args)
-    print(f"# config hash: {cfg.hash}")
+    print(f"# config hash: {cfg.hash}, run identity: {cfg.run_id}")
     print(dump_yaml(cfg), end="")
     return 0
 
@@ -78,13 +115,6 @@ def cmd_curriculum(args: argparse.Namespace) -> int:
 # -- dotseg synth -------------------------------------------------------------------------------
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    if args.n < 0 or args.start < 0:
-        raise UserError("--n and --start must be >= 0")
-    for flag, value in (("--noise-scale", args.noise_scale), ("--mixed-prob", args.mixed_prob)):
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"{flag} must be in [0, 1], got {value}")
-    if args.seed is not None and args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
     cfg = _load(args)
     scfg = cfg.synthesis
     if args.size:
@@ -141,106 +171,56 @@ def _synth_batches(cfg, scfg, seed: int, args: argparse.Namespace):
 # -- dotseg predict -----------------------------------------------------------------------------
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
-    from dotseg.imageio import ImageError, list_images
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.inference.files import predict_files
+    from dotseg.inference.images import ImageError, list_images
+    from dotseg.inference.predictor import Predictor
 
     try:
         inputs = list_images(args.input)
-    except ImageError as e:
-        raise UserError(str(e)) from None
-    clashes = _stem_clashes(inputs)
-    if clashes:
-        raise UserError(f"inputs would write the same outputs: {clashes} (rename one or predict them separately)")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {out}: exists and is not a directory")
-
-    from tqdm import tqdm
-
-    from dotseg.checkpoint import CheckpointError
-    from dotseg.imageio import read_image, write_mask_png, write_overlay_png, write_prob_npy
-    from dotseg.predictor import Predictor
-
-    try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
                                               threshold=args.threshold)
-    except CheckpointError as e:
+        result = predict_files(predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay,
+                               progress=not args.quiet)
+    except (ImageError, CheckpointError) as e:
         raise UserError(str(e)) from None
-    except ValueError as e:  # DeviceError: CUDA asked for but absent, or an unknown device name
+    except ValueError as e:  # a threshold or thread count out of range, or a device that is not here
         raise UserError(str(e)) from None
-    out.mkdir(parents=True, exist_ok=True)
-
-    failed = 0
-    t0 = time.perf_counter()
-    bar = tqdm(inputs, desc="predict", unit="image", disable=args.quiet)
-    for path in bar:
-        try:
-            image = read_image(path)
-            pred = predictor.predict(image)
-            write_mask_png(pred.mask, out / f"{path.stem}_mask.png")
-            if args.prob:
-                write_prob_npy(pred.prob, out / f"{path.stem}_prob.npy")
-            if args.overlay:
-                write_overlay_png(image, pred.mask, out / f"{path.stem}_overlay.png")
-        except (ValueError, OSError, MemoryError) as e:  # one bad file (ImageError too) must not stop the others
-            failed += 1
-            message = " ".join(str(e).split())
-            where = "" if message.startswith(str(path)) else f"{path}: "  # ImageErrors name the file already
-            tqdm.write(f"dotseg predict: {where}{message}", file=sys.stderr)
-    bar.close()
-    dt = time.perf_counter() - t0
+    failed = f" ({len(result.failed)} failed)" if result.failed else ""
     source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
-    print(f"predicted {len(inputs) - failed} of {len(inputs)} images"
-          f"{f' ({failed} failed)' if failed else ''} into {out}/ in {dt:.1f} s "
+    print(f"predicted {result.written} of {len(inputs)} images{failed} into {args.output}/ in {result.seconds:.1f} s "
           f"with {source} (threshold {predictor.threshold:g}, {predictor.device})")
-    return 1 if failed else 0
-
-
-def _stem_clashes(paths: list[Path]) -> str:
-    """'a.png, a.tif' for inputs whose outputs (named by stem) would overwrite each other; '' if none."""
-    by_stem: dict[str, list[Path]] = {}
-    for p in paths:
-        by_stem.setdefault(p.stem, []).append(p)
-    return "; ".join(", ".join(map(str, ps)) for ps in by_stem.values() if len(ps) > 1)
+    return 1 if result.failed else 0
 
 
 # -- dotseg evaluate ----------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import dataclasses
     from datetime import datetime
 
     from dotseg.baseline import ClassicalBaseline
     from dotseg.evaluation import EVAL_SEED, run_evaluation
 
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    if args.size is not None and not 32 <= args.size <= 4096:
-        raise UserError(f"--size must be in [32, 4096], got {args.size}")
     segmenters, about = [], {}
     if not args.baseline:
         from dotseg.checkpoint import CheckpointError
-        from dotseg.predictor import Predictor
+        from dotseg.inference.predictor import Predictor
 
         try:
             model = Predictor.from_checkpoint(args.checkpoint, threads=args.threads)
         except CheckpointError as e:
             raise UserError(str(e)) from None
         segmenters.append(model)
-        synthesis = model.cfg.synthesis  # the distribution the model was trained on
-        meta = model.checkpoint.meta
-        about = {"checkpoint": "shipped model" if args.checkpoint is None else Path(args.checkpoint).name,
-                 "variant": meta["model_variant"], "config_hash": meta["config_hash"], "epoch": meta["epoch"],
-                 "parameters": sum(p.numel() for p in model.model.parameters())}
+        synthesis = model.synthesis  # the distribution the model was trained on
+        about = {**model.checkpoint.about(), "parameters": sum(p.numel() for p in model.model.parameters())}
+        if args.checkpoint is None:
+            about["checkpoint"] = "shipped model"
     else:
         from dotseg.config import load_config
         synthesis = load_config(None).synthesis
     segmenters.append(ClassicalBaseline())
     if args.size is not None:
-        synthesis = dataclasses.replace(synthesis, size=args.size)
+        synthesis = synthesis.replace(size=args.size)
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     report = run_evaluation(segmenters, synthesis, args.n, out, seed=EVAL_SEED if args.seed is None else args.seed,
                             tolerance=args.tolerance, progress=not args.quiet, about=about)
@@ -265,8 +245,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from dotseg.training.run import TrainError, resume_config, train
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"train.num_workers={args.workers}")
@@ -301,7 +279,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- entry point --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dotseg",
         description="Noise-robust dot-pattern segmentation: synthesis, training, sweeps and serving on Ray.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -312,14 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Each sample is written as sample_<index>.npz (image float32, mask uint8, "
                                    "dots, meta JSON) plus a PNG preview with the mask outline.")
     _add_config_args(p)
-    p.add_argument("--n", type=int, default=16, help="number of samples to write (default 16)")
+    p.add_argument("--n", type=_ranged(int, 0), default=16, help="number of samples to write (default 16)")
     p.add_argument("--out", metavar="DIR", help="output directory for the samples")
-    p.add_argument("--start", type=int, default=0, help="index of the first sample (default 0)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: train.seed of the config)")
+    p.add_argument("--start", type=_ranged(int, 0), default=0, help="index of the first sample (default 0)")
+    p.add_argument("--seed", type=_ranged(int, 0), default=None, help="seed (default: train.seed of the config)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: synthesis.size)")
-    p.add_argument("--noise-scale", type=float, default=1.0,
+    p.add_argument("--noise-scale", type=_ranged(float, 0.0, 1.0), default=1.0,
                    help="curriculum knob in [0, 1]: how far noise parameters may go towards their harshest (default 1)")
-    p.add_argument("--mixed-prob", type=float, default=0.3,
+    p.add_argument("--mixed-prob", type=_ranged(float, 0.0, 1.0), default=0.3,
                    help="probability of 2-3 composed noise types per sample (default 0.3)")
     p.add_argument("--clean", action="store_true", help="write the noise-free copies instead")
     p.add_argument("--grid", metavar="PNG", help="also render one figure of samples across noise types x levels")
@@ -335,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train with Ray Data synthesis streaming into Ray Train DDP workers, following "
                                    "the curriculum. Prints one line per epoch; at the end, where the best checkpoint is.")
     _add_config_args(p)
-    p.add_argument("--workers", type=int, default=None, help="training workers / DDP ranks (default: train.num_workers)")
+    p.add_argument("--workers", type=_ranged(int, 1), default=None, help="training workers / DDP ranks (default: train.num_workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (fp16 + GradScaler, NCCL)")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto, host:port or ray://...); default: start an embedded local Ray")
@@ -358,12 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to evaluate (default: the model shipped with the package)")
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
-    p.add_argument("--n", type=int, default=1000, help="benchmark images (default 1000)")
-    p.add_argument("--size", type=int, default=None, help="image side in px (default: the checkpoint's, 512 for the seed)")
+    p.add_argument("--n", type=_ranged(int, 1), default=1000, help="benchmark images (default 1000)")
+    p.add_argument("--size", type=_ranged(int, 32, 4096), default=None,
+                   help="image side in px (default: the checkpoint's, 512 for the seed)")
     p.add_argument("--out", default=None, help="report directory (default runs/eval-<time>)")
     p.add_argument("--seed", type=int, default=None, help="benchmark seed (default: the fixed benchmark seed)")
     p.add_argument("--tolerance", type=float, default=2.0, help="boundary F1 tolerance in px (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--threads", type=_ranged(int, 1), default=None, help="CPU threads for the model (default: torch's)")
     p.add_argument("--wandb", action="store_true", help="also log the tables and plots to W&B (offline by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -379,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with its stable hash. Invalid configs exit with status 2 and name the key.")
     _add_config_args(p)
     p.add_argument("--explain", action="store_true", help="list every key with its type, default and meaning")
+    p.add_argument("--schema", metavar="PATH", nargs="?", const="-", default=None,
+                   help="write the config's JSON Schema to PATH (or stdout): editors then complete and "
+                        "check configs/*.yaml")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("predict", help="segment image files with a trained model",
@@ -395,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="DIR", required=True, help="directory for the outputs")
     p.add_argument("--prob", action="store_true", help="also write the probability map as <stem>_prob.npy")
     p.add_argument("--overlay", action="store_true", help="also write the image with the mask outline")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_ranged(float, 0.0, 1.0, open_interval=True), default=None,
                    help="probability threshold for the mask (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_ranged(int, 1), default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
     return parser
@@ -406,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed): a status, not an exit
+        return int(e.code or 0)
     import logging
 
     from dotseg.configbase import ConfigError

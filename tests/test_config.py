@@ -158,3 +158,31 @@ def test_curriculum_command_prints_the_seed_schedule() -> None:
     assert rows[1][1:4] == ["easy", "0.10", "0.00"] and rows[6][1] == "medium" and rows[21][1] == "hard"
     assert rows[46][1:4] == ["extreme", "1.00", "0.60"]
     assert rows[20][-1] == "0.000" and rows[40][-1] == "0.250" and rows[80][-2:] == ["0.500", "0.500"]
+
+
+def test_schema_checks_the_shipped_configs_as_an_editor_would(tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    assert main(["config", "--schema", str(tmp_path / "schema.json")]) == 0
+    schema = json.loads((tmp_path / "schema.json").read_text())
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()) or {}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="lrr"):
+        jsonschema.validate({"train": {"lrr": 1.0}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"train": {"lr": -1.0}}, schema)
+    assert schema["$defs"]["TrainConfig"]["properties"]["lr"]["description"] == "Peak AdamW learning rate."
+
+
+def test_run_identity_ignores_paths_logging_serving_and_sweeps() -> None:
+    cfg = load_config("smoke")
+    same = ["train.storage_path=/elsewhere", "train.wandb.project=p", "train.wandb.mode=disabled", "serve.port=9",
+            "tune.num_samples=4", "data.synth_tasks=7", "train.keep_checkpoints=5", "train.max_failures=0"]
+    for item in same:
+        assert load_config("smoke", [item]).run_id == cfg.run_id, item
+    for item in ("train.lr=0.002", "train.seed=1", "synthesis.size=96", "loss.boundary.end=1.0", "model.dropout=0.2",
+                 "curriculum.phases[1].noise_scale=0.9", "train.num_workers=2"):
+        assert load_config("smoke", [item]).run_id != cfg.run_id, item

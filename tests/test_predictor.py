@@ -21,10 +21,10 @@ from PIL import Image
 from dotseg.checkpoint import save_checkpoint
 from dotseg.cli import main
 from dotseg.config import Config
-from dotseg.imageio import ImageError, list_images, read_image, to_grey
+from dotseg.inference.images import ImageError, list_images, read_image, to_grey
 from dotseg.models import build_model
-from dotseg.prediction import Prediction, Segmenter
-from dotseg.predictor import Predictor, resolve_device
+from dotseg.inference.segmenter import Prediction, Segmenter
+from dotseg.inference.predictor import Predictor, resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

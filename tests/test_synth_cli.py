@@ -57,7 +57,7 @@ def test_synth_writes_npz_previews_and_grid(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--n", "2"], "--out DIR is required"),
-        (["--n", "2", "--out", "x", "--noise-scale", "2"], "--noise-scale must be in [0, 1]"),
+        (["--n", "2", "--out", "x", "--noise-scale", "2"], "argument --noise-scale: must be in [0, 1], got 2"),
         (["--n", "2", "--out", "x", "--config", "nope"], "config file 'nope' not found"),
     ],
 )

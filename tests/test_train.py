@@ -41,7 +41,7 @@ def test_two_worker_ddp_run_checkpoints_loads_and_logs_one_wandb_run(ray_session
     assert (result.run_dir / "config.yaml").read_text().startswith(f"# dotseg run config, hash {cfg.hash}")
 
     # The best checkpoint is a project checkpoint the Predictor loads.
-    from dotseg.predictor import Predictor
+    from dotseg.inference.predictor import Predictor
 
     pred = Predictor.from_checkpoint(result.best_checkpoint)
     out = pred.predict(np.random.default_rng(0).random((50, 70)).astype(np.float32))

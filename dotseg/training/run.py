@@ -27,12 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dotseg.config import Config, config_from_dict, dump_yaml, load_config, load_yaml, to_dict
-from dotseg.configbase import apply_override, diff_keys, get_path
+from dotseg.config import (CHANGEABLE_ON_RESUME, NOT_IN_RUN_IDENTITY, Config, config_from_dict, dump_yaml,
+                           load_config, load_yaml, to_dict)
+from dotseg.configbase import apply_override, diff_keys, drop_paths
 
-#: Sections a resumed run must share with the original: a different synthesis or model would make
-#: the checkpoint meaningless (the seed's config drift).
-FROZEN_ON_RESUME = ("synthesis", "model")
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
 RAY_LOG, WORKER_LOG = "ray.log", "worker_log.jsonl"
 
@@ -67,13 +65,13 @@ def new_run_dir(cfg: Config, name: str | None = None) -> Path:
 def resume_config(run_dir: Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                   ) -> Config:
     """The config to resume ``run_dir`` with: its saved ``config.yaml``, or ``config`` if given, with
-    ``overrides`` on top. Refused, naming the keys, if synthesis or model would change."""
+    ``overrides`` on top. Refused, naming the keys, if the run identity would change (anything that
+    shapes the weights but :data:`~dotseg.config.CHANGEABLE_ON_RESUME`)."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.exists():
         raise TrainError(f"{run_dir} is not a dotseg run directory (no config.yaml); "
                          f"pass the directory `dotseg train` printed when the run started")
-    saved_data = load_yaml(saved_file.read_text(), str(saved_file))
-    saved = config_from_dict(saved_data)
+    saved = config_from_dict(load_yaml(saved_file.read_text(), str(saved_file)))
     if config is not None:
         requested = load_config(config, overrides)
     else:
@@ -81,13 +79,23 @@ def resume_config(run_dir: Path, config: str | Path | None = None, overrides: li
         for item in overrides:
             apply_override(data, item, Config)
         requested = config_from_dict(data)
-    drift = [k for k in diff_keys(saved, requested) if k.split(".")[0] in FROZEN_ON_RESUME]
+    ignored = NOT_IN_RUN_IDENTITY + CHANGEABLE_ON_RESUME
+    drift = diff_keys(drop_paths(saved.to_dict(), ignored), drop_paths(requested.to_dict(), ignored))
     if drift:
-        shown = ", ".join(f"{k} ({get_path(saved, k)!r} -> {get_path(requested, k)!r})" for k in drift[:6])
+        shown = ", ".join(f"{k} ({_value(saved, k)!r} -> {_value(requested, k)!r})" for k in drift[:6])
         more = f" and {len(drift) - 6} more" if len(drift) > 6 else ""
-        raise TrainError(f"refusing to resume {run_dir.name}: the synthesis/model config differs from the run's "
-                         f"config.yaml: {shown}{more}. Resume without changing those keys, or start a new run")
+        raise TrainError(f"refusing to resume {run_dir.name}: settings that shape the weights differ from the run's "
+                         f"config.yaml: {shown}{more}. Resume without changing those keys (only "
+                         f"{', '.join(CHANGEABLE_ON_RESUME)} may change), or start a new run")
     return requested
+
+
+def _value(cfg: Config, key: str) -> Any:
+    """The value at a diff_keys path (which may index into a list: ``curriculum.phases``)."""
+    value = to_dict(cfg)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def check_resources(cfg: Config, resources: dict[str, float]) -> None:
