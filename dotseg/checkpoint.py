@@ -555,3 +555,49 @@ def _describe_model(cfg: ModelConfig) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# -- training checkpoints ---------------------------------------------------------------------------
+
+#: Files of a training checkpoint directory (what Ray Train stores for each reported epoch): the
+#: model as a regular checkpoint, the optimizer/scheduler/scaler/RNG/loop state, and the history.
+MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.safetensors", "train_state.pt", "history.json"
+
+
+def save_training_checkpoint(directory: str | Path, model: nn.Module, cfg: Config, *, metrics: Mapping[str, Any],
+                             epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                             loop: Mapping[str, Any]) -> Path:
+    """Write everything a run needs to continue exactly where it is into ``directory``.
+
+    ``loop`` is the loop's state in plain types (it is read back with ``weights_only=True``).
+    """
+    import torch
+
+    directory = Path(directory)
+    save_checkpoint(directory / MODEL_FILE, model, cfg, threshold=cfg.train.threshold, epoch=epoch,
+                    metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "loop": dict(loop)},
+               directory / STATE_FILE)
+    (directory / HISTORY_FILE).write_text(json.dumps(list(loop.get("history", [])), indent=1))
+    return directory
+
+
+def load_training_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                             scheduler: Any, scaler: Any, *, expect: ModelConfig) -> dict[str, Any]:
+    """Restore what :func:`save_training_checkpoint` wrote into the given objects; returns the loop state.
+
+    The model must be ``expect`` (the run's model config), or :class:`CheckpointError` says how it differs.
+    The state file is read with ``weights_only=True``: tensors and plain types, never arbitrary objects.
+    """
+    import torch
+
+    directory = Path(directory)
+    loaded = load_checkpoint(directory / MODEL_FILE, expect=expect)
+    model.load_state_dict(loaded.state_dict)
+    saved = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return dict(saved["loop"])

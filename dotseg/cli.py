@@ -198,45 +198,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from dotseg.baseline import ClassicalBaseline
-    from dotseg.evaluation import EVAL_SEED, run_evaluation
+    from dotseg import tracking
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.evaluation import EVAL_SEED, evaluate, summary_lines
 
-    segmenters, about = [], {}
-    if not args.baseline:
-        from dotseg.checkpoint import CheckpointError
-        from dotseg.inference.predictor import Predictor
-
-        try:
-            model = Predictor.from_checkpoint(args.checkpoint, threads=args.threads)
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
-        segmenters.append(model)
-        synthesis = model.synthesis  # the distribution the model was trained on
-        about = {**model.checkpoint.about(), "parameters": sum(p.numel() for p in model.model.parameters())}
-        if args.checkpoint is None:
-            about["checkpoint"] = "shipped model"
-    else:
-        from dotseg.config import load_config
-        synthesis = load_config(None).synthesis
-    segmenters.append(ClassicalBaseline())
-    if args.size is not None:
-        synthesis = synthesis.replace(size=args.size)
+    cfg = _load(args)  # the baseline's settings and W&B's
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    report = run_evaluation(segmenters, synthesis, args.n, out, seed=EVAL_SEED if args.seed is None else args.seed,
-                            tolerance=args.tolerance, progress=not args.quiet, about=about)
-    names = report["segmenters"]
-    print(f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)")
-    print(f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names))
-    for group, per in report["by_snr_bin"].items():
-        if per[names[0]]["n"]:
-            print(f"{group:<10}" + "".join(f"{per[n]['dice']:>12.3f}" for n in names))
-    for g in report.get("goals", []):
-        shown = "no data" if g["measured"] is None else f"{g['measured']:.3f}"
-        print(f"goal: {g['description']:<48} {shown:>8}  {'met' if g['met'] else 'MISSED'}")
+    try:
+        report = evaluate(None if args.baseline else args.checkpoint, args.n, out, baseline=cfg.baseline,
+                          baseline_only=args.baseline, size=args.size,
+                          seed=EVAL_SEED if args.seed is None else args.seed, tolerance=args.tolerance,
+                          threads=args.threads, progress=not args.quiet, synthesis=cfg.synthesis)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    print("\n".join(summary_lines(report)))
     print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
     if args.wandb:
-        from dotseg.evaluation import log_to_wandb
-        log_to_wandb(report, out)
+        tracking.log_evaluation(report, out, cfg.train.wandb)
     return 0
 
 
@@ -336,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to evaluate (default: the model shipped with the package)")
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
+    _add_config_args(p)
     p.add_argument("--n", type=_ranged(int, 1), default=1000, help="benchmark images (default 1000)")
     p.add_argument("--size", type=_ranged(int, 32, 4096), default=None,
                    help="image side in px (default: the checkpoint's, 512 for the seed)")

@@ -36,9 +36,14 @@ class DataConfig(Section):
 def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int, offset: int,
                 noise_scale: float, mixed_prob: float, noisy: bool,
                 columns: Sequence[str] | None, model_input: bool) -> dict[str, np.ndarray]:
-    out = make_batch(cfg, seed, batch["id"] + offset, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
-    if model_input:
-        out["image"] = normalize(out["image"])  # in the worker: the trainer receives model input
+    ids = batch["id"] + offset
+    out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
+    if columns is not None and "clean" in columns:  # the noise-free copies of the same samples
+        out["clean"] = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=False)["image"]
+    if model_input:  # in the worker: the trainer receives model input
+        for key in ("image", "clean"):
+            if key in out:
+                out[key] = normalize(out[key])
     return out if columns is None else {k: out[k] for k in columns}
 
 
@@ -48,8 +53,9 @@ def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: 
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
     ``columns`` keeps only those keys of :func:`make_batch`'s output (e.g. ``("image", "mask")``
-    for training, which saves moving metadata through the object store). ``model_input`` applies
-    :func:`dotseg.normalize.normalize` to the images in the synthesis tasks.
+    for training, which saves moving metadata through the object store); ``clean`` among them adds
+    each sample's noise-free copy. ``model_input`` applies :func:`dotseg.normalize.normalize` to the
+    images in the synthesis tasks.
     """
     import ray.data
 
@@ -65,3 +71,18 @@ def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: 
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,
     )
+
+
+def validation_shard(cfg: SynthesisConfig, data: DataConfig, seed: int, count: int, *, rank: int, world: int,
+                     noise_scale: float, mixed_prob: float) -> Any | None:
+    """This rank's share of the fixed validation set, synthesized once by Ray Data tasks and kept
+    (``materialize``) in the object store for every epoch: columns ``image`` and ``clean`` (model
+    input, noisy and noise-free), ``mask``, ``noise`` and ``snr_db``. Ranks hold contiguous slices
+    of the ``count`` samples; None for a rank whose slice is empty."""
+    start, stop = rank * count // world, (rank + 1) * count // world
+    if stop <= start:
+        return None
+    return synthesis_dataset(cfg, data, seed, stop - start, offset=start, noise_scale=noise_scale,
+                             mixed_prob=mixed_prob, columns=("image", "clean", "mask", "noise", "snr_db"),
+                             model_input=True).materialize()
+

@@ -13,11 +13,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from dotseg.baseline.config import BaselineConfig
 from dotseg.metrics import segmentation_metrics
+from dotseg.plots import plot_dice_vs_snr, plot_gallery
 from dotseg.inference.segmenter import Segmenter
 from dotseg.synthesis import SynthesisConfig, make_sample
 from dotseg.synthesis.noise import ORDER
@@ -84,6 +87,52 @@ def snr_bin(snr: float) -> str:
     return SNR_BINS[0][0]
 
 
+def evaluate(checkpoint: str | Path | None, n: int, out_dir: Path, *, baseline: BaselineConfig | None = None,
+             baseline_only: bool = False, size: int | None = None, seed: int = EVAL_SEED, tolerance: float = 2.0,
+             threads: int | None = None, progress: bool = True,
+             synthesis: SynthesisConfig | None = None) -> dict[str, Any]:
+    """``dotseg evaluate``: a checkpoint (None: the shipped model) and the classical baseline on the
+    benchmark drawn from the distribution the model was trained on (at ``size`` if given);
+    ``baseline_only`` evaluates the baseline alone, on ``synthesis`` (default: the seed's).
+
+    Raises :class:`~dotseg.checkpoint.CheckpointError` for an unusable checkpoint.
+    """
+    from dotseg.baseline import ClassicalBaseline
+
+    segmenters: list[Segmenter] = []
+    about: dict[str, Any] = {}
+    synthesis = synthesis or SynthesisConfig()
+    if not baseline_only:
+        from dotseg.inference.predictor import Predictor
+
+        model = Predictor.from_checkpoint(checkpoint, threads=threads)
+        segmenters.append(model)
+        synthesis = model.synthesis
+        assert model.checkpoint is not None
+        about = {**model.checkpoint.about(), "parameters": sum(p.numel() for p in model.model.parameters())}
+        if checkpoint is None:
+            about["checkpoint"] = "shipped model"
+    segmenters.append(ClassicalBaseline(baseline))
+    if size is not None:
+        synthesis = synthesis.replace(size=size)
+    return run_evaluation(segmenters, synthesis, n, out_dir, seed=seed, tolerance=tolerance, progress=progress,
+                          about=about)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The console summary: mean Dice overall and per SNR bin, side by side, and the goals."""
+    names = report["segmenters"]
+    lines = [f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)",
+             f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names)]
+    for group, per in report["by_snr_bin"].items():
+        if per[names[0]]["n"]:
+            lines.append(f"{group:<10}" + "".join(f"{per[n]['dice']:>12.3f}" for n in names))
+    for g in report.get("goals", []):
+        shown = "no data" if g["measured"] is None else f"{g['measured']:.3f}"
+        lines.append(f"goal: {g['description']:<48} {shown:>8}  {'met' if g['met'] else 'MISSED'}")
+    return lines
+
+
 def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, n: int, out_dir: Path,
                    seed: int = EVAL_SEED, tolerance: float = 2.0, worst_k: int = 8, progress: bool = True,
                    about: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -128,7 +177,8 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
     report_json = json.dumps(_json({**report, "samples": rows}), indent=1, allow_nan=False)
     (out_dir / "report.json").write_text(report_json)
     (out_dir / "report.md").write_text(render_markdown(report))
-    plot_dice_vs_snr(rows, [s.name for s in segmenters], out_dir / "dice_vs_snr.png")
+    plot_dice_vs_snr(rows, [s.name for s in segmenters], out_dir / "dice_vs_snr.png",
+                     kinds=[k for k in KINDS if k != "clean"], reference=SEED_FIGURES["val_dice"])
     for name, heap in worst.items():
         items = sorted(heap, key=lambda t: (-t[0], t[1]))  # lowest Dice first
         plot_gallery([t[2] for t in items], out_dir / f"worst_{name}.png", name)
@@ -256,91 +306,3 @@ def render_markdown(report: dict[str, Any]) -> str:
               + ", ".join(f"`worst_{n}.png`" for n in names)
               + " (lowest-Dice cases: image | truth | prediction | probability).", ""]
     return "\n".join(lines)
-
-
-def plot_dice_vs_snr(rows: list[dict[str, Any]], names: list[str], path: Path) -> Path:
-    """One panel per noise type: per-sample Dice against SNR, with binned means, per segmenter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in KINDS if k != "clean"]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.6), sharey=True)
-    edges = np.array([-10, -5, 0, 5, 10, 15, 20, 25, 30, 40, 60])
-    for ax, kind in zip(axes, kinds):
-        for i, name in enumerate(names):
-            sel = [r for r in rows if r["segmenter"] == name and r["kind"] == kind and math.isfinite(r["snr_db"])]
-            if not sel:
-                continue
-            snr = np.array([r["snr_db"] for r in sel])
-            dice = np.array([r["dice"] for r in sel])
-            ax.scatter(snr, dice, s=6, alpha=0.35, color=f"C{i}")
-            centres, means = [], []
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                m = (snr >= lo) & (snr < hi)
-                if m.sum() >= 2:
-                    centres.append((lo + hi) / 2)
-                    means.append(dice[m].mean())
-            ax.plot(centres, means, "-o", color=f"C{i}", label=name, ms=3)
-        # The seed's only published figure: a level to compare with, not a curve (no SNR breakdown).
-        ax.axhline(SEED_FIGURES["val_dice"], ls="--", lw=1, color="grey", label="seed val Dice (reported)")
-        ax.set_title(kind, fontsize=10)
-        ax.set_xlabel("SNR (dB)")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Dice")
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_gallery(items: list[tuple], path: Path, name: str) -> Path:
-    """Rows of image | truth | prediction | probability for the given (worst) cases."""
-    from PIL import Image, ImageDraw
-
-    from dotseg.viz import panel_row
-
-    if not items:
-        return path
-    strips = []
-    for image, truth, mask, prob, row in items:
-        strip = panel_row(image, truth, mask, prob)
-        img = Image.fromarray(strip)
-        ImageDraw.Draw(img).text((4, 4), f"{name}: dice {row['dice']:.3f}, {row['noise']}, "
-                                         f"SNR {row['snr_db']:.1f} dB", fill=(255, 255, 0))
-        strips.append(np.asarray(img))
-    width = max(s.shape[1] for s in strips)
-    strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
-    Image.fromarray(np.concatenate(strips, axis=0)).save(path)
-    return path
-
-
-def log_to_wandb(report: dict[str, Any], out_dir: Path, project: str = "dotseg") -> None:
-    """Log the report as one W&B run (offline unless WANDB_MODE says otherwise): the per-bin tables,
-    the goals and the plots as one history step, and the overall metrics in the run summary, where
-    the runs table shows them side by side across evaluations."""
-    import os
-
-    import wandb
-
-    names = report["segmenters"]
-    run = wandb.init(project=project, job_type="evaluate", dir=str(out_dir),
-                     mode=os.environ.get("WANDB_MODE", "offline"),
-                     config={**report["benchmark"], "model": report.get("about", {})})
-    payload: dict[str, Any] = {}
-    for key in ("by_snr_bin", "by_noise", "by_dots"):
-        table = wandb.Table(columns=["group", *[f"dice_{n}" for n in names], *[f"iou_{n}" for n in names]])
-        for group, per in report[key].items():
-            if per[names[0]]["n"]:
-                table.add_data(group, *[per[n]["dice"] for n in names], *[per[n]["iou"] for n in names])
-        payload[key] = table
-    if report.get("goals"):
-        payload["goals"] = wandb.Table(columns=["goal", "measured", "met"],
-                                       data=[[g["description"], g["measured"], g["met"]] for g in report["goals"]])
-    payload.update({p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))})
-    run.log(payload)
-    run.summary.update({f"{n}/{k}": v for n in names for k, v in report["overall"][n].items() if v is not None})
-    run.finish()

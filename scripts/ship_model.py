@@ -44,7 +44,7 @@ def main() -> int:
     import torch
 
     from dotseg.checkpoint import CheckpointError, build_from_checkpoint
-    from dotseg.training.run import plot_history
+    from dotseg.plots import plot_history
 
     best = args.run_dir / "best.safetensors"
     history_file = args.run_dir / "history.json"

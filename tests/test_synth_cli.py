@@ -70,8 +70,7 @@ def test_synth_bad_arguments_are_one_line_errors(args: list[str], message: str) 
 
 @pytest.mark.ray
 def test_ray_data_synthesis_is_the_same_samples_whatever_the_blocks(ray_session) -> None:
-    from dotseg.data import synthesis_dataset
-    from dotseg.training.config import DataConfig
+    from dotseg.data import DataConfig, synthesis_dataset
 
     cfg = load_config("smoke").synthesis.replace(size=48)
     ref = make_batch(cfg, 3, range(100, 130), noise_scale=0.8, mixed_prob=0.5)
@@ -86,3 +85,25 @@ def test_ray_data_synthesis_is_the_same_samples_whatever_the_blocks(ray_session)
             assert r["image"].tobytes() == ref["image"][j].tobytes()
             assert r["mask"].tobytes() == ref["mask"][j].tobytes()
             assert str(r["noise"]) == ref["noise"][j]
+
+
+@pytest.mark.ray
+def test_validation_shards_are_the_validation_set_split_across_ranks(ray_session) -> None:
+    """Synthesized once per run, each rank a contiguous slice: together exactly the samples of the
+    seeded set, as model input, with their noise-free copies."""
+    from dotseg.data import DataConfig, validation_shard
+    from dotseg.normalize import normalize
+
+    cfg = load_config("smoke").synthesis.replace(size=48)
+    data = DataConfig(synth_tasks=1, rows_per_block=3, cpus_per_task=0.5)
+    noisy = make_batch(cfg, 11, range(7), noise_scale=1.0, mixed_prob=0.6)
+    clean = make_batch(cfg, 11, range(7), noise_scale=1.0, mixed_prob=0.6, noisy=False)
+    shards = [validation_shard(cfg, data, 11, 7, rank=r, world=3, noise_scale=1.0, mixed_prob=0.6) for r in range(3)]
+    assert [s.count() for s in shards] == [2, 2, 3]
+    got = {k: np.concatenate([s.take_batch(10, batch_format="numpy")[k] for s in shards])
+           for k in ("image", "clean", "mask")}
+    np.testing.assert_array_equal(got["image"], normalize(noisy["image"]))
+    np.testing.assert_array_equal(got["clean"], normalize(clean["image"]))
+    np.testing.assert_array_equal(got["mask"], noisy["mask"])
+    assert validation_shard(cfg, data, 11, 2, rank=0, world=3, noise_scale=1.0, mixed_prob=0.6) is None  # 0 of 2
+

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dotseg.viz import overlay, save_png
+from dotseg.plots import overlay, save_png
 
 __all__ = ["SUPPORTED_SUFFIXES", "MAX_PIXELS", "ImageError", "read_image", "to_grey", "list_images",
            "write_mask_png", "write_prob_npy", "write_overlay_png"]

@@ -34,7 +34,7 @@ def write_sample(out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.nd
 
     The npz holds only plain arrays and a JSON string, so it loads with ``allow_pickle=False``.
     """
-    from dotseg import viz
+    from dotseg import plots
 
     index = int(meta["index"])
     meta_json = json.dumps({k: _jsonable(v) for k, v in meta.items()}, sort_keys=True)
@@ -42,7 +42,7 @@ def write_sample(out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.nd
     dots = dots[~np.isnan(dots[:, 0])] if len(dots) else dots
     np.savez(path, image=image, mask=mask, dots=dots, meta=np.array(meta_json))
     if preview:
-        viz.save_png(viz.overlay(image, truth=mask), out_dir / f"sample_{index:06d}.png")
+        plots.save_png(plots.overlay(image, truth=mask), out_dir / f"sample_{index:06d}.png")
     return path
 
 
@@ -63,7 +63,7 @@ def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterab
     """One figure: rows = clean and each noise type (plus a 2-type mix), columns = severity levels,
     every cell with its ground-truth outline and SNR. Each row keeps one shape and its dots, so only
     the noise changes along it."""
-    from dotseg import viz
+    from dotseg import plots
 
     levels = tuple(levels)
     rows: list[tuple[str, tuple[str, ...] | None]] = [("clean", None)]
@@ -81,5 +81,5 @@ def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterab
             row.append((s.image, s.mask, caption))
         cells.append(row)
     col_labels = [f"severity {lv:g}" for lv in levels]
-    return viz.sample_grid(cells, [r[0] for r in rows], col_labels, path,
+    return plots.sample_grid(cells, [r[0] for r in rows], col_labels, path,
                            title=f"dotseg synthesis, {cfg.size} px, seed {seed} (green: ground-truth outline)")

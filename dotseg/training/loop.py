@@ -4,30 +4,59 @@ Each epoch, every rank builds its own Ray Data pipeline over its own slice of sa
 with the epoch's curriculum noise and a seed derived from (run seed, epoch). Synthesis runs in
 Ray Data tasks anywhere in the cluster and streams into the rank while it trains. Every rank gets
 exactly ``steps_per_epoch`` full batches by construction — uneven shards or a short last batch
-would leave one DDP rank waiting in an all-reduce forever.
+would leave one DDP rank waiting in an all-reduce forever. The validation set is synthesized once
+per run, each rank its own slice, and kept in the object store.
+
+The pieces are plain functions elsewhere: one optimizer step and validation in
+:mod:`dotseg.training.step`, stopping rules in :mod:`dotseg.training.stopping`, the checkpoint
+pair in :mod:`dotseg.checkpoint`, W&B in :mod:`dotseg.tracking`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dotseg.config import Config, config_from_dict
+from dotseg.config import Config
 from dotseg.curriculum import Phase
 from dotseg.device import autocast, configure_cpu, grad_scaler
 
 log = logging.getLogger(__name__)
+#: In the run directory: the records dotseg code logs in the workers, for the driver to relay.
+WORKER_LOG = "worker_log.jsonl"
 
-#: Files inside each reported checkpoint directory.
-MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.safetensors", "train_state.pt", "history.json"
+
+@dataclass(frozen=True, slots=True)
+class LoopArgs:
+    """What the driver hands every worker (through Ray as a plain dict: :meth:`to_ray`)."""
+
+    cfg: Config
+    run_dir: Path
+    """The run's directory (shared storage on a multi-node cluster)."""
+    stop_after_epoch: int | None = None
+    """Pause after this epoch (``--stop-after-epoch``)."""
+
+    @property
+    def run_name(self) -> str:
+        """Names the run for Ray Train and W&B (a resumed run keeps it)."""
+        return self.run_dir.name
+
+    def to_ray(self) -> dict[str, Any]:
+        return {"cfg": self.cfg.to_dict(), "run_dir": str(self.run_dir), "stop_after_epoch": self.stop_after_epoch}
+
+    @classmethod
+    def from_ray(cls, data: dict[str, Any]) -> LoopArgs:
+        return cls(cfg=Config.from_dict(data["cfg"]), run_dir=Path(data["run_dir"]),
+                   stop_after_epoch=data.get("stop_after_epoch"))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -44,16 +73,8 @@ def steps_per_epoch(cfg: Config, world: int) -> int:
     return max(cfg.train.samples_per_epoch // (world * cfg.train.batch_size), 1)
 
 
-def validation_set(cfg: Config):
-    """The fixed validation set: the full noise distribution (noise_scale 1, the last phase's mix)."""
-    from dotseg.training.step import ValSet
-
-    mixed = max(p.mixed_prob for p in cfg.curriculum.phases)
-    return ValSet(synthesis=cfg.synthesis, seed=val_seed(cfg.train.seed), count=cfg.train.val_samples,
-                  noise_scale=1.0, mixed_prob=mixed)
-
-
-def _epoch_batches(cfg: Config, epoch: int, phase: Phase, rank: int, world: int, device: torch.device):
+def _epoch_batches(cfg: Config, epoch: int, phase: Phase, rank: int, world: int, device: torch.device
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's training batches of ``epoch``: (images, masks) as (B, 1, H, W) float32 on ``device``."""
     import ray.data
 
@@ -76,42 +97,65 @@ def _epoch_batches(cfg: Config, epoch: int, phase: Phase, rank: int, world: int,
                b["mask"].unsqueeze(1).to(device, dtype=torch.float32, non_blocking=True))
 
 
-def _panels(model: torch.nn.Module, cfg: Config, device: torch.device, n: int) -> list[tuple[np.ndarray, str]]:
-    """image | truth | prediction strips for the first ``n`` validation samples."""
-    from dotseg.synthesis import make_batch
-    from dotseg.normalize import normalize
-    from dotseg.viz import panel_row
+def _validation(cfg: Config, rank: int, world: int) -> Any | None:
+    """This rank's slice of the fixed validation set: the full noise distribution (noise_scale 1,
+    the last phase's mix), synthesized once for the run."""
+    from dotseg.data import validation_shard
 
-    if n <= 0:
+    mixed = max(p.mixed_prob for p in cfg.curriculum.phases)
+    return validation_shard(cfg.synthesis, cfg.data, val_seed(cfg.train.seed), cfg.train.val_samples,
+                            rank=rank, world=world, noise_scale=1.0, mixed_prob=mixed)
+
+
+def _val_batches(shard: Any | None, batch_size: int, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(model input (B, H, W) float32, masks (B, H, W) uint8) of the noisy (``image``) or ``clean`` column."""
+    if shard is None:
+        return
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        yield b[column], b["mask"]
+
+
+def _panels(model: torch.nn.Module, shard: Any | None, cfg: Config, device: torch.device, n: int
+            ) -> list[tuple[np.ndarray, str]]:
+    """image | truth | prediction strips for the first ``n`` validation samples of this rank."""
+    from dotseg.plots import panel_row
+
+    if n <= 0 or shard is None:
         return []
-    vs = validation_set(cfg)
-    b = make_batch(vs.synthesis, vs.seed, range(n), noise_scale=vs.noise_scale, mixed_prob=vs.mixed_prob)
+    b = shard.take_batch(n, batch_format="numpy")
     model.eval()
     with torch.no_grad(), autocast(device, cfg.train.amp):
-        logits = model(torch.from_numpy(normalize(b["image"])).unsqueeze(1).to(device))
-    prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        logits = model(torch.from_numpy(b["image"]).unsqueeze(1).to(device))  # (n, 1, H, W)
+    prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()  # (n, H, W)
     return [(panel_row(b["image"][i], b["mask"][i], prob[i] >= cfg.train.threshold, prob[i]),
-             f"{b['noise'][i]}, SNR {b['snr_db'][i]:.1f} dB") for i in range(n)]
+             f"{b['noise'][i]}, SNR {b['snr_db'][i]:.1f} dB") for i in range(len(prob))]
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry point, run on every rank."""
+    """Ray Train entry point, run on every rank; dotseg's log records go to the run's
+    ``worker_log.jsonl``, which the driver relays to its console."""
+    from dotseg.runtime import records_to_file
+
+    args = LoopArgs.from_ray(loop_config)
+    with records_to_file(args.run_dir / WORKER_LOG):
+        return _run(args)
+
+
+def _run(args: LoopArgs) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
-    from dotseg.checkpoint import load_checkpoint, save_checkpoint
+    from dotseg import tracking
+    from dotseg.checkpoint import load_training_checkpoint, save_training_checkpoint
     from dotseg.losses.compound import CompoundLoss, loss_weights
     from dotseg.models import build_model
-    from dotseg.training import tracking
     from dotseg.training.step import build_optimizer, evaluate, train_step
+    from dotseg.training.stopping import LoopState, after_epoch, first_epoch, is_collapsed
 
     # Our per-epoch line says what matters; Ray Data's per-dataset INFO lines would bury it.
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg: Config = config_from_dict(loop_config["cfg"])
-    stop_after = loop_config.get("stop_after_epoch")
-    run_dir = Path(loop_config["run_dir"])
-    tcfg = cfg.train
+    cfg, tcfg = args.cfg, args.cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     configure_cpu(tcfg.torch_threads or max(int(tcfg.cpus_per_worker), 1))
@@ -122,35 +166,24 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     steps = steps_per_epoch(cfg, world)
     optimizer, scheduler = build_optimizer(model, tcfg, steps)
     scaler = grad_scaler(device, tcfg.amp)
-    state: dict[str, Any] = {"epoch": 0, "best_dice": -1.0, "bad_epochs": 0, "collapsed": 0, "history": []}
-
+    state = LoopState()
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            loaded = load_checkpoint(Path(d) / MODEL_FILE, expect=cfg.model)
-            model.load_state_dict(loaded.state_dict)
-            saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["loop"]
+            state = LoopState.from_dict(load_training_checkpoint(d, model, optimizer, scheduler, scaler,
+                                                                 expect=cfg.model))
         if rank == 0:
-            log.info(f"resumed from the checkpoint of epoch {state['epoch']}")
+            log.info(f"resumed from the checkpoint of epoch {state.epoch}")
 
     model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     loss_fn = CompoundLoss(cfg.loss)
-    val = validation_set(cfg)
-    run = tracking.start_run(cfg, run_dir, loop_config["run_id"], rank)
+    val = _validation(cfg, rank, world)
+    run = tracking.start_training_run(cfg, args.run_dir, args.run_name) if rank == 0 else None
     epoch_times: list[float] = []
-    stop_reason = "completed"
 
     # A run that stopped early stays stopped when resumed; one that ran out of epochs can be
     # extended by resuming with a larger train.epochs.
-    first = state["epoch"] + 1 if state.get("stop_reason") not in ("early_stopping", "collapse") else tcfg.epochs + 1
-    if first > tcfg.epochs:
-        stop_reason = state.get("stop_reason", "completed")
-    for epoch in range(first, tcfg.epochs + 1):
+    for epoch in range(first_epoch(state), tcfg.epochs + 1):
         phase = cfg.curriculum.phase_at(epoch)
         weights = loss_weights(cfg.loss, epoch, tcfg.epochs)
         t0 = time.perf_counter()
@@ -165,11 +198,11 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         if n_steps != steps:
             raise RuntimeError(f"rank {rank} got {n_steps} training batches in epoch {epoch}, expected {steps}")
         train_time = time.perf_counter() - t0
-        noisy = evaluate(model, val.batches(rank, world, tcfg.batch_size, noisy=True), device, tcfg.amp, tcfg.threshold)
-        clean = evaluate(model, val.batches(rank, world, tcfg.batch_size, noisy=False), device, tcfg.amp, tcfg.threshold)
+        # All-reduced metrics: every rank takes the same stopping decision below.
+        noisy = evaluate(model, _val_batches(val, tcfg.batch_size, "image"), device, tcfg.amp, tcfg.threshold)
+        clean = evaluate(model, _val_batches(val, tcfg.batch_size, "clean"), device, tcfg.amp, tcfg.threshold)
         epoch_time = time.perf_counter() - t0
         epoch_times.append(epoch_time)
-
         metrics: dict[str, Any] = {
             "epoch": epoch, "phase": phase.name, "noise_scale": phase.noise_scale, "mixed_prob": phase.mixed_prob,
             **{k: v / n_steps for k, v in sums.items()},
@@ -179,62 +212,40 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             "w_boundary": weights.boundary,
             "samples_per_s": steps * tcfg.batch_size * world / train_time, "epoch_time_s": epoch_time,
         }
-        # Early stopping and the blank-mask guard decide on all-reduced metrics, so every rank agrees.
-        if metrics["val_dice"] > state["best_dice"] + tcfg.early_stopping.min_delta:
-            state["best_dice"], state["bad_epochs"] = metrics["val_dice"], 0
-        else:
-            state["bad_epochs"] += 1
-        guard = tcfg.collapse
-        collapsed = epoch > guard.grace_epochs and (
-            clean["dice"] < guard.min_clean_dice or clean["fg_ratio"] < guard.min_foreground_ratio)
-        state["collapsed"] = state["collapsed"] + 1 if collapsed else 0
-        metrics["collapsed_epochs"] = state["collapsed"]
-        state["epoch"] = epoch
-        state["history"] = state["history"] + [metrics]
+        state = after_epoch(state, metrics, early=tcfg.early_stopping, guard=tcfg.collapse, epochs=tcfg.epochs,
+                            stop_after=args.stop_after_epoch)
+        metrics = state.history[-1]
 
         if rank == 0:
-            remaining = tcfg.epochs - epoch
-            eta = remaining * (sum(epoch_times) / len(epoch_times))
+            eta = (tcfg.epochs - epoch) * (sum(epoch_times) / len(epoch_times))
             log.info(f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
                      f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
                      f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
                      f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}")
-            if collapsed:
+            guard = tcfg.collapse
+            if is_collapsed(epoch, clean["dice"], clean["fg_ratio"], guard):
                 log.warning(f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
                             f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
-                            f"(min {guard.min_foreground_ratio}); {state['collapsed']} epoch(s) in a row"
+                            f"(min {guard.min_foreground_ratio}); {state.collapsed} epoch(s) in a row"
                             + (f", stopping after {guard.max_epochs}" if guard.max_epochs else ""))
-            tracking.log_epoch(run, epoch, metrics, _panels(model, cfg, device, tcfg.wandb.images_per_epoch)
-                               if run is not None else None)
-
-        if guard.max_epochs and state["collapsed"] >= guard.max_epochs:
-            stop_reason = "collapse"
-        elif tcfg.early_stopping.patience and state["bad_epochs"] >= tcfg.early_stopping.patience:
-            stop_reason = "early_stopping"
-        elif stop_after is not None and epoch >= stop_after and epoch < tcfg.epochs:
-            stop_reason = "paused"  # --stop-after-epoch: resumable, unlike the two above
-        state["stop_reason"] = stop_reason
+            tracking.log_epoch(run, epoch, metrics,
+                               _panels(model, val, cfg, device, tcfg.wandb.images_per_epoch) if run else None)
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if rank == 0:
-                save_checkpoint(Path(tmp) / MODEL_FILE, model, cfg, threshold=tcfg.threshold,
-                                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                                epoch=epoch)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "loop": state},
-                           Path(tmp) / STATE_FILE)
-                (Path(tmp) / HISTORY_FILE).write_text(json.dumps(state["history"], indent=1))
+            if rank == 0:  # every rank reports (a barrier); rank 0 alone writes
+                save_training_checkpoint(tmp, model, cfg, metrics=metrics, epoch=epoch, optimizer=optimizer,
+                                         scheduler=scheduler, scaler=scaler, loop=state.to_dict())
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
                              checkpoint=checkpoint)
-        if stop_reason != "completed":
+        if state.stop_reason != "completed":
             if rank == 0:
-                log.info(f"stopping at epoch {epoch}: {stop_reason.replace('_', ' ')}")
+                log.info(f"stopping at epoch {epoch}: {state.stop_reason.replace('_', ' ')}")
             break
 
     tracking.finish(run)
-    return {"stop_reason": stop_reason, "epochs_run": state["epoch"], "history": state["history"]}
+    return {"stop_reason": state.stop_reason, "epochs_run": state.epoch, "history": list(state.history)}
 
 
 def _fmt(seconds: float) -> str:

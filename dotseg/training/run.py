@@ -30,9 +30,10 @@ from typing import Any
 from dotseg.config import (CHANGEABLE_ON_RESUME, NOT_IN_RUN_IDENTITY, Config, config_from_dict, dump_yaml,
                            load_config, load_yaml, to_dict)
 from dotseg.configbase import apply_override, diff_keys, drop_paths
+from dotseg.plots import plot_history
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
-RAY_LOG, WORKER_LOG = "ray.log", "worker_log.jsonl"
+RAY_LOG = "ray.log"
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = Non
     continues exactly as if it had not stopped — for training in time slices.
     """
     from dotseg.runtime import RecordRelay, init_ray, ray_logs_to
+    from dotseg.training.loop import WORKER_LOG
 
     t0 = time.perf_counter()
     if resume is not None:
@@ -158,25 +160,16 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = Non
     return _finish(run_dir, result, time.perf_counter() - t0)
 
 
-def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """The Ray Train entry point: ``train_worker`` with dotseg's log records going to the run's
-    ``worker_log.jsonl`` (for the driver to relay) instead of the worker's stdout."""
-    from dotseg.runtime import records_to_file
-    from dotseg.training.loop import train_worker
-
-    with records_to_file(Path(loop_config["run_dir"]) / WORKER_LOG):
-        return train_worker(loop_config)
-
-
 def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from dotseg.training.loop import LoopArgs, train_worker
+
     t = cfg.train
     return TorchTrainer(
-        _train_worker,
-        train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "run_id": run_dir.name,
-                           "stop_after_epoch": stop_after_epoch},
+        train_worker,
+        train_loop_config=LoopArgs(cfg=cfg, run_dir=run_dir, stop_after_epoch=stop_after_epoch).to_ray(),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -193,7 +186,7 @@ def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
 
 
 def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
-    from dotseg.training.loop import HISTORY_FILE, MODEL_FILE
+    from dotseg.checkpoint import HISTORY_FILE, MODEL_FILE
 
     best_path, best_metrics = None, {}
     if result.best_checkpoints:
@@ -209,36 +202,3 @@ def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
     ret = result.return_value or {}
     return TrainResult(run_dir=run_dir, best_checkpoint=best_path, best_metrics=dict(best_metrics),
                        history=history, stop_reason=ret.get("stop_reason", "completed"), wall_s=wall_s)
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
-    """Learning curves: loss, validation/clean Dice and IoU per epoch, with the curriculum phases shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("compound loss")
-    for key, label in (("val_dice", "val Dice (noisy)"), ("clean_dice", "clean Dice"), ("val_iou", "val IoU")):
-        ax2.plot(epochs, [h[key] for h in history], "o-", label=label)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1)
-    for ax in (ax1, ax2):
-        start = None
-        for h in history + [None]:
-            if h is None or (start is not None and h["phase"] != start[1]):
-                ax.axvspan(start[0] - 0.5, (h["epoch"] if h else epochs[-1] + 1) - 0.5, alpha=0.08,
-                           color=f"C{len(ax.patches) % 10}")
-                ax.text(start[0], ax.get_ylim()[1], start[1], va="top", fontsize=8)
-            if h is not None and (start is None or h["phase"] != start[1]):
-                start = (h["epoch"], h["phase"])
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is ax2 else "upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

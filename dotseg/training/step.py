@@ -6,8 +6,7 @@ Nothing here knows about Ray; :mod:`dotseg.training.loop` strings these together
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -17,8 +16,6 @@ from torch import nn
 from dotseg.device import autocast
 from dotseg.losses.compound import CompoundLoss, LossWeights
 from dotseg.metrics import torch_overlap_metrics
-from dotseg.normalize import normalize
-from dotseg.synthesis import SynthesisConfig, make_batch
 from dotseg.training.config import TrainConfig
 
 
@@ -65,28 +62,6 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
 
 
 # -- validation -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class ValSet:
-    """The fixed, seeded validation set: which samples, at what noise. Samples are re-synthesized
-    when needed (a pure function of these fields), so every epoch sees identical bytes without
-    holding gigabytes of images in every worker."""
-
-    synthesis: SynthesisConfig
-    seed: int
-    count: int
-    noise_scale: float
-    mixed_prob: float
-
-    def batches(self, rank: int, world: int, batch_size: int, noisy: bool
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(model input (B, H, W) float32, masks (B, H, W) uint8) for this rank's share (i % world == rank)."""
-        mine = np.arange(rank, self.count, world)
-        for start in range(0, len(mine), batch_size):
-            b = make_batch(self.synthesis, self.seed, mine[start:start + batch_size],
-                           noise_scale=self.noise_scale, mixed_prob=self.mixed_prob, noisy=noisy)
-            yield normalize(b["image"]), b["mask"]
-
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device,
