@@ -58,10 +58,21 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "ModelContract", "Provenance", "CheckpointMeta",
-           "LoadedCheckpoint", "save_checkpoint", "load_checkpoint", "build_from_checkpoint", "model_identity"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "ModelContract",
+    "Provenance",
+    "CheckpointMeta",
+    "LoadedCheckpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "build_from_checkpoint",
+    "model_identity",
+]
 
-FORMAT = "dotseg-checkpoint"
+FORMAT: Literal["dotseg-checkpoint"] = "dotseg-checkpoint"
 #: Version of the layout described above. Raise it when the meaning of a field or of a tensor name
 #: changes, and keep reading the older versions.
 FORMAT_VERSION = 2
@@ -89,8 +100,11 @@ class ModelContract(Section):
     @classmethod
     def of(cls, cfg: Config, threshold: float | None = None) -> ModelContract:
         """The contract of a model trained under ``cfg`` (threshold: ``cfg.train.threshold`` unless given)."""
-        return cls(model=cfg.model, threshold=cfg.train.threshold if threshold is None else threshold,
-                   input_size=cfg.synthesis.size)
+        return cls(
+            model=cfg.model,
+            threshold=cfg.train.threshold if threshold is None else threshold,
+            input_size=cfg.synthesis.size,
+        )
 
 
 class Provenance(BaseModel):
@@ -179,16 +193,30 @@ class LoadedCheckpoint:
     def about(self) -> dict[str, Any]:
         """A short, JSON-able description for reports and logs."""
         p = self.meta.provenance
-        return {"checkpoint": self.path.name, "model_id": self.model_id, "run_id": self.meta.run_id,
-                "variant": self.contract.model.variant, "epoch": self.epoch, "config_hash": p.config_hash,
-                **({"sweep": p.sweep, "trial": p.trial} if p.sweep else {})}
+        return {
+            "checkpoint": self.path.name,
+            "model_id": self.model_id,
+            "run_id": self.meta.run_id,
+            "variant": self.contract.model.variant,
+            "epoch": self.epoch,
+            "config_hash": p.config_hash,
+            **({"sweep": p.sweep, "trial": p.trial} if p.sweep else {}),
+        }
 
 
 # -- saving ---------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, *, threshold: float,
-                    metrics: Mapping[str, float], epoch: int, origin: Mapping[str, str] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    *,
+    threshold: float,
+    metrics: Mapping[str, float],
+    epoch: int,
+    origin: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``model``'s weights, its contract and ``cfg`` as provenance to ``path`` (``*.safetensors``), atomically.
 
     ``origin`` adds provenance fields (``{"sweep": ..., "trial": ...}`` for a promoted sweep trial).
@@ -219,10 +247,19 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, *, threshol
 
     contract = ModelContract.of(cfg, float(threshold))
     meta = CheckpointMeta(
-        contract=contract, run_id=cfg.run_id, epoch=int(epoch), model_id=model_identity(contract, cfg.run_id, epoch),
-        provenance=Provenance(config=cfg.to_dict(), config_hash=cfg.hash, metrics=clean_metrics,
-                              created=datetime.now(UTC).isoformat(timespec="seconds"),
-                              dotseg_version=_dotseg_version(), **dict(origin or {})))
+        contract=contract,
+        run_id=cfg.run_id,
+        epoch=int(epoch),
+        model_id=model_identity(contract, cfg.run_id, epoch),
+        provenance=Provenance(
+            config=cfg.to_dict(),
+            config_hash=cfg.hash,
+            metrics=clean_metrics,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            dotseg_version=_dotseg_version(),
+            **dict(origin or {}),
+        ),
+    )
     header = {k: json.dumps(v, sort_keys=True, allow_nan=False) for k, v in meta.model_dump(mode="json").items()}
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +320,9 @@ def _dotseg_version() -> str:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    expect: ModelConfig | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, expect: ModelConfig | None = None
+) -> LoadedCheckpoint:
     """Read and validate a checkpoint; nothing in it is executed.
 
     Args:
@@ -306,8 +344,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if expect is not None:
         differ = diff_keys(expect, model_cfg, "model")
         if differ:
-            details = ", ".join(f"{k}={get_path(model_cfg, k.partition('.')[2])!r} "
-                                f"(expected {get_path(expect, k.partition('.')[2])!r})" for k in differ)
+            details = ", ".join(
+                f"{k}={get_path(model_cfg, k.partition('.')[2])!r} (expected {get_path(expect, k.partition('.')[2])!r})"
+                for k in differ
+            )
             raise CheckpointError(f"{path}: checkpoint holds another model than expected: {details}")
 
     shapes = {k: tuple(info["shape"]) for k, info in header.items()}
@@ -317,8 +357,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
     size = path.stat().st_size
     if data_bytes > size:
-        raise CheckpointError(f"{path}: truncated: the header describes {data_bytes} bytes but the file has "
-                              f"{size} (an interrupted download or copy?)")
+        raise CheckpointError(
+            f"{path}: truncated: the header describes {data_bytes} bytes but the file has "
+            f"{size} (an interrupted download or copy?)"
+        )
     from safetensors.torch import load_file
 
     try:
@@ -328,8 +370,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return LoadedCheckpoint(state_dict=tensors, meta=meta, path=path)
 
 
-def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                          expect: ModelConfig | None = None) -> tuple[nn.Module, LoadedCheckpoint]:
+def build_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, expect: ModelConfig | None = None
+) -> tuple[nn.Module, LoadedCheckpoint]:
     """Load a checkpoint (see :func:`load_checkpoint`) and build its model with the weights, in eval mode."""
     from dotseg.models import build_model
 
@@ -345,8 +388,10 @@ def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "
 def _decode_meta(path: Path, raw: Any) -> CheckpointMeta:
     """The metadata, decoded and validated; a newer format is refused first, provenance never blocks."""
     if not isinstance(raw, dict) or "format" not in raw:
-        raise CheckpointError(f"{path}: is a safetensors file without dotseg metadata (plain weights from "
-                              "another tool?); expected a checkpoint written by dotseg.checkpoint.save_checkpoint")
+        raise CheckpointError(
+            f"{path}: is a safetensors file without dotseg metadata (plain weights from "
+            "another tool?); expected a checkpoint written by dotseg.checkpoint.save_checkpoint"
+        )
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         try:
@@ -354,14 +399,17 @@ def _decode_meta(path: Path, raw: Any) -> CheckpointMeta:
         except (TypeError, ValueError):
             fields[key] = value  # only dotseg's own fields must be JSON; checked below
     if fields["format"] != FORMAT:
-        raise CheckpointError(f"{path}: metadata format is {fields['format']!r}, expected {FORMAT!r} "
-                              "(a safetensors file from another tool?)")
+        raise CheckpointError(
+            f"{path}: metadata format is {fields['format']!r}, expected {FORMAT!r} "
+            "(a safetensors file from another tool?)"
+        )
     version = fields.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: corrupt metadata: format_version {version!r} is not a positive integer")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer dotseg (format {version} > {FORMAT_VERSION}); "
-                              "upgrade dotseg")
+        raise CheckpointError(
+            f"{path}: written by a newer dotseg (format {version} > {FORMAT_VERSION}); upgrade dotseg"
+        )
     if version == 1:
         fields = _from_format_1(path, fields)
     missing = [k for k in ("contract", "run_id", "epoch", "model_id") if k not in fields]
@@ -369,8 +417,10 @@ def _decode_meta(path: Path, raw: Any) -> CheckpointMeta:
         raise CheckpointError(f"{path}: corrupt metadata: missing {', '.join(missing)}")
     contract = fields["contract"]
     if isinstance(contract, dict) and contract.get("normalization", NORMALIZATION) != NORMALIZATION:
-        raise CheckpointError(f"{path}: model was trained with input normalization {contract['normalization']!r}, "
-                              f"this dotseg uses {NORMALIZATION!r}; its predictions would be meaningless")
+        raise CheckpointError(
+            f"{path}: model was trained with input normalization {contract['normalization']!r}, "
+            f"this dotseg uses {NORMALIZATION!r}; its predictions would be meaningless"
+        )
     try:
         contract = ModelContract.from_dict(contract)
     except ConfigError as e:
@@ -380,40 +430,63 @@ def _decode_meta(path: Path, raw: Any) -> CheckpointMeta:
     except ValidationError:
         provenance = Provenance()  # unreadable provenance is only lost information
     try:
-        meta = CheckpointMeta.model_validate({**{k: fields[k] for k in ("run_id", "epoch", "model_id")},
-                                              "format_version": version, "contract": contract,
-                                              "provenance": provenance})
+        meta = CheckpointMeta.model_validate(
+            {
+                **{k: fields[k] for k in ("run_id", "epoch", "model_id")},
+                "format_version": version,
+                "contract": contract,
+                "provenance": provenance,
+            }
+        )
     except ValidationError as e:
         raise CheckpointError(f"{path}: corrupt metadata: {describe_error(CheckpointMeta, e)}") from None
     if model_identity(contract, meta.run_id, meta.epoch) != meta.model_id:
-        raise CheckpointError(f"{path}: its contract, run_id and epoch do not match its model_id {meta.model_id!r} "
-                              "(the metadata was edited or corrupted)")
+        raise CheckpointError(
+            f"{path}: its contract, run_id and epoch do not match its model_id {meta.model_id!r} "
+            "(the metadata was edited or corrupted)"
+        )
     return meta
 
 
 def _from_format_1(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     """Format-1 metadata (the whole config, unversioned fields) in format-2 form."""
-    missing = [k for k in ("config", "config_hash", "normalization", "threshold", "metrics", "epoch")
-               if k not in fields]
+    missing = [
+        k for k in ("config", "config_hash", "normalization", "threshold", "metrics", "epoch") if k not in fields
+    ]
     if missing:
         raise CheckpointError(f"{path}: corrupt metadata: missing {', '.join(missing)}")
     config = fields["config"]
     if not isinstance(config, dict) or config_hash(config) != fields["config_hash"]:
-        raise CheckpointError(f"{path}: its config does not match its config_hash {fields['config_hash']!r} "
-                              "(the metadata was edited or corrupted)")
+        raise CheckpointError(
+            f"{path}: its config does not match its config_hash {fields['config_hash']!r} "
+            "(the metadata was edited or corrupted)"
+        )
     synthesis = config.get("synthesis")
-    contract = {"model": config.get("model"), "normalization": fields["normalization"],
-                "threshold": fields["threshold"],
-                **({"input_size": synthesis["size"]} if isinstance(synthesis, dict) and "size" in synthesis else {})}
+    contract = {
+        "model": config.get("model"),
+        "normalization": fields["normalization"],
+        "threshold": fields["threshold"],
+        **({"input_size": synthesis["size"]} if isinstance(synthesis, dict) and "size" in synthesis else {}),
+    }
     run_id = run_identity(config)
     epoch = fields["epoch"]
     try:
         model_id = model_identity(ModelContract.from_dict(contract), run_id, epoch)
     except ConfigError:
         model_id = ""  # the contract is refused with its reason right after
-    return {"contract": contract, "run_id": run_id, "epoch": epoch, "model_id": model_id,
-            "provenance": {"config": config, "config_hash": fields["config_hash"], "metrics": fields["metrics"],
-                           "created": fields.get("created"), "dotseg_version": fields.get("dotseg_version")}}
+    return {
+        "contract": contract,
+        "run_id": run_id,
+        "epoch": epoch,
+        "model_id": model_id,
+        "provenance": {
+            "config": config,
+            "config_hash": fields["config_hash"],
+            "metrics": fields["metrics"],
+            "created": fields.get("created"),
+            "dotseg_version": fields.get("dotseg_version"),
+        },
+    }
 
 
 # -- what the file is --------------------------------------------------------------------------------
@@ -432,8 +505,10 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
             if _looks_like_safetensors(head):
                 (n,) = struct.unpack("<Q", head[:8])
                 if 8 + n > size:
-                    raise CheckpointError(f"{path}: truncated safetensors file: its header needs {8 + n} bytes, "
-                                          f"the file has {size} (an interrupted download or copy?)")
+                    raise CheckpointError(
+                        f"{path}: truncated safetensors file: its header needs {8 + n} bytes, "
+                        f"the file has {size} (an interrupted download or copy?)"
+                    )
                 f.seek(8)
                 raw = f.read(n)
     except OSError as e:
@@ -474,22 +549,30 @@ def _what_is_it(path: Path, head: bytes, size: int) -> str:
     if text is not None:
         lower = text.lstrip("\ufeff \t\r\n").lower()
         if lower.startswith("<!doctype html") or "<html" in lower[:1024]:
-            return ("is an HTML page, not a dotseg checkpoint — a download that returned a web page? "
-                    "(e.g. a hub URL without ?download=true)")
+            return (
+                "is an HTML page, not a dotseg checkpoint — a download that returned a web page? "
+                "(e.g. a hub URL without ?download=true)"
+            )
         if lower.startswith("version https://git-lfs"):
-            return ("is a Git LFS pointer, not the checkpoint itself — fetch the real file "
-                    "(git lfs pull) or download it directly")
+            return (
+                "is a Git LFS pointer, not the checkpoint itself — fetch the real file "
+                "(git lfs pull) or download it directly"
+            )
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         return f"is a text file (starts {first[:60]!r}), not a dotseg checkpoint (expected a *.safetensors file)"
-    return (f"is not a safetensors file (starts with bytes {head[:8].hex(' ')}); "
-            "expected a dotseg checkpoint (*.safetensors) — corrupt, or another format?")
+    return (
+        f"is not a safetensors file (starts with bytes {head[:8].hex(' ')}); "
+        "expected a dotseg checkpoint (*.safetensors) — corrupt, or another format?"
+    )
 
 
 def _pickle_message(kind: str) -> str:
-    return (f"is a PyTorch pickle ({kind}), which dotseg never loads because unpickling can run code; "
-            "to convert a file you trust, load it yourself with torch.load(path, weights_only=True), "
-            "put the state dict into build_model(cfg.model) and write it with "
-            "dotseg.checkpoint.save_checkpoint")
+    return (
+        f"is a PyTorch pickle ({kind}), which dotseg never loads because unpickling can run code; "
+        "to convert a file you trust, load it yourself with torch.load(path, weights_only=True), "
+        "put the state dict into build_model(cfg.model) and write it with "
+        "dotseg.checkpoint.save_checkpoint"
+    )
 
 
 def _zip_is_torch(path: Path) -> bool:
@@ -527,8 +610,9 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _state_dict_problem(state_shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
-                        show: int = 3) -> str:
+def _state_dict_problem(
+    state_shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], show: int = 3
+) -> str:
     """'' if the names and shapes agree, else one line listing a few missing/unexpected/mis-shaped keys."""
     missing = [k for k in expected if k not in state_shapes]
     unexpected = [k for k in state_shapes if k not in expected]
@@ -564,9 +648,18 @@ def _one_line(text: str) -> str:
 MODEL_FILE, STATE_FILE, HISTORY_FILE = "model.safetensors", "train_state.pt", "history.json"
 
 
-def save_training_checkpoint(directory: str | Path, model: nn.Module, cfg: Config, *, metrics: Mapping[str, Any],
-                             epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                             loop: Mapping[str, Any]) -> Path:
+def save_training_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    *,
+    metrics: Mapping[str, Any],
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    loop: Mapping[str, Any],
+) -> Path:
     """Write everything a run needs to continue exactly where it is into ``directory``.
 
     ``loop`` is the loop's state in plain types (it is read back with ``weights_only=True``).
@@ -574,17 +667,37 @@ def save_training_checkpoint(directory: str | Path, model: nn.Module, cfg: Confi
     import torch
 
     directory = Path(directory)
-    save_checkpoint(directory / MODEL_FILE, model, cfg, threshold=cfg.train.threshold, epoch=epoch,
-                    metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "loop": dict(loop)},
-               directory / STATE_FILE)
+    save_checkpoint(
+        directory / MODEL_FILE,
+        model,
+        cfg,
+        threshold=cfg.train.threshold,
+        epoch=epoch,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "loop": dict(loop),
+        },
+        directory / STATE_FILE,
+    )
     (directory / HISTORY_FILE).write_text(json.dumps(list(loop.get("history", [])), indent=1))
     return directory
 
 
-def load_training_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                             scheduler: Any, scaler: Any, *, expect: ModelConfig) -> dict[str, Any]:
+def load_training_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    *,
+    expect: ModelConfig,
+) -> dict[str, Any]:
     """Restore what :func:`save_training_checkpoint` wrote into the given objects; returns the loop state.
 
     The model must be ``expect`` (the run's model config), or :class:`CheckpointError` says how it differs.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -41,14 +42,18 @@ class _Parser(argparse.ArgumentParser):
 def _ranged(kind: type, lo: float | None = None, hi: float | None = None, *, open_interval: bool = False):
     """An argparse ``type`` that parses ``kind`` and checks ``lo <= value <= hi`` (strict with
     ``open_interval``), so a bad flag is a usage error naming the flag, before anything loads."""
+
     def parse(text: str) -> Any:
         value = kind(text)
         low_ok = lo is None or (value > lo if open_interval else value >= lo)
         high_ok = hi is None or (value < hi if open_interval else value <= hi)
         if not (low_ok and high_ok):
-            brackets = "()" if open_interval else "[]"
-            lo_s, hi_s = ("-inf" if lo is None else f"{lo:g}"), ("inf" if hi is None else f"{hi:g}")
-            raise argparse.ArgumentTypeError(f"must be in {brackets[0]}{lo_s}, {hi_s}{brackets[1]}, got {text}")
+            if hi is None:
+                allowed = f"{'>' if open_interval else '>='} {lo:g}"
+            else:
+                brackets = "()" if open_interval else "[]"
+                allowed = f"in {brackets[0]}{'-inf' if lo is None else f'{lo:g}'}, {hi:g}{brackets[1]}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
@@ -56,12 +61,23 @@ def _ranged(kind: type, lo: float | None = None, hi: float | None = None, *, ope
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="YAML", default=None,
-                   help="config file, or the name of a shipped one (default, cpu, smoke, quickstart); "
-                        "omitted = built-in defaults (= configs/default.yaml)")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one config value by its full key path, e.g. --set train.lr=3e-4 "
-                        "(repeatable; see `dotseg config --explain` for every key)")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="YAML",
+        default=None,
+        help="config file, or the name of a shipped one (default, cpu, smoke, quickstart); "
+        "omitted = built-in defaults (= configs/default.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config value by its full key path, e.g. --set train.lr=3e-4 "
+        "(repeatable; see `dotseg config --explain` for every key)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -71,6 +87,7 @@ def _load(args: argparse.Namespace):
 
 
 # -- dotseg config ------------------------------------------------------------------------------
+
 
 def cmd_config(args: argparse.Namespace) -> int:
     from dotseg.config import Config, dump_yaml
@@ -88,8 +105,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(text, end="")
         else:
             Path(args.schema).write_text(text)
-            print(f"JSON Schema of the config written to {args.schema} (point your editor's YAML "
-                  f"language server at it, e.g. `# yaml-language-server: $schema={args.schema}`)")
+            print(
+                f"JSON Schema of the config written to {args.schema} (point your editor's YAML "
+                f"language server at it, e.g. `# yaml-language-server: $schema={args.schema}`)"
+            )
         return 0
     cfg = _load(args)
     print(f"# config hash: {cfg.hash}, run identity: {cfg.run_id}")
@@ -99,76 +118,83 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # -- dotseg curriculum ---------------------------------------------------------------------------
 
+
 def cmd_curriculum(args: argparse.Namespace) -> int:
     from dotseg.curriculum import schedule_table
 
     cfg = _load(args)
     rows = schedule_table(cfg.curriculum, cfg.loss, cfg.train.epochs)
     print(f"# curriculum and loss schedule, {cfg.train.epochs} epochs (config hash {cfg.hash})")
-    print(f"{'epoch':>5}  {'phase':<10} {'noise_scale':>11} {'mixed_prob':>10}  {'w_dice':>6} {'w_bce':>6} {'w_boundary':>10}")
+    print(
+        f"{'epoch':>5}  {'phase':<10} {'noise_scale':>11} {'mixed_prob':>10}  "
+        f"{'w_dice':>6} {'w_bce':>6} {'w_boundary':>10}"
+    )
     for r in rows:
-        print(f"{r['epoch']:>5}  {r['phase']:<10} {r['noise_scale']:>11.2f} {r['mixed_prob']:>10.2f}  "
-              f"{r['dice']:>6.3f} {r['bce']:>6.3f} {r['boundary']:>10.3f}")
+        print(
+            f"{r['epoch']:>5}  {r['phase']:<10} {r['noise_scale']:>11.2f} {r['mixed_prob']:>10.2f}  "
+            f"{r['dice']:>6.3f} {r['bce']:>6.3f} {r['boundary']:>10.3f}"
+        )
     return 0
 
 
 # -- dotseg synth -------------------------------------------------------------------------------
 
+
 def cmd_synth(args: argparse.Namespace) -> int:
+    from dotseg.synthesis.export import noise_grid, write_samples
+
     cfg = _load(args)
-    scfg = cfg.synthesis
     if args.size:
-        scfg = cfg.replace(**{"synthesis.size": args.size}).synthesis
+        cfg = cfg.replace(**{"synthesis.size": args.size})
     seed = cfg.train.seed if args.seed is None else args.seed
-    from tqdm import tqdm
-
-    from dotseg.synthesis.export import noise_grid, rows_of, write_sample
-
-    written = 0
     if args.n > 0:
         if args.out is None:
             raise UserError("--out DIR is required to write samples (or pass --n 0 with --grid)")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        bar = tqdm(total=args.n, desc="synth", unit="sample", disable=args.quiet)
-        for batch in _synth_batches(cfg, scfg, seed, args):
-            for image, mask, dots, meta in rows_of(batch):
-                write_sample(out, image, mask, dots, meta, preview=not args.no_preview)
-                written += 1
-                bar.update(1)
-        bar.close()
+        written = write_samples(
+            _synth_batches(cfg, seed, args),
+            Path(args.out),
+            args.n,
+            preview=not args.no_preview,
+            progress=not args.quiet,
+        )
         dt = time.perf_counter() - t0
-        print(f"wrote {written} samples ({scfg.size}x{scfg.size}, seed {seed}) to {out}/ "
-              f"in {dt:.1f} s ({written / dt:.1f} samples/s incl. writing)")
+        print(
+            f"wrote {written} samples ({cfg.synthesis.size}x{cfg.synthesis.size}, seed {seed}) to {args.out}/ "
+            f"in {dt:.1f} s ({written / dt:.1f} samples/s incl. writing)"
+        )
     if args.grid:
-        path = noise_grid(scfg, seed, args.grid)
+        path = noise_grid(cfg.synthesis, seed, args.grid)
         print(f"sample grid (noise types x severity): {path}")
     return 0
 
 
-def _synth_batches(cfg, scfg, seed: int, args: argparse.Namespace):
+def _synth_batches(cfg: Any, seed: int, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Batches of samples, from Ray Data workers (``--ray``) or this process."""
     from dotseg.synthesis import make_batch
 
-    knobs = dict(noise_scale=args.noise_scale, mixed_prob=args.mixed_prob, noisy=not args.clean)
+    knobs = {"noise_scale": args.noise_scale, "mixed_prob": args.mixed_prob, "noisy": not args.clean}
     if not args.ray:
         step = 16
         for start in range(args.start, args.start + args.n, step):
             stop = min(start + step, args.start + args.n)
-            yield make_batch(scfg, seed, range(start, stop), **knobs)
+            yield make_batch(cfg.synthesis, seed, range(start, stop), **knobs)
         return
     from dotseg.data import synthesis_dataset
     from dotseg.runtime import init_ray
 
     resources = init_ray(args.address, num_cpus=args.num_cpus)
-    print(f"Ray: {int(resources.get('CPU', 0))} CPUs, synthesizing with "
-          f"{cfg.data.synth_tasks} Ray Data tasks x {cfg.data.rows_per_block} rows per block", flush=True)
-    ds = synthesis_dataset(scfg, cfg.data, seed, args.n, offset=args.start, **knobs)
+    print(
+        f"Ray: {int(resources.get('CPU', 0))} CPUs, synthesizing with "
+        f"{cfg.data.synth_tasks} Ray Data tasks x {cfg.data.rows_per_block} rows per block",
+        flush=True,
+    )
+    ds = synthesis_dataset(cfg.synthesis, cfg.data, seed, args.n, offset=args.start, **knobs)
     yield from ds.iter_batches(batch_size=cfg.data.rows_per_block, batch_format="numpy", prefetch_batches=2)
 
 
 # -- dotseg predict -----------------------------------------------------------------------------
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dotseg.checkpoint import CheckpointError
@@ -178,22 +204,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         inputs = list_images(args.input)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads,
-                                              threshold=args.threshold)
-        result = predict_files(predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay,
-                               progress=not args.quiet)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=args.device, threads=args.threads, threshold=args.threshold
+        )
+        result = predict_files(
+            predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay, progress=not args.quiet
+        )
     except (ImageError, CheckpointError) as e:
         raise UserError(str(e)) from None
     except ValueError as e:  # a threshold or thread count out of range, or a device that is not here
         raise UserError(str(e)) from None
     failed = f" ({len(result.failed)} failed)" if result.failed else ""
     source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
-    print(f"predicted {result.written} of {len(inputs)} images{failed} into {args.output}/ in {result.seconds:.1f} s "
-          f"with {source} (threshold {predictor.threshold:g}, {predictor.device})")
+    print(
+        f"predicted {result.written} of {len(inputs)} images{failed} into {args.output}/ in {result.seconds:.1f} s "
+        f"with {source} (threshold {predictor.threshold:g}, {predictor.device})"
+    )
     return 1 if result.failed else 0
 
 
 # -- dotseg evaluate ----------------------------------------------------------------------------
+
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from datetime import datetime
@@ -205,10 +236,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(args)  # the baseline's settings and W&B's
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     try:
-        report = evaluate(None if args.baseline else args.checkpoint, args.n, out, baseline=cfg.baseline,
-                          baseline_only=args.baseline, size=args.size,
-                          seed=EVAL_SEED if args.seed is None else args.seed, tolerance=args.tolerance,
-                          threads=args.threads, progress=not args.quiet, synthesis=cfg.synthesis)
+        report = evaluate(
+            None if args.baseline else args.checkpoint,
+            args.n,
+            out,
+            baseline=cfg.baseline,
+            baseline_only=args.baseline,
+            size=args.size,
+            seed=EVAL_SEED if args.seed is None else args.seed,
+            tolerance=args.tolerance,
+            threads=args.threads,
+            progress=not args.quiet,
+            synthesis=cfg.synthesis,
+        )
     except CheckpointError as e:
         raise UserError(str(e)) from None
     print("\n".join(summary_lines(report)))
@@ -219,6 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # -- dotseg train -------------------------------------------------------------------------------
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dotseg.training.run import TrainError, resume_config, train
@@ -232,92 +273,159 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             run_dir = Path(args.resume).expanduser().resolve()
             cfg = resume_config(run_dir, args.config, overrides)
-            result = train(cfg, resume=run_dir, address=args.address, quiet=args.quiet, verbose=args.verbose,
-                           stop_after_epoch=args.stop_after_epoch)
+            result = train(
+                cfg,
+                resume=run_dir,
+                address=args.address,
+                quiet=args.quiet,
+                verbose=args.verbose,
+                stop_after_epoch=args.stop_after_epoch,
+            )
         else:
             cfg = _load(args)
             from dotseg.training.run import new_run_dir
-            result = train(cfg, run_dir=new_run_dir(cfg, args.name), address=args.address, quiet=args.quiet,
-                           verbose=args.verbose, stop_after_epoch=args.stop_after_epoch)
+
+            result = train(
+                cfg,
+                run_dir=new_run_dir(cfg, args.name),
+                address=args.address,
+                quiet=args.quiet,
+                verbose=args.verbose,
+                stop_after_epoch=args.stop_after_epoch,
+            )
     except TrainError as e:
         raise UserError(str(e)) from None
     m = result.best_metrics
-    print(f"[dotseg] finished ({result.stop_reason.replace('_', ' ')}) after {len(result.history)} epoch(s) "
-          f"in {result.wall_s / 60:.1f} min")
+    print(
+        f"[dotseg] finished ({result.stop_reason.replace('_', ' ')}) after {len(result.history)} epoch(s) "
+        f"in {result.wall_s / 60:.1f} min"
+    )
     if result.best_checkpoint:
-        print(f"[dotseg] best checkpoint: {result.best_checkpoint}  (epoch {m.get('epoch')}, "
-              f"val dice {m.get('val_dice', float('nan')):.4f}, clean dice {m.get('clean_dice', float('nan')):.4f}, "
-              f"val iou {m.get('val_iou', float('nan')):.4f})")
-        print(f"[dotseg] learning curves: {result.run_dir / 'curves.png'}; history: {result.run_dir / 'history.json'}; "
-              f"W&B (offline): wandb sync {result.run_dir / 'wandb'}")
+        print(
+            f"[dotseg] best checkpoint: {result.best_checkpoint}  (epoch {m.get('epoch')}, "
+            f"val dice {m.get('val_dice', float('nan')):.4f}, clean dice {m.get('clean_dice', float('nan')):.4f}, "
+            f"val iou {m.get('val_iou', float('nan')):.4f})"
+        )
+        print(
+            f"[dotseg] learning curves: {result.run_dir / 'curves.png'}; history: {result.run_dir / 'history.json'}; "
+            f"W&B (offline): wandb sync {result.run_dir / 'wandb'}"
+        )
         print(f"[dotseg] next: dotseg predict --checkpoint {result.best_checkpoint} --input IMAGES --output OUT")
     return 0
 
 
 # -- entry point --------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dotseg",
         description="Noise-robust dot-pattern segmentation: synthesis, training, sweeps and serving on Ray.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("synth", help="write synthetic samples (npz + PNG previews) and/or a sample grid",
-                       description="Synthesize noisy dot-blob samples, deterministically from a seed. "
-                                   "Each sample is written as sample_<index>.npz (image float32, mask uint8, "
-                                   "dots, meta JSON) plus a PNG preview with the mask outline.")
+    p = sub.add_parser(
+        "synth",
+        help="write synthetic samples (npz + PNG previews) and/or a sample grid",
+        description="Synthesize noisy dot-blob samples, deterministically from a seed. "
+        "Each sample is written as sample_<index>.npz (image float32, mask uint8, "
+        "dots, meta JSON) plus a PNG preview with the mask outline.",
+    )
     _add_config_args(p)
     p.add_argument("--n", type=_ranged(int, 0), default=16, help="number of samples to write (default 16)")
     p.add_argument("--out", metavar="DIR", help="output directory for the samples")
     p.add_argument("--start", type=_ranged(int, 0), default=0, help="index of the first sample (default 0)")
     p.add_argument("--seed", type=_ranged(int, 0), default=None, help="seed (default: train.seed of the config)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: synthesis.size)")
-    p.add_argument("--noise-scale", type=_ranged(float, 0.0, 1.0), default=1.0,
-                   help="curriculum knob in [0, 1]: how far noise parameters may go towards their harshest (default 1)")
-    p.add_argument("--mixed-prob", type=_ranged(float, 0.0, 1.0), default=0.3,
-                   help="probability of 2-3 composed noise types per sample (default 0.3)")
+    p.add_argument(
+        "--noise-scale",
+        type=_ranged(float, 0.0, 1.0),
+        default=1.0,
+        help="curriculum knob in [0, 1]: how far noise parameters may go towards their harshest (default 1)",
+    )
+    p.add_argument(
+        "--mixed-prob",
+        type=_ranged(float, 0.0, 1.0),
+        default=0.3,
+        help="probability of 2-3 composed noise types per sample (default 0.3)",
+    )
     p.add_argument("--clean", action="store_true", help="write the noise-free copies instead")
     p.add_argument("--grid", metavar="PNG", help="also render one figure of samples across noise types x levels")
     p.add_argument("--no-preview", action="store_true", help="skip the per-sample PNG previews")
-    p.add_argument("--ray", action="store_true",
-                   help="synthesize in parallel Ray Data workers (embedded local Ray unless --address)")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="synthesize in parallel Ray Data workers (embedded local Ray unless --address)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address to join (with --ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train on Ray Train (embedded local Ray unless --address)",
-                       description="Train with Ray Data synthesis streaming into Ray Train DDP workers, following "
-                                   "the curriculum. Prints one line per epoch; at the end, where the best checkpoint is.")
+    p = sub.add_parser(
+        "train",
+        help="train on Ray Train (embedded local Ray unless --address)",
+        description="Train with Ray Data synthesis streaming into Ray Train DDP workers, following "
+        "the curriculum. Prints one line per epoch; at the end, where the best checkpoint is.",
+    )
     _add_config_args(p)
-    p.add_argument("--workers", type=_ranged(int, 1), default=None, help="training workers / DDP ranks (default: train.num_workers)")
+    p.add_argument(
+        "--workers",
+        type=_ranged(int, 1),
+        default=None,
+        help="training workers / DDP ranks (default: train.num_workers)",
+    )
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (fp16 + GradScaler, NCCL)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join (auto, host:port or ray://...); default: start an embedded local Ray")
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue a run from its last checkpoint (synthesis/model config must not change)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (auto, host:port or ray://...); default: start an embedded local Ray",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue a run from its last checkpoint (synthesis/model config must not change)",
+    )
     p.add_argument("--name", default=None, help="run directory name under train.storage_path (default: timestamped)")
-    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
-                   help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped")
+    p.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pause after epoch N (checkpoint written); --resume continues exactly where it stopped",
+    )
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
-    noise.add_argument("--verbose", action="store_true",
-                       help="also show Ray's own output (otherwise in RUN_DIR/ray.log and the Ray session's logs)")
+    noise.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's own output (otherwise in RUN_DIR/ray.log and the Ray session's logs)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="benchmark a checkpoint against the classical baseline, by SNR and noise type",
-                       description="Evaluate on a fixed, seeded benchmark set (every noise type across its full "
-                                   "severity range, mixed noise, clean images, both dot placements): per-sample Dice, "
-                                   "IoU, precision, recall, HD95, boundary F1; tables by SNR bin and noise type, model "
-                                   "and baseline side by side; report.json, report.md and plots.")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to evaluate (default: the model shipped with the package)")
+    p = sub.add_parser(
+        "evaluate",
+        help="benchmark a checkpoint against the classical baseline, by SNR and noise type",
+        description="Evaluate on a fixed, seeded benchmark set (every noise type across its full "
+        "severity range, mixed noise, clean images, both dot placements): per-sample Dice, "
+        "IoU, precision, recall, HD95, boundary F1; tables by SNR bin and noise type, model "
+        "and baseline side by side; report.json, report.md and plots.",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint to evaluate (default: the model shipped with the package)"
+    )
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
     _add_config_args(p)
     p.add_argument("--n", type=_ranged(int, 1), default=1000, help="benchmark images (default 1000)")
-    p.add_argument("--size", type=_ranged(int, 32, 4096), default=None,
-                   help="image side in px (default: the checkpoint's, 512 for the seed)")
+    p.add_argument(
+        "--size",
+        type=_ranged(int, 32, 4096),
+        default=None,
+        help="image side in px (default: the checkpoint's, 512 for the seed)",
+    )
     p.add_argument("--out", default=None, help="report directory (default runs/eval-<time>)")
     p.add_argument("--seed", type=int, default=None, help="benchmark seed (default: the fixed benchmark seed)")
     p.add_argument("--tolerance", type=float, default=2.0, help="boundary F1 tolerance in px (default 2)")
@@ -326,40 +434,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("curriculum", help="print the epoch -> phase, noise and loss-weight table",
-                       description="Print, for every epoch of the configured run, the curriculum phase, its "
-                                   "noise_scale and mixed_prob, and the loss weights (Dice, BCE, boundary).")
+    p = sub.add_parser(
+        "curriculum",
+        help="print the epoch -> phase, noise and loss-weight table",
+        description="Print, for every epoch of the configured run, the curriculum phase, its "
+        "noise_scale and mixed_prob, and the loss weights (Dice, BCE, boundary).",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_curriculum)
 
-    p = sub.add_parser("config", help="print the resolved config and its hash, or explain every key",
-                       description="Resolve defaults + YAML + --set overrides, validate, and print the result "
-                                   "with its stable hash. Invalid configs exit with status 2 and name the key.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config and its hash, or explain every key",
+        description="Resolve defaults + YAML + --set overrides, validate, and print the result "
+        "with its stable hash. Invalid configs exit with status 2 and name the key.",
+    )
     _add_config_args(p)
     p.add_argument("--explain", action="store_true", help="list every key with its type, default and meaning")
-    p.add_argument("--schema", metavar="PATH", nargs="?", const="-", default=None,
-                   help="write the config's JSON Schema to PATH (or stdout): editors then complete and "
-                        "check configs/*.yaml")
+    p.add_argument(
+        "--schema",
+        metavar="PATH",
+        nargs="?",
+        const="-",
+        default=None,
+        help="write the config's JSON Schema to PATH (or stdout): editors then complete and check configs/*.yaml",
+    )
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("predict", help="segment image files with a trained model",
-                       description="Predict the shape mask of each input image (.png 8/16-bit, .tif/.tiff, "
-                                   ".npy; colour is converted to grey by luma). Writes <stem>_mask.png (0/255), "
-                                   "and with --prob <stem>_prob.npy (float32), with --overlay <stem>_overlay.png. "
-                                   "A file that cannot be read is reported and skipped; the exit status is "
-                                   "then 1. An unusable checkpoint exits with status 2.")
-    p.add_argument("--checkpoint", metavar="FILE", default=None,
-                   help="dotseg checkpoint (*.safetensors); default: the model shipped with the package, "
-                        "if one is installed")
-    p.add_argument("--input", "-i", metavar="FILE_OR_DIR", nargs="+", required=True,
-                   help="image files and/or directories (every supported file in them, sorted)")
+    p = sub.add_parser(
+        "predict",
+        help="segment image files with a trained model",
+        description="Predict the shape mask of each input image (.png 8/16-bit, .tif/.tiff, "
+        ".npy; colour is converted to grey by luma). Writes <stem>_mask.png (0/255), "
+        "and with --prob <stem>_prob.npy (float32), with --overlay <stem>_overlay.png. "
+        "A file that cannot be read is reported and skipped; the exit status is "
+        "then 1. An unusable checkpoint exits with status 2.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        default=None,
+        help="dotseg checkpoint (*.safetensors); default: the model shipped with the package, if one is installed",
+    )
+    p.add_argument(
+        "--input",
+        "-i",
+        metavar="FILE_OR_DIR",
+        nargs="+",
+        required=True,
+        help="image files and/or directories (every supported file in them, sorted)",
+    )
     p.add_argument("--output", "-o", metavar="DIR", required=True, help="directory for the outputs")
     p.add_argument("--prob", action="store_true", help="also write the probability map as <stem>_prob.npy")
     p.add_argument("--overlay", action="store_true", help="also write the image with the mask outline")
-    p.add_argument("--threshold", type=_ranged(float, 0.0, 1.0, open_interval=True), default=None,
-                   help="probability threshold for the mask (default: the checkpoint's)")
+    p.add_argument(
+        "--threshold",
+        type=_ranged(float, 0.0, 1.0, open_interval=True),
+        default=None,
+        help="probability threshold for the mask (default: the checkpoint's)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=_ranged(int, 1), default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=_ranged(int, 1), default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
     return parser

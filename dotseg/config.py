@@ -27,8 +27,17 @@ import yaml
 from pydantic import model_validator
 
 from dotseg.baseline.config import BaselineConfig
-from dotseg.configbase import (ConfigError, Section, apply_override, check, config_hash, drop_paths, has_key,
-                               load_yaml, to_dict)
+from dotseg.configbase import (
+    ConfigError,
+    Section,
+    apply_override,
+    check,
+    config_hash,
+    drop_paths,
+    has_key,
+    load_yaml,
+    to_dict,
+)
 from dotseg.curriculum import CurriculumConfig
 from dotseg.data import DataConfig
 from dotseg.losses.config import LossConfig
@@ -38,8 +47,20 @@ from dotseg.synthesis.config import SynthesisConfig
 from dotseg.training.config import TrainConfig
 from dotseg.tuning.config import TuneConfig
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_hash", "run_identity", "to_dict",
-           "dump_yaml", "CONFIG_DIR", "NOT_IN_RUN_IDENTITY", "CHANGEABLE_ON_RESUME"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "config_from_dict",
+    "config_hash",
+    "run_identity",
+    "to_dict",
+    "dump_yaml",
+    "CONFIG_DIR",
+    "NOT_IN_RUN_IDENTITY",
+    "CHANGEABLE_ON_RESUME",
+]
+
 
 def _shipped_configs() -> Path:
     from importlib.resources import files
@@ -59,9 +80,20 @@ CONFIG_DIR = _shipped_configs()
 #: identity anyway), the validation set and threshold (they judge weights, they do not make them),
 #: and the sections of other components.
 NOT_IN_RUN_IDENTITY: tuple[str, ...] = (
-    "train.storage_path", "train.wandb", "train.keep_checkpoints", "train.max_failures", "train.cpus_per_worker",
-    "train.torch_threads", "train.early_stopping", "train.collapse", "train.val_samples", "train.threshold",
-    "data", "baseline", "tune", "serve",
+    "train.storage_path",
+    "train.wandb",
+    "train.keep_checkpoints",
+    "train.max_failures",
+    "train.cpus_per_worker",
+    "train.torch_threads",
+    "train.early_stopping",
+    "train.collapse",
+    "train.val_samples",
+    "train.threshold",
+    "data",
+    "baseline",
+    "tune",
+    "serve",
 )
 #: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
 #: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be
@@ -93,16 +125,25 @@ class Config(Section):
     def _consistent(self) -> Self:
         epochs = self.train.epochs
         for i, phase in enumerate(self.curriculum.phases):
-            check(phase.start_epoch <= epochs, f"curriculum.phases[{i}].start_epoch",
-                  f"phase {phase.name!r} starts at epoch {phase.start_epoch}, after the last epoch "
-                  f"(train.epochs={epochs}); lower it or raise train.epochs")
+            check(
+                phase.start_epoch <= epochs,
+                f"curriculum.phases[{i}].start_epoch",
+                f"phase {phase.name!r} starts at epoch {phase.start_epoch}, after the last epoch "
+                f"(train.epochs={epochs}); lower it or raise train.epochs",
+            )
         for name in ("dice", "bce", "boundary"):
             sched = getattr(self.loss, name)
-            check(sched.from_epoch <= epochs, f"loss.{name}.from_epoch",
-                  f"ramp starts at epoch {sched.from_epoch}, after the last epoch (train.epochs={epochs})")
+            check(
+                sched.from_epoch <= epochs,
+                f"loss.{name}.from_epoch",
+                f"ramp starts at epoch {sched.from_epoch}, after the last epoch (train.epochs={epochs})",
+            )
         for i, dim in enumerate(self.tune.space):
-            check(has_key(Config, dim.key), f"tune.space[{i}].key",
-                  f"{dim.key!r} is not a config key (use a full path such as loss.boundary.end)")
+            check(
+                has_key(Config, dim.key),
+                f"tune.space[{i}].key",
+                f"{dim.key!r} is not a config key (use a full path such as loss.boundary.end)",
+            )
             check(not dim.key.startswith("tune."), f"tune.space[{i}].key", "a sweep cannot vary tune.* itself")
         return self
 

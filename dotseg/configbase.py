@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import types
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
@@ -31,6 +30,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key path and what is allowed."""
 
@@ -38,8 +38,14 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """Base of every config section: frozen, strict, no unknown keys, documented fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False,
-                              use_attribute_docstrings=True, validate_default=False)
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+        validate_default=False,
+    )
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "") -> Self:
@@ -181,7 +187,8 @@ def key_path(loc: tuple[str | int, ...] | list[str | int], prefix: str = "") -> 
 
 def _interval(meta: list[Any]) -> str | None:
     """``[0, 1]``, ``(0, inf)``, ... from Ge/Gt/Le/Lt constraints, or None if there are none."""
-    lo = hi = None
+    lo: Any = None
+    hi: Any = None
     lo_open = hi_open = False
     meta = [c for m in meta for c in (m.metadata if isinstance(m, FieldInfo) else [m])]
     for m in meta:
@@ -217,14 +224,22 @@ def type_name(tp: Any) -> str:
         return "[" + ", ".join(type_name(a) for a in args) + "]"
     if is_section(tp):
         return f"mapping ({tp.__name__})"
-    return {int: "integer", float: "number", bool: "true or false", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "integer", float: "number", bool: "true or false", str: "string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
-_TYPE_ERRORS = {"int_type": "expected an integer", "int_from_float": "expected an integer",
-                "int_parsing": "expected an integer", "float_type": "expected a number",
-                "float_parsing": "expected a number", "bool_type": "expected true or false",
-                "bool_parsing": "expected true or false", "string_type": "expected a string",
-                "finite_number": "expected a finite number"}
+_TYPE_ERRORS = {
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "int_parsing": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "finite_number": "expected a finite number",
+}
 _BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
@@ -233,9 +248,16 @@ def describe_error(root: type, error: ValidationError, prefix: str = "") -> str:
     e = error.errors()[0]
     loc = tuple(p for p in e["loc"] if isinstance(p, (str, int)))
     # A union reports one error per member (``int`` and ``none``): the key path ends before them.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p in ("int", "float", "str", "bool", "none")
-                                       and _walk(root, loc[: loc.index(p)]) is not None
-                                       and _walk(root, loc[: loc.index(p) + 1]) is None))
+    loc = tuple(
+        p
+        for p in loc
+        if not (
+            isinstance(p, str)
+            and p in ("int", "float", "str", "bool", "none")
+            and _walk(root, loc[: loc.index(p)]) is not None
+            and _walk(root, loc[: loc.index(p) + 1]) is None
+        )
+    )
     kind, value = e["type"], _listed(e.get("input"))
     path = key_path(loc, prefix)
     where = _walk(root, loc)
@@ -359,18 +381,21 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
+                  |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
 
 def load_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -383,7 +408,7 @@ def load_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """Parse one ``--set`` value with the same YAML rules as config files (``3e-4``, ``[1, 2]``, ``true``)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
         return text
 
@@ -467,4 +492,3 @@ def explain(cls: type[Section], path: str = "") -> list[tuple[str, str, Any, str
             shown = type_name(info.annotation) + (f" in {interval}" if interval else "")
             rows.append((key, shown, to_dict(getattr(defaults, name)), " ".join((info.description or "").split())))
     return rows
-

@@ -41,12 +41,18 @@ class CurriculumConfig(Section):
 
     @model_validator(mode="after")
     def _in_order(self) -> Self:
-        check(self.phases[0].start_epoch == 1, "phases[0].start_epoch",
-              f"the first phase must start at epoch 1, got {self.phases[0].start_epoch}")
+        check(
+            self.phases[0].start_epoch == 1,
+            "phases[0].start_epoch",
+            f"the first phase must start at epoch 1, got {self.phases[0].start_epoch}",
+        )
         for i in range(1, len(self.phases)):
-            check(self.phases[i].start_epoch > self.phases[i - 1].start_epoch, f"phases[{i}].start_epoch",
-                  f"must be after phases[{i - 1}].start_epoch ({self.phases[i - 1].start_epoch}), "
-                  f"got {self.phases[i].start_epoch}")
+            check(
+                self.phases[i].start_epoch > self.phases[i - 1].start_epoch,
+                f"phases[{i}].start_epoch",
+                f"must be after phases[{i - 1}].start_epoch ({self.phases[i - 1].start_epoch}), "
+                f"got {self.phases[i].start_epoch}",
+            )
         return self
 
     def phase_at(self, epoch: int) -> Phase:
@@ -58,12 +64,20 @@ class CurriculumConfig(Section):
         return current
 
 
-def schedule_table(phases: CurriculumConfig, loss: "LossConfig", epochs: int) -> list[dict[str, object]]:
+def schedule_table(phases: CurriculumConfig, loss: LossConfig, epochs: int) -> list[dict[str, object]]:
     """One row per epoch: phase, noise_scale, mixed_prob and the loss weights in force."""
     rows = []
     for epoch in range(1, epochs + 1):
         p = phases.phase_at(epoch)
-        rows.append({"epoch": epoch, "phase": p.name, "noise_scale": p.noise_scale, "mixed_prob": p.mixed_prob,
-                     "dice": loss.dice.at(epoch, epochs), "bce": loss.bce.at(epoch, epochs),
-                     "boundary": loss.boundary.at(epoch, epochs)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "phase": p.name,
+                "noise_scale": p.noise_scale,
+                "mixed_prob": p.mixed_prob,
+                "dice": loss.dice.at(epoch, epochs),
+                "bce": loss.bce.at(epoch, epochs),
+                "boundary": loss.boundary.at(epoch, epochs),
+            }
+        )
     return rows

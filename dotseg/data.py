@@ -33,9 +33,18 @@ class DataConfig(Section):
     """Batches each training worker prefetches."""
 
 
-def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int, offset: int,
-                noise_scale: float, mixed_prob: float, noisy: bool,
-                columns: Sequence[str] | None, model_input: bool) -> dict[str, np.ndarray]:
+def _synthesize(
+    batch: dict[str, np.ndarray],
+    *,
+    cfg: SynthesisConfig,
+    seed: int,
+    offset: int,
+    noise_scale: float,
+    mixed_prob: float,
+    noisy: bool,
+    columns: Sequence[str] | None,
+    model_input: bool,
+) -> dict[str, np.ndarray]:
     ids = batch["id"] + offset
     out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
     if columns is not None and "clean" in columns:  # the noise-free copies of the same samples
@@ -47,9 +56,18 @@ def _synthesize(batch: dict[str, np.ndarray], *, cfg: SynthesisConfig, seed: int
     return out if columns is None else {k: out[k] for k in columns}
 
 
-def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: int, offset: int = 0,
-                      noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True,
-                      columns: Sequence[str] | None = None, model_input: bool = False) -> Any:
+def synthesis_dataset(
+    cfg: SynthesisConfig,
+    data: DataConfig,
+    seed: int,
+    count: int,
+    offset: int = 0,
+    noise_scale: float = 1.0,
+    mixed_prob: float = 0.0,
+    noisy: bool = True,
+    columns: Sequence[str] | None = None,
+    model_input: bool = False,
+) -> Any:
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
     ``columns`` keeps only those keys of :func:`make_batch`'s output (e.g. ``("image", "mask")``
@@ -61,20 +79,36 @@ def synthesis_dataset(cfg: SynthesisConfig, data: DataConfig, seed: int, count: 
 
     blocks = max(1, math.ceil(count / data.rows_per_block))
     return ray.data.range(count, override_num_blocks=blocks).map_batches(
-        _synthesize,
+        _synthesize,  # type: ignore[arg-type]  # Ray's stubs do not accept keyword-only UDF arguments
         batch_size=data.rows_per_block,
         batch_format="numpy",
         zero_copy_batch=True,
-        fn_kwargs=dict(cfg=cfg, seed=seed, offset=offset, noise_scale=noise_scale, mixed_prob=mixed_prob,
-                       noisy=noisy, columns=tuple(columns) if columns is not None else None,
-                       model_input=model_input),
+        fn_kwargs={
+            "cfg": cfg,
+            "seed": seed,
+            "offset": offset,
+            "noise_scale": noise_scale,
+            "mixed_prob": mixed_prob,
+            "noisy": noisy,
+            "columns": tuple(columns) if columns is not None else None,
+            "model_input": model_input,
+        },
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,
     )
 
 
-def validation_shard(cfg: SynthesisConfig, data: DataConfig, seed: int, count: int, *, rank: int, world: int,
-                     noise_scale: float, mixed_prob: float) -> Any | None:
+def validation_shard(
+    cfg: SynthesisConfig,
+    data: DataConfig,
+    seed: int,
+    count: int,
+    *,
+    rank: int,
+    world: int,
+    noise_scale: float,
+    mixed_prob: float,
+) -> Any | None:
     """This rank's share of the fixed validation set, synthesized once by Ray Data tasks and kept
     (``materialize``) in the object store for every epoch: columns ``image`` and ``clean`` (model
     input, noisy and noise-free), ``mask``, ``noise`` and ``snr_db``. Ranks hold contiguous slices
@@ -82,7 +116,14 @@ def validation_shard(cfg: SynthesisConfig, data: DataConfig, seed: int, count: i
     start, stop = rank * count // world, (rank + 1) * count // world
     if stop <= start:
         return None
-    return synthesis_dataset(cfg, data, seed, stop - start, offset=start, noise_scale=noise_scale,
-                             mixed_prob=mixed_prob, columns=("image", "clean", "mask", "noise", "snr_db"),
-                             model_input=True).materialize()
-
+    return synthesis_dataset(
+        cfg,
+        data,
+        seed,
+        stop - start,
+        offset=start,
+        noise_scale=noise_scale,
+        mixed_prob=mixed_prob,
+        columns=("image", "clean", "mask", "noise", "snr_db"),
+        model_input=True,
+    ).materialize()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -30,8 +30,10 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} requested but CUDA is not available here "
-                              f"(torch {torch.__version__}); use --device cpu")
+            raise DeviceError(
+                f"device {spec!r} requested but CUDA is not available here "
+                f"(torch {torch.__version__}); use --device cpu"
+            )
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
@@ -59,13 +61,15 @@ def amp_active(device: torch.device, enabled: bool) -> bool:
     if not enabled:
         return False
     if device.type == "cpu" and not native_bf16():
-        _warn_once("mixed precision requested, but this CPU has no native bf16 (AVX512-BF16/AMX): running "
-                   "fp32, which is several times faster here (benchmarks/train.py measures both)")
+        _warn_once(
+            "mixed precision requested, but this CPU has no native bf16 (AVX512-BF16/AMX): running "
+            "fp32, which is several times faster here (benchmarks/train.py measures both)"
+        )
         return False
     return True
 
 
-def autocast(device: torch.device, enabled: bool, force: bool = False) -> ContextManager:
+def autocast(device: torch.device, enabled: bool, force: bool = False) -> AbstractContextManager:
     """The mixed-precision context for ``device``: a no-op when disabled or (unless ``force``) when
     the CPU would only emulate bf16."""
     if not (amp_active(device, enabled) or (force and enabled)):

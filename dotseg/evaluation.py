@@ -11,26 +11,31 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from dotseg.baseline.config import BaselineConfig
+from dotseg.inference.segmenter import Segmenter
 from dotseg.metrics import segmentation_metrics
 from dotseg.plots import plot_dice_vs_snr, plot_gallery
-from dotseg.inference.segmenter import Segmenter
 from dotseg.synthesis import SynthesisConfig, make_sample
+from dotseg.synthesis.export import jsonable
 from dotseg.synthesis.noise import ORDER
 
 #: Seed of the benchmark set; never used by training (whose seeds are derived through SeedSequence).
 EVAL_SEED = 90210
 #: (label, low dB, high dB) — the report's SNR bins.
 SNR_BINS: tuple[tuple[str, float, float], ...] = (
-    ("> 30 dB", 30.0, math.inf), ("20-30 dB", 20.0, 30.0), ("10-20 dB", 10.0, 20.0),
-    ("0-10 dB", 0.0, 10.0), ("< 0 dB", -math.inf, 0.0), ("clean", math.inf, math.inf),
+    ("> 30 dB", 30.0, math.inf),
+    ("20-30 dB", 20.0, 30.0),
+    ("10-20 dB", 10.0, 20.0),
+    ("0-10 dB", 0.0, 10.0),
+    ("< 0 dB", -math.inf, 0.0),
+    ("clean", math.inf, math.inf),
 )
 #: (label, low, high) — dot-count bins. A shape is only ever seen through its dots, and 15 dots
 #: leave much of a boundary to guesswork even on a clean image: this table shows how much.
@@ -42,10 +47,13 @@ METRIC_KEYS = ("dice", "iou", "precision", "recall", "hd95", "boundary_f1")
 #: "val Dice" is on its own validation mix, not on this benchmark, so it is context, not a row.
 SEED_FIGURES = {"val_dice": 0.886, "clean_dice": 0.926, "iou": 0.796}
 #: Quality goals of the shipped model on the 512-px benchmark: (key, description, target).
-GOALS = (("overall_dice", "overall Dice >= 0.90", 0.90), ("clean_dice", "clean Dice >= 0.95", 0.95),
-         ("overall_iou", "overall IoU >= 0.82", 0.82),
-         ("beats_baseline", "Dice above the baseline in every SNR bin", 0.0),
-         ("margin_below_10db", "Dice >= baseline + 0.2 in every bin below 10 dB", 0.2))
+GOALS = (
+    ("overall_dice", "overall Dice >= 0.90", 0.90),
+    ("clean_dice", "clean Dice >= 0.95", 0.95),
+    ("overall_iou", "overall IoU >= 0.82", 0.82),
+    ("beats_baseline", "Dice above the baseline in every SNR bin", 0.0),
+    ("margin_below_10db", "Dice >= baseline + 0.2 in every bin below 10 dB", 0.2),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +95,20 @@ def snr_bin(snr: float) -> str:
     return SNR_BINS[0][0]
 
 
-def evaluate(checkpoint: str | Path | None, n: int, out_dir: Path, *, baseline: BaselineConfig | None = None,
-             baseline_only: bool = False, size: int | None = None, seed: int = EVAL_SEED, tolerance: float = 2.0,
-             threads: int | None = None, progress: bool = True,
-             synthesis: SynthesisConfig | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path | None,
+    n: int,
+    out_dir: Path,
+    *,
+    baseline: BaselineConfig | None = None,
+    baseline_only: bool = False,
+    size: int | None = None,
+    seed: int = EVAL_SEED,
+    tolerance: float = 2.0,
+    threads: int | None = None,
+    progress: bool = True,
+    synthesis: SynthesisConfig | None = None,
+) -> dict[str, Any]:
     """``dotseg evaluate``: a checkpoint (None: the shipped model) and the classical baseline on the
     benchmark drawn from the distribution the model was trained on (at ``size`` if given);
     ``baseline_only`` evaluates the baseline alone, on ``synthesis`` (default: the seed's).
@@ -115,15 +133,18 @@ def evaluate(checkpoint: str | Path | None, n: int, out_dir: Path, *, baseline: 
     segmenters.append(ClassicalBaseline(baseline))
     if size is not None:
         synthesis = synthesis.replace(size=size)
-    return run_evaluation(segmenters, synthesis, n, out_dir, seed=seed, tolerance=tolerance, progress=progress,
-                          about=about)
+    return run_evaluation(
+        segmenters, synthesis, n, out_dir, seed=seed, tolerance=tolerance, progress=progress, about=about
+    )
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The console summary: mean Dice overall and per SNR bin, side by side, and the goals."""
     names = report["segmenters"]
-    lines = [f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)",
-             f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names)]
+    lines = [
+        f"{'':<10}" + "".join(f"{n:>12}" for n in names) + "   (mean Dice)",
+        f"{'overall':<10}" + "".join(f"{report['overall'][n]['dice']:>12.3f}" for n in names),
+    ]
     for group, per in report["by_snr_bin"].items():
         if per[names[0]]["n"]:
             lines.append(f"{group:<10}" + "".join(f"{per[n]['dice']:>12.3f}" for n in names))
@@ -133,9 +154,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, n: int, out_dir: Path,
-                   seed: int = EVAL_SEED, tolerance: float = 2.0, worst_k: int = 8, progress: bool = True,
-                   about: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_evaluation(
+    segmenters: Sequence[Segmenter],
+    synthesis: SynthesisConfig,
+    n: int,
+    out_dir: Path,
+    seed: int = EVAL_SEED,
+    tolerance: float = 2.0,
+    worst_k: int = 8,
+    progress: bool = True,
+    about: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate every segmenter on the same ``n`` benchmark samples and write the report to ``out_dir``.
 
     ``about`` (e.g. the checkpoint's name, config hash and epoch) is stored in the report as is.
@@ -148,17 +177,31 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
     rows: list[dict[str, Any]] = []
     worst: dict[str, list] = {s.name: [] for s in segmenters}
     for case in tqdm(benchmark_cases(n), desc="evaluate", unit="image", disable=not progress):
-        s = make_sample(synthesis, seed, case.index, noisy=case.kind != "clean", noise_types=case.noise_types,
-                        severity=case.severity)
+        s = make_sample(
+            synthesis,
+            seed,
+            case.index,
+            noisy=case.kind != "clean",
+            noise_types=case.noise_types,
+            severity=case.severity,
+        )
         truth = s.mask.astype(bool)
         for seg in segmenters:
             pred = seg.predict(s.image)
             m = segmentation_metrics(pred.mask, truth, tolerance=tolerance)
-            row = {"segmenter": seg.name, "index": case.index, "kind": case.kind, "noise": s.meta["noise"],
-                   "severity": case.severity, "placement": s.meta["placement"], "snr_db": s.snr_db,
-                   "snr_bin": snr_bin(s.snr_db), "n_dots": int(s.meta["n_dots"]),
-                   "dots_bin": next(lbl for lbl, lo, hi in DOT_BINS if lo <= s.meta["n_dots"] < hi),
-                   **{k: float(m[k]) for k in METRIC_KEYS}}
+            row = {
+                "segmenter": seg.name,
+                "index": case.index,
+                "kind": case.kind,
+                "noise": s.meta["noise"],
+                "severity": case.severity,
+                "placement": s.meta["placement"],
+                "snr_db": s.snr_db,
+                "snr_bin": snr_bin(s.snr_db),
+                "n_dots": int(s.meta["n_dots"]),
+                "dots_bin": next(lbl for lbl, lo, hi in DOT_BINS if lo <= s.meta["n_dots"] < hi),
+                **{k: float(m[k]) for k in METRIC_KEYS},
+            }
             rows.append(row)
             # Keep the k lowest-Dice cases for the gallery: a min-heap on -dice has the best kept
             # case at its root, which is the one to evict. The unique index breaks ties before
@@ -173,33 +216,21 @@ def run_evaluation(segmenters: Sequence[Segmenter], synthesis: SynthesisConfig, 
     report["about"] = about or {}
     if {"model", "baseline"} <= set(report["segmenters"]):
         report["goals"] = check_goals(report)
-    # Strict JSON (no Infinity tokens, which many parsers reject): see _json.
-    report_json = json.dumps(_json({**report, "samples": rows}), indent=1, allow_nan=False)
+    # Strict JSON (no Infinity tokens, which many parsers reject): see jsonable.
+    report_json = json.dumps(jsonable({**report, "samples": rows}), indent=1, allow_nan=False)
     (out_dir / "report.json").write_text(report_json)
     (out_dir / "report.md").write_text(render_markdown(report))
-    plot_dice_vs_snr(rows, [s.name for s in segmenters], out_dir / "dice_vs_snr.png",
-                     kinds=[k for k in KINDS if k != "clean"], reference=SEED_FIGURES["val_dice"])
+    plot_dice_vs_snr(
+        rows,
+        [s.name for s in segmenters],
+        out_dir / "dice_vs_snr.png",
+        kinds=[k for k in KINDS if k != "clean"],
+        reference=SEED_FIGURES["val_dice"],
+    )
     for name, heap in worst.items():
         items = sorted(heap, key=lambda t: (-t[0], t[1]))  # lowest Dice first
         plot_gallery([t[2] for t in items], out_dir / f"worst_{name}.png", name)
     return report
-
-
-def _json(v: Any) -> Any:
-    """``v`` as strict JSON values: infinities (a clean image's SNR) as the strings "inf"/"-inf", as in
-    exported sample metadata, NaN as null, numpy scalars as Python numbers, other objects as strings."""
-    if isinstance(v, dict):
-        return {str(k): _json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        return v if math.isfinite(v) else None if math.isnan(v) else "inf" if v > 0 else "-inf"
-    if isinstance(v, (np.integer, np.bool_)):
-        return v.item()
-    if v is None or isinstance(v, (str, int)):
-        return v
-    return str(v)
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -207,24 +238,38 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _aggregate(rows: list[dict[str, Any]], names: list[str], synthesis: SynthesisConfig, n: int, seed: int,
-               tolerance: float) -> dict[str, Any]:
+def _aggregate(
+    rows: list[dict[str, Any]], names: list[str], synthesis: SynthesisConfig, n: int, seed: int, tolerance: float
+) -> dict[str, Any]:
     def table(group_key: str, groups: Sequence[str], kind: str | None = None) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for g in groups:
             out[g] = {}
             for name in names:
-                sel = [r for r in rows if r["segmenter"] == name and r[group_key] == g
-                       and (kind is None or r["kind"] == kind)]
+                sel = [
+                    r
+                    for r in rows
+                    if r["segmenter"] == name and r[group_key] == g and (kind is None or r["kind"] == kind)
+                ]
                 out[g][name] = {"n": len(sel), **{k: _mean(sel, k) for k in METRIC_KEYS}}
         return out
 
-    overall = {name: {"n": len([r for r in rows if r["segmenter"] == name]),
-                      **{k: _mean([r for r in rows if r["segmenter"] == name], k) for k in METRIC_KEYS}}
-               for name in names}
+    overall = {
+        name: {
+            "n": len([r for r in rows if r["segmenter"] == name]),
+            **{k: _mean([r for r in rows if r["segmenter"] == name], k) for k in METRIC_KEYS},
+        }
+        for name in names
+    }
     return {
-        "benchmark": {"n": n, "seed": seed, "size": synthesis.size, "tolerance_px": tolerance,
-                      "kinds": list(KINDS), "snr_bins": [b[0] for b in SNR_BINS]},
+        "benchmark": {
+            "n": n,
+            "seed": seed,
+            "size": synthesis.size,
+            "tolerance_px": tolerance,
+            "kinds": list(KINDS),
+            "snr_bins": [b[0] for b in SNR_BINS],
+        },
         "segmenters": names,
         "overall": overall,
         "by_snr_bin": table("snr_bin", [b[0] for b in SNR_BINS]),
@@ -243,26 +288,40 @@ def check_goals(report: dict[str, Any], model: str = "model", baseline: str = "b
     below_10db = {label for label, _, hi in SNR_BINS if hi <= 10.0}
     low = {g: m for g, m in margins.items() if g in below_10db}
     clean = report["by_snr_bin"]["clean"][model]
-    measured = {"overall_dice": report["overall"][model]["dice"], "overall_iou": report["overall"][model]["iou"],
-                "clean_dice": clean["dice"] if clean["n"] else None,
-                "beats_baseline": min(margins.values()) if margins else None,
-                "margin_below_10db": min(low.values()) if low else None}
+    measured = {
+        "overall_dice": report["overall"][model]["dice"],
+        "overall_iou": report["overall"][model]["iou"],
+        "clean_dice": clean["dice"] if clean["n"] else None,
+        "beats_baseline": min(margins.values()) if margins else None,
+        "margin_below_10db": min(low.values()) if low else None,
+    }
     detail = {"beats_baseline": margins, "margin_below_10db": low}
     out = []
     for key, text, target in GOALS:
         value = measured[key]
         met = None if value is None else (value > target if key == "beats_baseline" else value >= target)
-        out.append({"goal": key, "description": text, "target": target, "measured": value, "met": met,
-                    **({"by_bin": detail[key]} if key in detail else {})})
+        out.append(
+            {
+                "goal": key,
+                "description": text,
+                "target": target,
+                "measured": value,
+                "met": met,
+                **({"by_bin": detail[key]} if key in detail else {}),
+            }
+        )
     return out
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     names = report["segmenters"]
     b = report["benchmark"]
-    lines = [f"# dotseg evaluation: {b['n']} images, {b['size']}x{b['size']} px, seed {b['seed']}", "",
-             "Mean per-sample metrics (HD95 in px; boundary F1 at a tolerance of "
-             f"{b['tolerance_px']:g} px).", ""]
+    lines = [
+        f"# dotseg evaluation: {b['n']} images, {b['size']}x{b['size']} px, seed {b['seed']}",
+        "",
+        f"Mean per-sample metrics (HD95 in px; boundary F1 at a tolerance of {b['tolerance_px']:g} px).",
+        "",
+    ]
 
     def fmt(v: float | None, key: str) -> str:
         return "–" if v is None else (f"{v:.1f}" if key == "hd95" else f"{v:.3f}")
@@ -280,29 +339,60 @@ def render_markdown(report: dict[str, Any]) -> str:
                 where = " (" + ", ".join(f"{b}: {m:+.3f}" for b, m in g["by_bin"].items()) + ")"
             met = {True: "yes", False: "**no**", None: "no data"}[g["met"]]
             lines.append(f"| {g['description']} | {value}{where} | {met} |")
-        lines += ["", f"For context, the seed reports val Dice {SEED_FIGURES['val_dice']}, clean Dice "
-                  f"{SEED_FIGURES['clean_dice']} and IoU {SEED_FIGURES['iou']} for its 31.5M-parameter model "
-                  "after 80 GPU epochs, on its own validation mix (not this benchmark).", ""]
-    lines += ["## Overall", "", "| segmenter | n | " + " | ".join(METRIC_KEYS) + " |",
-              "|---|---:|" + "---:|" * len(METRIC_KEYS)]
+        lines += [
+            "",
+            f"For context, the seed reports val Dice {SEED_FIGURES['val_dice']}, clean Dice "
+            f"{SEED_FIGURES['clean_dice']} and IoU {SEED_FIGURES['iou']} for its 31.5M-parameter model "
+            "after 80 GPU epochs, on its own validation mix (not this benchmark).",
+            "",
+        ]
+    lines += [
+        "## Overall",
+        "",
+        "| segmenter | n | " + " | ".join(METRIC_KEYS) + " |",
+        "|---|---:|" + "---:|" * len(METRIC_KEYS),
+    ]
     for name in names:
         o = report["overall"][name]
         lines.append(f"| {name} | {o['n']} | " + " | ".join(fmt(o[k], k) for k in METRIC_KEYS) + " |")
-    for title, key in (("By SNR bin", "by_snr_bin"), ("By noise type", "by_noise"),
-                       ("By dot placement", "by_placement"), ("By dot count", "by_dots"),
-                       ("Clean images by dot count", "clean_by_dots")):
-        lines += ["", f"## {title}", "",
-                  "| group | n | " + " | ".join(f"Dice ({n})" for n in names) + " | "
-                  + " | ".join(f"IoU ({n})" for n in names) + " | " + " | ".join(f"HD95 ({n})" for n in names) + " |",
-                  "|---|---:|" + "---:|" * (3 * len(names))]
+    for title, key in (
+        ("By SNR bin", "by_snr_bin"),
+        ("By noise type", "by_noise"),
+        ("By dot placement", "by_placement"),
+        ("By dot count", "by_dots"),
+        ("Clean images by dot count", "clean_by_dots"),
+    ):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| group | n | "
+            + " | ".join(f"Dice ({n})" for n in names)
+            + " | "
+            + " | ".join(f"IoU ({n})" for n in names)
+            + " | "
+            + " | ".join(f"HD95 ({n})" for n in names)
+            + " |",
+            "|---|---:|" + "---:|" * (3 * len(names)),
+        ]
         for group, per in report[key].items():
             count = per[names[0]]["n"]
             if not count:
                 continue
-            lines.append(f"| {group} | {count} | " + " | ".join(fmt(per[n]["dice"], "dice") for n in names) + " | "
-                         + " | ".join(fmt(per[n]["iou"], "iou") for n in names) + " | "
-                         + " | ".join(fmt(per[n]["hd95"], "hd95") for n in names) + " |")
-    lines += ["", "Plots: `dice_vs_snr.png` (Dice against SNR per noise type), "
-              + ", ".join(f"`worst_{n}.png`" for n in names)
-              + " (lowest-Dice cases: image | truth | prediction | probability).", ""]
+            lines.append(
+                f"| {group} | {count} | "
+                + " | ".join(fmt(per[n]["dice"], "dice") for n in names)
+                + " | "
+                + " | ".join(fmt(per[n]["iou"], "iou") for n in names)
+                + " | "
+                + " | ".join(fmt(per[n]["hd95"], "hd95") for n in names)
+                + " |"
+            )
+    lines += [
+        "",
+        "Plots: `dice_vs_snr.png` (Dice against SNR per noise type), "
+        + ", ".join(f"`worst_{n}.png`" for n in names)
+        + " (lowest-Dice cases: image | truth | prediction | probability).",
+        "",
+    ]
     return "\n".join(lines)

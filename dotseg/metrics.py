@@ -54,7 +54,7 @@ from scipy import ndimage as ndi
 
 OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "fg_fraction")
 """Keys of :func:`torch_overlap_metrics`, also returned by :func:`segmentation_metrics`."""
-METRICS: tuple[str, ...] = OVERLAP_METRICS + ("hd95", "boundary_precision", "boundary_recall", "boundary_f1")
+METRICS: tuple[str, ...] = (*OVERLAP_METRICS, "hd95", "boundary_precision", "boundary_recall", "boundary_f1")
 """Keys of :func:`segmentation_metrics` and :func:`batch_metrics`, in that order."""
 
 _FOUR_NEIGHBOURS = ndi.generate_binary_structure(2, 1)  # (3, 3) bool cross
@@ -88,8 +88,9 @@ def boundary(mask: NDArray[np.bool_], width: int = 1) -> NDArray[np.bool_]:
     return mask & ~ndi.binary_erosion(mask, structure=_FOUR_NEIGHBOURS, iterations=width, border_value=0)
 
 
-def _boundary_metrics(pred: NDArray[np.bool_], target: NDArray[np.bool_], tolerance: float,
-                      both_empty: bool) -> dict[str, float]:
+def _boundary_metrics(
+    pred: NDArray[np.bool_], target: NDArray[np.bool_], tolerance: float, both_empty: bool
+) -> dict[str, float]:
     pred_edge = boundary(pred)  # (H, W) bool
     target_edge = boundary(target)  # (H, W) bool
     n_pred = int(np.count_nonzero(pred_edge))
@@ -110,8 +111,12 @@ def _boundary_metrics(pred: NDArray[np.bool_], target: NDArray[np.bool_], tolera
     b_precision = np.count_nonzero(pred_to_target <= tolerance) / n_pred
     b_recall = np.count_nonzero(target_to_pred <= tolerance) / n_target
     b_f1 = _ratio(2 * b_precision * b_recall, b_precision + b_recall, both_empty=False)
-    return {"hd95": hd95, "boundary_precision": float(b_precision), "boundary_recall": float(b_recall),
-            "boundary_f1": float(b_f1)}
+    return {
+        "hd95": hd95,
+        "boundary_precision": float(b_precision),
+        "boundary_recall": float(b_recall),
+        "boundary_f1": float(b_f1),
+    }
 
 
 def segmentation_metrics(pred: ArrayLike, target: ArrayLike, tolerance: float = 2.0) -> dict[str, float]:
@@ -172,7 +177,7 @@ def batch_metrics(preds: ArrayLike, targets: ArrayLike, tolerance: float = 2.0) 
     t = _stack(targets, "targets")  # (N, H, W)
     if p.shape != t.shape:
         raise ValueError(f"preds and targets differ in shape: {p.shape} vs {t.shape}")
-    rows = [segmentation_metrics(pi, ti, tolerance) for pi, ti in zip(p, t)]
+    rows = [segmentation_metrics(pi, ti, tolerance) for pi, ti in zip(p, t, strict=True)]
     return {key: np.array([row[key] for row in rows], dtype=np.float64) for key in METRICS}
 
 
@@ -191,8 +196,13 @@ def aggregate(per_sample: Mapping[str, ArrayLike]) -> dict[str, dict[str, float]
         v = np.asarray(values, dtype=np.float64).ravel()  # (N,)
         if v.size == 0:
             raise ValueError(f"{key}: no samples to aggregate")
-        summary[key] = {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
-                        "min": float(v.min()), "max": float(v.max())}
+        summary[key] = {
+            "mean": float(v.mean()),
+            "std": float(v.std()),
+            "median": float(np.median(v)),
+            "min": float(v.min()),
+            "max": float(v.max()),
+        }
     return summary
 
 
@@ -213,8 +223,7 @@ def torch_overlap_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str,
     if pred.dtype != torch.bool or target.dtype != torch.bool:
         raise TypeError(f"pred and target must be bool masks, got {pred.dtype} and {target.dtype}")
     if pred.shape != target.shape or pred.ndim < 2:
-        raise ValueError(f"pred and target must both be (B, H, W), got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(f"pred and target must both be (B, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}")
     with torch.no_grad():
         p = pred.flatten(1)  # (B, H*W)
         t = target.flatten(1)  # (B, H*W)

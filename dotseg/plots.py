@@ -8,8 +8,10 @@ need it, on the Agg backend (no display), so importing this module stays cheap.
 
 from __future__ import annotations
 
-from pathlib import Path
+import itertools
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +44,9 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return boundary(np.asarray(mask, dtype=bool), width)
 
 
-def overlay(image: np.ndarray, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
-            width: int | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, truth: np.ndarray | None = None, pred: np.ndarray | None = None, width: int | None = None
+) -> np.ndarray:
     """(H, W, 3) uint8: the image in grey with the truth (green) and prediction (red) outlines."""
     grey = to_uint8(image)
     rgb = np.repeat(grey[..., None], 3, axis=2)
@@ -61,11 +64,14 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def panel_row(image: np.ndarray, truth: np.ndarray, pred: np.ndarray | None = None,
-              prob: np.ndarray | None = None) -> np.ndarray:
+def panel_row(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray | None = None, prob: np.ndarray | None = None
+) -> np.ndarray:
     """(H, k*W, 3) uint8: image | truth | prediction | probability, as many as are given."""
-    tiles = [np.repeat(to_uint8(image)[..., None], 3, axis=2),
-             np.repeat((np.asarray(truth, bool) * 255).astype(np.uint8)[..., None], 3, axis=2)]
+    tiles = [
+        np.repeat(to_uint8(image)[..., None], 3, axis=2),
+        np.repeat((np.asarray(truth, bool) * 255).astype(np.uint8)[..., None], 3, axis=2),
+    ]
     if pred is not None:
         tiles.append(overlay(image, truth, pred))
     if prob is not None:
@@ -78,8 +84,13 @@ def panel_row(image: np.ndarray, truth: np.ndarray, pred: np.ndarray | None = No
     return np.concatenate(out, axis=1)
 
 
-def sample_grid(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray, str]]], row_labels: Sequence[str],
-                col_labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+def sample_grid(
+    cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray, str]]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """A labelled grid figure: ``cells[r][c] = (image, mask, caption)``, each shown with its mask outline."""
     import matplotlib
 
@@ -110,8 +121,9 @@ def sample_grid(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray, str]]], r
     return path
 
 
-def plot_dice_vs_snr(rows: list[dict[str, Any]], names: list[str], path: Path, kinds: Sequence[str],
-                     reference: float | None = None) -> Path:
+def plot_dice_vs_snr(
+    rows: list[dict[str, Any]], names: list[str], path: Path, kinds: Sequence[str], reference: float | None = None
+) -> Path:
     """One panel per noise kind: per-sample Dice against SNR, with binned means, per segmenter;
     ``reference`` (the seed's reported val Dice) as a dashed level."""
     import matplotlib
@@ -121,7 +133,7 @@ def plot_dice_vs_snr(rows: list[dict[str, Any]], names: list[str], path: Path, k
 
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.6), sharey=True)
     edges = np.array([-10, -5, 0, 5, 10, 15, 20, 25, 30, 40, 60])
-    for ax, kind in zip(axes, kinds):
+    for ax, kind in zip(axes, kinds, strict=True):
         for i, name in enumerate(names):
             sel = [r for r in rows if r["segmenter"] == name and r["kind"] == kind and math.isfinite(r["snr_db"])]
             if not sel:
@@ -130,7 +142,7 @@ def plot_dice_vs_snr(rows: list[dict[str, Any]], names: list[str], path: Path, k
             dice = np.array([r["dice"] for r in sel])
             ax.scatter(snr, dice, s=6, alpha=0.35, color=f"C{i}")
             centres, means = [], []
-            for lo, hi in zip(edges[:-1], edges[1:]):
+            for lo, hi in itertools.pairwise(edges):
                 m = (snr >= lo) & (snr < hi)
                 if m.sum() >= 2:
                     centres.append((lo + hi) / 2)
@@ -161,8 +173,9 @@ def plot_gallery(items: list[tuple], path: Path, name: str) -> Path:
     for image, truth, mask, prob, row in items:
         strip = panel_row(image, truth, mask, prob)
         img = Image.fromarray(strip)
-        ImageDraw.Draw(img).text((4, 4), f"{name}: dice {row['dice']:.3f}, {row['noise']}, "
-                                         f"SNR {row['snr_db']:.1f} dB", fill=(255, 255, 0))
+        ImageDraw.Draw(img).text(
+            (4, 4), f"{name}: dice {row['dice']:.3f}, {row['noise']}, SNR {row['snr_db']:.1f} dB", fill=(255, 255, 0)
+        )
         strips.append(np.asarray(img))
     width = max(s.shape[1] for s in strips)
     strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
@@ -187,11 +200,15 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
     for ax in (ax1, ax2):
-        start = None
-        for h in history + [None]:
-            if h is None or (start is not None and h["phase"] != start[1]):
-                ax.axvspan(start[0] - 0.5, (h["epoch"] if h else epochs[-1] + 1) - 0.5, alpha=0.08,
-                           color=f"C{len(ax.patches) % 10}")
+        start: tuple[int, str] | None = None  # (first epoch, name) of the phase being shaded
+        for h in [*history, None]:
+            if start is not None and (h is None or h["phase"] != start[1]):
+                ax.axvspan(
+                    start[0] - 0.5,
+                    (h["epoch"] if h else epochs[-1] + 1) - 0.5,
+                    alpha=0.08,
+                    color=f"C{len(ax.patches) % 10}",
+                )
                 ax.text(start[0], ax.get_ylim()[1], start[1], va="top", fontsize=8)
             if h is not None and (start is None or h["phase"] != start[1]):
                 start = (h["epoch"], h["phase"])

@@ -27,8 +27,14 @@ from pathlib import Path
 from typing import Any
 
 #: Variables forwarded from the driver to every worker when set.
-FORWARDED_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT", "WANDB_BASE_URL",
-                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+FORWARDED_ENV = (
+    "WANDB_MODE",
+    "WANDB_API_KEY",
+    "WANDB_DIR",
+    "WANDB_SILENT",
+    "WANDB_BASE_URL",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
+)
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -43,8 +49,13 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
-             env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    quiet: bool = True,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Connect to ``address`` or start a local Ray; returns ``ray.cluster_resources()``.
 
     ``quiet`` (the default) leaves the stdout/stderr of every Ray process (workers, the Train
@@ -58,8 +69,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": worker_env(env)}
-    settings: dict[str, Any] = {"log_to_driver": not quiet,
-                                "logging_level": logging.WARNING if quiet else logging.INFO}
+    settings: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING if quiet else logging.INFO}
     settings.update(kwargs)
     if address:
         # Ray 2.60 clusters use token auth; a client with an explicit address must opt in.
@@ -68,12 +78,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         runtime_env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=runtime_env, **settings)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True,
-                 **settings)
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True, **settings)
     node = getattr(ray._private.worker, "_global_node", None)  # None for ray:// clients
     if node is not None:
         logging.getLogger("ray.dotseg").info(
-            f"Ray session logs (workers, Train controller, core workers): {node.get_logs_dir_path()}")
+            f"Ray session logs (workers, Train controller, core workers): {node.get_logs_dir_path()}"
+        )
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -176,8 +186,16 @@ class _JsonLinesHandler(logging.Handler):
         if getattr(record, "relayed", False):
             return  # relayed here from this very file (driver and worker in one process): no loop
         try:
-            line = json.dumps({"name": record.name, "levelno": record.levelno, "levelname": record.levelname,
-                               "msg": self.format(record), "created": record.created, "process": record.process})
+            line = json.dumps(
+                {
+                    "name": record.name,
+                    "levelno": record.levelno,
+                    "levelname": record.levelname,
+                    "msg": self.format(record),
+                    "created": record.created,
+                    "process": record.process,
+                }
+            )
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
         except Exception:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,14 +41,20 @@ def _has_credentials() -> bool:
         return False
 
 
-def resolve_mode(configured: str) -> str:
+def resolve_mode(configured: str) -> Literal["online", "offline", "disabled"]:
     """The mode a run uses: ``WANDB_MODE`` if set, else the configured one; online without credentials -> offline."""
     mode = os.environ.get("WANDB_MODE", configured)
     if mode == "online" and not _has_credentials():
-        log.info("W&B: online mode requested but no API key (WANDB_API_KEY or `wandb login`); "
-                 "logging offline instead (upload later with `wandb sync`)")
+        log.info(
+            "W&B: online mode requested but no API key (WANDB_API_KEY or `wandb login`); "
+            "logging offline instead (upload later with `wandb sync`)"
+        )
         mode = "offline"
-    return mode
+    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)  # W&B's older spellings
+    if mode not in ("online", "offline", "disabled"):
+        log.warning(f"W&B: unknown WANDB_MODE {mode!r}; logging offline (use online, offline or disabled)")
+        mode = "offline"
+    return mode  # type: ignore[return-value]  # narrowed by the check above
 
 
 def _init(wcfg: WandbConfig, directory: Path, **kwargs: Any) -> Any | None:
@@ -58,25 +64,38 @@ def _init(wcfg: WandbConfig, directory: Path, **kwargs: Any) -> Any | None:
     import wandb
 
     (directory / "wandb").mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=wcfg.project, group=wcfg.group, dir=str(directory), mode=mode,
-                      settings=wandb.Settings(silent=True, console="off", x_disable_stats=True), **kwargs)
+    return wandb.init(
+        project=wcfg.project,
+        group=wcfg.group,
+        dir=str(directory),
+        mode=mode,
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        **kwargs,
+    )
 
 
 def start_training_run(cfg: Config, run_dir: Path, run_name: str) -> Any | None:
     """The W&B run of a training run (call on rank 0 only); None with ``train.wandb.mode=disabled``."""
     wcfg = cfg.train.wandb
-    return _init(wcfg, run_dir, name=wcfg.name or run_name, id=run_name, resume="allow",
-                 config={**cfg.to_dict(), "config_hash": cfg.hash, "run_id": cfg.run_id})
+    return _init(
+        wcfg,
+        run_dir,
+        name=wcfg.name or run_name,
+        id=run_name,
+        resume="allow",
+        config={**cfg.to_dict(), "config_hash": cfg.hash, "run_id": cfg.run_id},
+    )
 
 
-def log_epoch(run: Any | None, epoch: int, metrics: dict[str, Any],
-              panels: list[tuple[np.ndarray, str]] | None = None) -> None:
+def log_epoch(
+    run: Any | None, epoch: int, metrics: dict[str, Any], panels: list[tuple[np.ndarray, str]] | None = None
+) -> None:
     """Per-epoch scalars (x-axis: epoch) and prediction overlays (image | truth | prediction)."""
     if run is None:
         return
     import wandb
 
-    data = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    data: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     if panels:
         data["predictions"] = [wandb.Image(p, caption=c) for p, c in panels]
     run.log(data, step=epoch)
@@ -91,8 +110,12 @@ def log_evaluation(report: dict[str, Any], out_dir: Path, wcfg: WandbConfig | No
     """An evaluation report as one W&B run: the per-bin tables, the goals and the plots as one
     history step, and the overall metrics in the run summary, where the runs table shows them side
     by side across evaluations."""
-    run = _init(wcfg or WandbConfig(), out_dir, job_type="evaluate",
-                config={**report["benchmark"], "model": report.get("about", {})})
+    run = _init(
+        wcfg or WandbConfig(),
+        out_dir,
+        job_type="evaluate",
+        config={**report["benchmark"], "model": report.get("about", {})},
+    )
     if run is None:
         return
     import wandb
@@ -106,8 +129,10 @@ def log_evaluation(report: dict[str, Any], out_dir: Path, wcfg: WandbConfig | No
                 table.add_data(group, *[per[n]["dice"] for n in names], *[per[n]["iou"] for n in names])
         payload[key] = table
     if report.get("goals"):
-        payload["goals"] = wandb.Table(columns=["goal", "measured", "met"],
-                                       data=[[g["description"], g["measured"], g["met"]] for g in report["goals"]])
+        payload["goals"] = wandb.Table(
+            columns=["goal", "measured", "met"],
+            data=[[g["description"], g["measured"], g["met"]] for g in report["goals"]],
+        )
     payload.update({p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))})
     run.log(payload)
     run.summary.update({f"{n}/{k}": v for n in names for k, v in report["overall"][n].items() if v is not None})

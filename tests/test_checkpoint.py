@@ -18,8 +18,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dotseg.checkpoint import (FORMAT_VERSION, CheckpointError, build_from_checkpoint, load_checkpoint,
-                               model_identity, save_checkpoint)
+from dotseg.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    build_from_checkpoint,
+    load_checkpoint,
+    model_identity,
+    save_checkpoint,
+)
 from dotseg.config import Config
 from dotseg.configbase import config_hash, to_dict
 from dotseg.models import build_model
@@ -43,17 +49,24 @@ def _model(cfg: Config, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture()
+@pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module, Config]:
     cfg = _cfg()
     model = _model(cfg)
-    path = save_checkpoint(tmp_path / "best.safetensors", model, cfg, threshold=0.4,
-                           metrics={"val_dice": 0.75, "clean_dice": 0.9}, epoch=7)
+    path = save_checkpoint(
+        tmp_path / "best.safetensors", model, cfg, threshold=0.4, metrics={"val_dice": 0.75, "clean_dice": 0.9}, epoch=7
+    )
     return path, model, cfg
 
 
-def _rewrite(src: Path, dest: Path, *, tensors: dict | None = None, meta: dict | None = None,
-             rename: tuple[str, str] | None = None) -> Path:
+def _rewrite(
+    src: Path,
+    dest: Path,
+    *,
+    tensors: dict | None = None,
+    meta: dict | None = None,
+    rename: tuple[str, str] | None = None,
+) -> Path:
     """A copy of the checkpoint ``src`` with tensors and/or (JSON-encoded) metadata fields replaced."""
     state = load_file(str(src)) if tensors is None else tensors
     if rename is not None:
@@ -110,14 +123,15 @@ def test_metadata_is_plain_json_readable_without_dotseg(saved: tuple[Path, torch
     path, _, cfg = saved
     with safe_open(str(path), "pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
-        tensors_on_cpu = all(f.get_tensor(k).is_contiguous() for k in f.keys())
+        tensors_on_cpu = all(f.get_tensor(k).is_contiguous() for k in f.keys())  # noqa: SIM118 - safe_open has no __iter__
     assert meta["provenance"]["config"] == to_dict(cfg)
     assert meta["contract"]["model"] == to_dict(cfg.model)
     assert tensors_on_cpu
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(saved: tuple[Path, torch.nn.Module, Config],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_is_atomic_and_leaves_no_temp_files(
+    saved: tuple[Path, torch.nn.Module, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, model, cfg = saved
     before = path.read_bytes()
 
@@ -160,8 +174,9 @@ def test_save_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="threshold"):
         save_checkpoint(tmp_path / "b.safetensors", model, cfg, threshold=1.5, metrics={}, epoch=1)
     with pytest.raises(ValueError, match=r"does not match cfg\.model.*shape mismatch"):
-        save_checkpoint(tmp_path / "b.safetensors", model, _cfg(**{"model.base_channels": 8}),
-                        threshold=0.5, metrics={}, epoch=1)
+        save_checkpoint(
+            tmp_path / "b.safetensors", model, _cfg(**{"model.base_channels": 8}), threshold=0.5, metrics={}, epoch=1
+        )
 
 
 # -- files that are not checkpoints --------------------------------------------------------------------
@@ -170,20 +185,33 @@ def test_save_rejects_bad_arguments(tmp_path: Path) -> None:
 HTML = b"<!DOCTYPE html>\n<html><head><title>Hugging Face</title></head><body>Redirecting</body></html>\n"
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("best.safetensors", HTML, "is an HTML page, not a dotseg checkpoint — a download that returned a web "
-                               "page? (e.g. a hub URL without ?download=true)"),
-    ("best.safetensors", b"  <html>\n<body>403</body></html>", "is an HTML page"),
-    ("best.safetensors", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 379000000\n",
-     "Git LFS pointer"),
-    ("best.safetensors", b'{"error": "Entry not found"}', "is a text file (starts '{\"error\""),
-    ("best.safetensors", b"", "is empty (0 bytes)"),
-    ("best.safetensors", bytes(range(256)) * 4, "is not a safetensors file (starts with bytes 00 01 02"),
-    ("best.safetensors", b"\x80", "is not a safetensors file (starts with bytes 80)"),
-    ("best.safetensors", "ok ünïcödé ".encode() * 400, "is a text file (starts 'ok ünïcödé"),
-    ("best.safetensors", (40).to_bytes(8, "little") + b"{ this is not json" + b" " * 40,
-     "corrupt safetensors header"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "best.safetensors",
+            HTML,
+            "is an HTML page, not a dotseg checkpoint — a download that returned a web "
+            "page? (e.g. a hub URL without ?download=true)",
+        ),
+        ("best.safetensors", b"  <html>\n<body>403</body></html>", "is an HTML page"),
+        (
+            "best.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 379000000\n",
+            "Git LFS pointer",
+        ),
+        ("best.safetensors", b'{"error": "Entry not found"}', 'is a text file (starts \'{"error"'),
+        ("best.safetensors", b"", "is empty (0 bytes)"),
+        ("best.safetensors", bytes(range(256)) * 4, "is not a safetensors file (starts with bytes 00 01 02"),
+        ("best.safetensors", b"\x80", "is not a safetensors file (starts with bytes 80)"),
+        ("best.safetensors", "ok ünïcödé ".encode() * 400, "is a text file (starts 'ok ünïcödé"),
+        (
+            "best.safetensors",
+            (40).to_bytes(8, "little") + b"{ this is not json" + b" " * 40,
+            "corrupt safetensors header",
+        ),
+    ],
+)
 def test_non_checkpoint_files(tmp_path: Path, name: str, content: bytes, expected: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
@@ -264,7 +292,8 @@ def test_pickle_is_refused_without_unpickling(tmp_path: Path, layout: str) -> No
 
 
 def test_real_torch_save_is_refused_and_the_suggested_conversion_works(
-        saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
+    saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path
+) -> None:
     _, model, cfg = saved
     for legacy in (False, True):
         pth = tmp_path / f"model{int(legacy)}.pt"
@@ -293,13 +322,14 @@ def test_a_zip_that_is_not_torch(tmp_path: Path) -> None:
 
 def test_newer_format_version_is_refused(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
     newer = _rewrite(saved[0], tmp_path / "newer.safetensors", meta={"format_version": FORMAT_VERSION + 1})
-    assert (f"written by a newer dotseg (format {FORMAT_VERSION + 1} > {FORMAT_VERSION}); upgrade dotseg"
-            in _error(newer))
+    assert f"written by a newer dotseg (format {FORMAT_VERSION + 1} > {FORMAT_VERSION}); upgrade dotseg" in _error(
+        newer
+    )
 
 
 def test_unknown_provenance_never_blocks_a_load(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path) -> None:
     """A future dotseg renames a serve field and adds a section: the model still loads and predicts."""
-    path, model, cfg = saved
+    path, model, _ = saved
     with safe_open(str(path), "pt") as f:
         provenance = json.loads(f.metadata()["provenance"])
     provenance["config"]["serve"]["port_number"] = provenance["config"]["serve"].pop("port")
@@ -318,14 +348,18 @@ def test_unknown_provenance_never_blocks_a_load(saved: tuple[Path, torch.nn.Modu
     assert load_checkpoint(garbage).meta.provenance.config == {}
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("base_channels", 0, "model.base_channels: must be in [4, 256], got 0"),
-    ("variant", "resnet", "model.variant: unknown variant 'resnet'"),
-    ("width", 3, "model.width: unknown key"),
-])
-def test_invalid_model_contract_is_refused(saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path,
-                                           key: str, value: object, expected: str) -> None:
-    path, _, cfg = saved
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("base_channels", 0, "model.base_channels: must be in [4, 256], got 0"),
+        ("variant", "resnet", "model.variant: unknown variant 'resnet'"),
+        ("width", 3, "model.width: unknown key"),
+    ],
+)
+def test_invalid_model_contract_is_refused(
+    saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path, key: str, value: object, expected: str
+) -> None:
+    path = saved[0]
     contract = load_checkpoint(path).contract.to_dict()
     contract["model"][key] = value
     bad = _rewrite(path, tmp_path / "bad.safetensors", meta={"contract": contract})
@@ -362,10 +396,20 @@ def test_missing_metadata_field(saved: tuple[Path, torch.nn.Module, Config], tmp
 def _format_1(path: Path, dest: Path, config: dict, **fields: object) -> Path:
     """The checkpoint ``path`` rewritten in format 1: the whole config is the metadata."""
     ckpt = load_checkpoint(path)
-    header = {"format": "dotseg-checkpoint", "format_version": 1, "config": config, "config_hash": config_hash(config),
-              "model_variant": config["model"]["variant"], "normalization": NORMALIZATION, "threshold": 0.4,
-              "metrics": {"val_dice": 0.75}, "epoch": 7, "created": "2026-01-01T00:00:00+00:00",
-              "dotseg_version": "0.1.0", **fields}
+    header = {
+        "format": "dotseg-checkpoint",
+        "format_version": 1,
+        "config": config,
+        "config_hash": config_hash(config),
+        "model_variant": config["model"]["variant"],
+        "normalization": NORMALIZATION,
+        "threshold": 0.4,
+        "metrics": {"val_dice": 0.75},
+        "epoch": 7,
+        "created": "2026-01-01T00:00:00+00:00",
+        "dotseg_version": "0.1.0",
+        **fields,
+    }
     save_file(load_file(str(path)), str(dest), metadata={k: json.dumps(v) for k, v in header.items()})
     assert ckpt.epoch == 7
     return dest
@@ -429,8 +473,9 @@ def test_missing_unexpected_and_misshapen_tensors(saved: tuple[Path, torch.nn.Mo
     assert "missing encoder." in message and "(+" in message and "more)" in message
 
 
-def test_seed_gate_names_are_refused_naming_the_keys(saved: tuple[Path, torch.nn.Module, Config],
-                                                     tmp_path: Path) -> None:
+def test_seed_gate_names_are_refused_naming_the_keys(
+    saved: tuple[Path, torch.nn.Module, Config], tmp_path: Path
+) -> None:
     """The seed's failure 7: gates saved as ``attention_gates.<i>.``; ours live at ``decoder.<i>.gate.``.
     Never renamed silently: the message lists what is missing and what is unexpected."""
     path = saved[0]

@@ -19,15 +19,18 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 #: Lines that must never reach the console of a healthy run.
-NOISE = [re.compile(p) for p in (
-    r"TrainingReport\(",
-    r"\w\.cc:\d+",                   # glog location of a C++ log line: core_worker.cc:2465
-    r"\b[IWEF] \d+ \d+\]",           # glog header: [2026-11-30 12:35:59,984 E 4271 4412]
-    r"core_worker",
-    r"Traceback",
-    r"ERROR",
-    r"\((RayTrainWorker|TrainController|PlacementGroupCleaner|\w+) pid=\d+\)",  # echoed worker output
-)]
+NOISE = [
+    re.compile(p)
+    for p in (
+        r"TrainingReport\(",
+        r"\w\.cc:\d+",  # glog location of a C++ log line: core_worker.cc:2465
+        r"\b[IWEF] \d+ \d+\]",  # glog header: [2026-11-30 12:35:59,984 E 4271 4412]
+        r"core_worker",
+        r"Traceback",
+        r"ERROR",
+        r"\((RayTrainWorker|TrainController|PlacementGroupCleaner|\w+) pid=\d+\)",  # echoed worker output
+    )
+]
 
 
 def test_smoke_run_console_shows_dotseg_lines_only(ray_session, tmp_path: Path) -> None:
@@ -40,17 +43,35 @@ def test_smoke_run_console_shows_dotseg_lines_only(ray_session, tmp_path: Path) 
     # cluster arguments; both branches get the same log settings.
     address = ray_session.get_runtime_context().gcs_address
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "train", "--config", "smoke", "--name", "console",
-                          "--address", address, "--set", f"train.storage_path={tmp_path}"],
-                         capture_output=True, text=True, env=env, timeout=400)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "train",
+            "--config",
+            "smoke",
+            "--name",
+            "console",
+            "--address",
+            address,
+            "--set",
+            f"train.storage_path={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
     console = out.stdout + out.stderr
     assert out.returncode == 0, console[-5000:]
 
     lines = console.splitlines()
     epochs = [line for line in lines if line.startswith("[dotseg] epoch ")]
     assert len(epochs) == 2, console
-    assert re.fullmatch(r"\[dotseg\] epoch 1/2 easy \(noise 0\.10, mixed 0\.0\) \| loss \d\.\d{4} \| .* \| ETA \S+",
-                        epochs[0]), epochs[0]
+    assert re.fullmatch(
+        r"\[dotseg\] epoch 1/2 easy \(noise 0\.10, mixed 0\.0\) \| loss \d\.\d{4} \| .* \| ETA \S+", epochs[0]
+    ), epochs[0]
     assert epochs[1].startswith("[dotseg] epoch 2/2 extreme (noise 1.00, mixed 0.6) | loss ")
     run_dir = tmp_path / "console"
     assert f"[dotseg] run {run_dir}  (config hash " in lines[0], console
@@ -64,8 +85,10 @@ def test_smoke_run_console_shows_dotseg_lines_only(ray_session, tmp_path: Path) 
     ray_log = (run_dir / "ray.log").read_text()
     assert "Connecting to existing Ray cluster" in ray_log, ray_log
     session_logs = Path(re.search(r"Ray session logs \(.*\): (\S+)", ray_log).group(1))
-    assert any("Reporting training result" in text and str(run_dir) in text
-               for text in (p.read_text(errors="replace") for p in session_logs.glob("worker-*.err"))), session_logs
+    assert any(
+        "Reporting training result" in text and str(run_dir) in text
+        for text in (p.read_text(errors="replace") for p in session_logs.glob("worker-*.err"))
+    ), session_logs
     # The workers' dotseg records, as relayed to the console.
     records = [json.loads(line) for line in (run_dir / "worker_log.jsonl").read_text().splitlines()]
     assert [r["msg"].split(" ", 2)[:2] for r in records] == [["epoch", "1/2"], ["epoch", "2/2"]]

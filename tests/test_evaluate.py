@@ -91,7 +91,7 @@ def test_evaluate_errors_are_one_line(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"], capture_output=True, text=True
     )
-    assert out.returncode == 2 and "--n must be >= 1" in out.stderr
+    assert out.returncode == 2 and "argument --n: must be >= 1, got 0" in out.stderr
 
 
 def test_evaluate_logs_tables_goals_and_plots_to_a_wandb_offline_run(tmp_path: Path) -> None:

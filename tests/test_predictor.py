@@ -22,9 +22,9 @@ from dotseg.checkpoint import save_checkpoint
 from dotseg.cli import main
 from dotseg.config import Config
 from dotseg.inference.images import ImageError, list_images, read_image, to_grey
-from dotseg.models import build_model
-from dotseg.inference.segmenter import Prediction, Segmenter
 from dotseg.inference.predictor import Predictor, resolve_device
+from dotseg.inference.segmenter import Prediction, Segmenter
+from dotseg.models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_predict_batch_keeps_order_with_mixed_sizes(predictor: Predictor) -> Non
     images = [_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     preds = predictor.predict_batch(images, batch_size=2)
     assert [p.prob.shape for p in preds] == sizes
-    for image, pred in zip(images, preds):
+    for image, pred in zip(images, preds, strict=True):
         np.testing.assert_allclose(pred.prob, predictor.predict(image).prob, atol=1e-5)
     assert predictor.predict_batch([]) == []
 
@@ -170,12 +170,22 @@ def test_no_shipped_model_says_to_pass_a_checkpoint(tmp_path: Path) -> None:
 
     import dotseg
 
-    shutil.copytree(Path(dotseg.__file__).parent, tmp_path / "dotseg",
-                    ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    shutil.copytree(
+        Path(dotseg.__file__).parent, tmp_path / "dotseg", ignore=shutil.ignore_patterns("assets", "__pycache__")
+    )
     (tmp_path / "img.npy").write_bytes(b"")  # never read: the model is resolved first
-    out = subprocess.run([sys.executable, "-c", "import dotseg.cli, sys; print(dotseg.__file__, file=sys.stderr); "
-                          "sys.exit(dotseg.cli.main(['predict', '-i', 'img.npy', '-o', 'o']))"],
-                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import dotseg.cli, sys; print(dotseg.__file__, file=sys.stderr); "
+            "sys.exit(dotseg.cli.main(['predict', '-i', 'img.npy', '-o', 'o']))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert str(tmp_path / "dotseg") in out.stderr  # the copy was imported
     assert out.returncode == 2 and "no shipped model is installed" in out.stderr and "--checkpoint" in out.stderr
 
@@ -233,8 +243,9 @@ def test_read_image_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     # Pillow's own decompression-bomb guard surfaces as the same error, above and below its 2x line.
     for limit in (6000, 2000):
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
-        assert "too many pixels (Pillow's decompression-bomb guard" in _image_error(tmp_path / "big.png",
-                                                                                    max_pixels=10**9)
+        assert "too many pixels (Pillow's decompression-bomb guard" in _image_error(
+            tmp_path / "big.png", max_pixels=10**9
+        )
 
 
 def test_truncated_png(tmp_path: Path) -> None:
@@ -266,9 +277,29 @@ def test_cli_predict_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
 
     proc = subprocess.run(
-        [sys.executable, "-m", "dotseg.cli", "predict", "--checkpoint", str(checkpoint), "--input", str(inputs),
-         "--output", str(out), "--prob", "--overlay", "--device", "cpu", "--threads", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--prob",
+            "--overlay",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dotseg predict:")]
     assert len(errors) == 1 and "d.png" in errors[0] and "not a readable PNG" in errors[0]

@@ -13,8 +13,9 @@ def _m(epoch: int, val: float, clean: float = 0.9, fg: float = 1.0) -> dict:
     return {"epoch": epoch, "val_dice": val, "clean_dice": clean, "clean_fg_ratio": fg}
 
 
-def _run(*metrics: dict, epochs: int = 10, stop_after: int | None = None,
-         early: EarlyStoppingConfig = EARLY) -> LoopState:
+def _run(
+    *metrics: dict, epochs: int = 10, stop_after: int | None = None, early: EarlyStoppingConfig = EARLY
+) -> LoopState:
     state = LoopState()
     for m in metrics:
         state = after_epoch(state, m, early=early, guard=GUARD, epochs=epochs, stop_after=stop_after)
@@ -36,8 +37,9 @@ def test_collapse_needs_consecutive_bad_epochs_after_the_grace_period() -> None:
     assert not is_collapsed(1, 0.0, 0.0, GUARD)  # grace
     assert is_collapsed(2, 0.01, 1.0, GUARD) and is_collapsed(2, 0.9, 0.05, GUARD)
     assert not is_collapsed(2, 0.9, 0.5, GUARD)
-    state = _run(_m(1, 0.1, 0.0, 0.0), _m(2, 0.2, 0.0, 0.0), _m(3, 0.3, 0.9, 1.0), _m(4, 0.4, 0.0, 0.0),
-                 _m(5, 0.5, 0.0, 0.0))
+    state = _run(
+        _m(1, 0.1, 0.0, 0.0), _m(2, 0.2, 0.0, 0.0), _m(3, 0.3, 0.9, 1.0), _m(4, 0.4, 0.0, 0.0), _m(5, 0.5, 0.0, 0.0)
+    )
     assert state.stop_reason == "collapse" and state.epoch == 5
     assert [h["collapsed_epochs"] for h in state.history] == [0, 1, 0, 1, 2]
 

@@ -100,10 +100,11 @@ def test_validation_shards_are_the_validation_set_split_across_ranks(ray_session
     clean = make_batch(cfg, 11, range(7), noise_scale=1.0, mixed_prob=0.6, noisy=False)
     shards = [validation_shard(cfg, data, 11, 7, rank=r, world=3, noise_scale=1.0, mixed_prob=0.6) for r in range(3)]
     assert [s.count() for s in shards] == [2, 2, 3]
-    got = {k: np.concatenate([s.take_batch(10, batch_format="numpy")[k] for s in shards])
-           for k in ("image", "clean", "mask")}
+    got = {
+        k: np.concatenate([s.take_batch(10, batch_format="numpy")[k] for s in shards])
+        for k in ("image", "clean", "mask")
+    }
     np.testing.assert_array_equal(got["image"], normalize(noisy["image"]))
     np.testing.assert_array_equal(got["clean"], normalize(clean["image"]))
     np.testing.assert_array_equal(got["mask"], noisy["mask"])
     assert validation_shard(cfg, data, 11, 2, rank=0, world=3, noise_scale=1.0, mixed_prob=0.6) is None  # 0 of 2
-

@@ -81,20 +81,40 @@ def test_resume_refuses_a_different_synthesis_or_model(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match=r"model\.base_channels \(4 -> 8\), synthesis\.size \(64 -> 96\)"):
         resume_config(run_dir, None, ["synthesis.size=96", "model.base_channels=8"])
     assert resume_config(run_dir, None, ["train.epochs=5"]).train.epochs == 5  # allowed
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "train", "--resume", str(run_dir),
-                          "--set", "synthesis.noise.gaussian_sigma=[0.1, 0.5]"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--set",
+            "synthesis.noise.gaussian_sigma=[0.1, 0.5]",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "synthesis.noise.gaussian_sigma" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "train", "--resume", str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dotseg.cli", "train", "--resume", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "not a dotseg run directory" in out.stderr
 
 
 def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path: Path) -> None:
     from ray.util.state import list_actors
 
-    cfg = smoke(tmp_path, "train.epochs=3", "curriculum.phases[1].start_epoch=3", "train.samples_per_epoch=96",
-                "train.max_failures=1")
+    cfg = smoke(
+        tmp_path,
+        "train.epochs=3",
+        "curriculum.phases[1].start_epoch=3",
+        "train.samples_per_epoch=96",
+        "train.max_failures=1",
+    )
     run_dir = tmp_path / "killed"
     box: dict = {}
     thread = threading.Thread(target=lambda: box.setdefault("result", train(cfg, run_dir=run_dir, quiet=True)))
@@ -104,8 +124,10 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path:
     while killed is None and time.time() < deadline and thread.is_alive():
         if list(run_dir.glob("checkpoint_*/history.json")):  # epoch 1 is checkpointed; epoch 2 is running
             # Name our cluster: another Ray on the machine would make the State API's auto-detection fail.
-            for actor in list_actors(address=ray_session.get_runtime_context().gcs_address,
-                                     filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+            for actor in list_actors(
+                address=ray_session.get_runtime_context().gcs_address,
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+            ):
                 os.kill(actor["pid"], signal.SIGKILL)
                 killed = actor["pid"]
         time.sleep(0.2)
@@ -118,8 +140,13 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_session, tmp_path:
 
 def test_blank_mask_collapse_stops_the_run(ray_session, tmp_path: Path) -> None:
     # A threshold no sigmoid of a fresh model reaches: the predicted foreground is empty.
-    cfg = smoke(tmp_path, "train.threshold=0.999", "train.collapse.grace_epochs=0", "train.collapse.max_epochs=1",
-                "train.wandb.mode=disabled")
+    cfg = smoke(
+        tmp_path,
+        "train.threshold=0.999",
+        "train.collapse.grace_epochs=0",
+        "train.collapse.max_epochs=1",
+        "train.wandb.mode=disabled",
+    )
     result = train(cfg, run_dir=tmp_path / "collapse", quiet=True)
     assert result.stop_reason == "collapse"
     assert len(result.history) == 1 and result.history[0]["collapsed_epochs"] == 1

@@ -41,34 +41,19 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.special import ndtri
 from scipy.spatial import ConvexHull, QhullError, cKDTree
+from scipy.special import ndtri
 from skimage.draw import polygon as draw_polygon
 from skimage.filters import threshold_local, threshold_otsu
 from skimage.restoration import denoise_bilateral, denoise_nl_means
 
 from dotseg.baseline.config import BaselineConfig
-from dotseg.normalize import normalize
 from dotseg.inference.segmenter import Prediction
+from dotseg.normalize import normalize
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 #: MAD -> standard deviation for Gaussian data.
 _MAD_TO_STD = 1.4826
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    """``image`` as an array, or a ValueError naming what is wrong with it."""
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D image (H, W), got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
-    real = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    if arr.dtype != bool and not real:
-        raise ValueError(f"image dtype {arr.dtype} is not a real number type")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ValueError("image contains NaN or infinite values")
-    return arr
 
 
 def _block_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -156,9 +141,11 @@ class ClassicalBaseline:
 
         Raises ValueError for a non-2-D, empty, non-numeric or non-finite image.
         """
-        arr = _check_image(image)
+        arr = np.asarray(image)
+        if arr.ndim != 2:
+            raise ValueError(f"expected a 2-D image (H, W), got shape {arr.shape}")
         h, w = arr.shape
-        x = normalize(arr)  # (H, W) float32, zero mean, unit std
+        x = normalize(arr)  # (H, W) float32, zero mean, unit std; checks dtype, emptiness, NaN/inf
         side = self.config.work_size
         k = max(1, -(-max(h, w) // side)) if side else 1
         work = _block_mean(x, k)  # (h', w') float32

@@ -69,10 +69,19 @@ class BaselineConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        check(self.work_size == 0 or self.work_size >= 16, "work_size",
-              f"must be 0 (full resolution) or >= 16 px, got {self.work_size}")
-        check(self.tail_quantile == 0 or 0.5 < self.tail_quantile < 1, "tail_quantile",
-              f"must be 0 (off) or in (0.5, 1), got {self.tail_quantile}")
-        check(self.local_block >= 3 and self.local_block % 2 == 1, "local_block",
-              f"must be an odd number >= 3, got {self.local_block}")
+        check(
+            self.work_size == 0 or self.work_size >= 16,
+            "work_size",
+            f"must be 0 (full resolution) or >= 16 px, got {self.work_size}",
+        )
+        check(
+            self.tail_quantile == 0 or 0.5 < self.tail_quantile < 1,
+            "tail_quantile",
+            f"must be 0 (off) or in (0.5, 1), got {self.tail_quantile}",
+        )
+        check(
+            self.local_block >= 3 and self.local_block % 2 == 1,
+            "local_block",
+            f"must be an odd number >= 3, got {self.local_block}",
+        )
         return self

@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotseg.inference.images import (ImageError, read_image, write_mask_png, write_overlay_png,
-                                     write_prob_npy)
+from dotseg.inference.images import ImageError, read_image, write_mask_png, write_overlay_png, write_prob_npy
 from dotseg.inference.segmenter import Segmenter
 
 
@@ -36,8 +35,15 @@ def stem_clashes(paths: list[Path]) -> str:
     return "; ".join(", ".join(map(str, ps)) for ps in by_stem.values() if len(ps) > 1)
 
 
-def predict_files(segmenter: Segmenter, inputs: list[Path], out: Path, *, prob: bool = False,
-                  overlay: bool = False, progress: bool = True) -> FilesResult:
+def predict_files(
+    segmenter: Segmenter,
+    inputs: list[Path],
+    out: Path,
+    *,
+    prob: bool = False,
+    overlay: bool = False,
+    progress: bool = True,
+) -> FilesResult:
     """Predict every file of ``inputs`` into ``out`` (created). Raises ImageError if two inputs
     would write the same outputs or ``out`` is a file."""
     from tqdm import tqdm

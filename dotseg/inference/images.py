@@ -22,8 +22,17 @@ import numpy as np
 
 from dotseg.plots import overlay, save_png
 
-__all__ = ["SUPPORTED_SUFFIXES", "MAX_PIXELS", "ImageError", "read_image", "to_grey", "list_images",
-           "write_mask_png", "write_prob_npy", "write_overlay_png"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "MAX_PIXELS",
+    "ImageError",
+    "read_image",
+    "to_grey",
+    "list_images",
+    "write_mask_png",
+    "write_prob_npy",
+    "write_overlay_png",
+]
 
 SUPPORTED_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 #: Default cap on pixels per image: 64 Mpx is an 8k x 8k frame, ~256 MB as float32.
@@ -53,8 +62,9 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"{path}: is a directory, not an image")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise ImageError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
-                         f"supported: {', '.join(SUPPORTED_SUFFIXES)}")
+        raise ImageError(
+            f"{path}: unsupported file type {suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
     reader = {".png": _read_png, ".tif": _read_tiff, ".tiff": _read_tiff, ".npy": _read_npy}[suffix]
     image = reader(path, max_pixels)
     if image.size == 0:
@@ -66,8 +76,9 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
-        raise ImageError(f"{path}: too many pixels ({width}x{height} = {height * width:,}; "
-                         f"the limit is {max_pixels:,})")
+        raise ImageError(
+            f"{path}: too many pixels ({width}x{height} = {height * width:,}; the limit is {max_pixels:,})"
+        )
 
 
 def _check_ndim(path: Path, shape: tuple[int, ...], colour: bool) -> None:
@@ -84,9 +95,10 @@ def _read_png(path: Path, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error like above.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.format != "PNG":
-                    raise ImageError(f"{path}: is not a PNG file (its content is {img.format or 'unknown'})")
+            with Image.open(path) as opened:
+                img: Image.Image = opened
+                if opened.format != "PNG":
+                    raise ImageError(f"{path}: is not a PNG file (its content is {opened.format or 'unknown'})")
                 width, height = img.size
                 _check_pixels(path, height, width, max_pixels)
                 if img.mode == "P":
@@ -97,8 +109,9 @@ def _read_png(path: Path, max_pixels: int) -> np.ndarray:
                     img = img.convert("RGB")
                 array = np.array(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: too many pixels (Pillow's decompression-bomb guard: "
-                         f"{' '.join(str(e).split())})") from None
+        raise ImageError(
+            f"{path}: too many pixels (Pillow's decompression-bomb guard: {' '.join(str(e).split())})"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable PNG image (corrupt, or another format?)") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -124,8 +137,9 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     except ImageError:
         raise
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error, ... on bad files
-        raise ImageError(f"{path}: not a readable TIFF (corrupt or truncated): "
-                         f"{' '.join(str(e).split()) or type(e).__name__}") from None
+        raise ImageError(
+            f"{path}: not a readable TIFF (corrupt or truncated): {' '.join(str(e).split()) or type(e).__name__}"
+        ) from None
     return array
 
 
@@ -135,8 +149,9 @@ def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as e:
         if "allow_pickle" in str(e) or "Python objects" in str(e):
-            raise ImageError(f"{path}: holds Python objects, which are never unpickled; "
-                             "expected a numeric 2-D array") from None
+            raise ImageError(
+                f"{path}: holds Python objects, which are never unpickled; expected a numeric 2-D array"
+            ) from None
         raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
     except (OSError, EOFError) as e:
         raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None

@@ -38,8 +38,10 @@ def shipped_checkpoint() -> Path:
     """
     asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
     if not asset.is_file():
-        raise CheckpointError("no shipped model is installed (dotseg/assets/model.safetensors is missing); "
-                              "pass a checkpoint (--checkpoint PATH on the command line)")
+        raise CheckpointError(
+            "no shipped model is installed (dotseg/assets/model.safetensors is missing); "
+            "pass a checkpoint (--checkpoint PATH on the command line)"
+        )
     return Path(str(asset))
 
 
@@ -64,15 +66,23 @@ class Predictor:
 
     name = "model"
 
-    def __init__(self, model: nn.Module, contract: ModelContract, threshold: float | None = None,
-                 device: str | torch.device = "cpu", threads: int | None = None,
-                 checkpoint: LoadedCheckpoint | None = None, channels_last: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        contract: ModelContract,
+        threshold: float | None = None,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        checkpoint: LoadedCheckpoint | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
         threshold = contract.threshold if threshold is None else threshold
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
         if contract.normalization != NORMALIZATION:
-            raise ValueError(f"the model expects input normalization {contract.normalization!r}, "
-                             f"this dotseg has {NORMALIZATION!r}")
+            raise ValueError(
+                f"the model expects input normalization {contract.normalization!r}, this dotseg has {NORMALIZATION!r}"
+            )
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         configure_cpu(threads)
@@ -80,16 +90,21 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
         self.contract = contract
         self.threshold = float(threshold)
         self.checkpoint = checkpoint
         """The checkpoint the model came from (its path, metrics, ...), if any."""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-                        threads: int | None = None, threshold: float | None = None,
-                        channels_last: bool | None = None) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        threshold: float | None = None,
+        channels_last: bool | None = None,
+    ) -> Predictor:
         """Load a checkpoint (``None``: the shipped model) and use its config and threshold.
 
         ``threshold`` overrides the checkpoint's. Raises :class:`CheckpointError` for any unusable file.
@@ -133,9 +148,9 @@ class Predictor:
             groups.setdefault(x.shape, []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
+                chunk = indices[start : start + batch_size]
                 probs = self._forward(np.stack([inputs[i] for i in chunk]))  # (b, H, W)
-                for i, prob in zip(chunk, probs):
+                for i, prob in zip(chunk, probs, strict=True):
                     out[i] = Prediction(mask=prob >= self.threshold, prob=prob)
         return out  # type: ignore[return-value]
 

@@ -48,8 +48,7 @@ def boundary_band(target: Tensor, width: int) -> Tensor:
     if width < 1:
         raise ValueError(f"width: must be >= 1, got {width}")
     if target.ndim != 4 or not target.is_floating_point():
-        raise ValueError(f"target: expected a floating (B, C, H, W) tensor, got {target.dtype} "
-                         f"{tuple(target.shape)}")
+        raise ValueError(f"target: expected a floating (B, C, H, W) tensor, got {target.dtype} {tuple(target.shape)}")
     k = 2 * width + 1
     # max_pool2d pads with -inf, so pixels outside the image never win the max: they take part in
     # neither the dilation nor the erosion (erosion is -maxpool(-x)).
@@ -74,8 +73,9 @@ def _ratio_or_one(num: Tensor, den: Tensor) -> Tensor:
 
 def _check_pair(logits: Tensor, target: Tensor) -> None:
     if logits.shape != target.shape or logits.ndim != 4:
-        raise ValueError(f"logits and target must both be (B, 1, H, W), got {tuple(logits.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"logits and target must both be (B, 1, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
 
 
 class SoftDiceLoss(nn.Module):
@@ -155,8 +155,7 @@ class BoundaryTverskyLoss(nn.Module):
         fp = (probs * (1 - t) * band).sum(1)  # (B,)
         fn = ((1 - probs) * t * band).sum(1)  # (B,)
         # An empty band makes TP = FP = FN = 0 exactly, so the ratio is smooth/smooth or 0/0 -> 1.
-        tversky = _ratio_or_one(tp + self.smooth,
-                                tp + self.alpha * fp + self.beta * fn + self.smooth)  # (B,)
+        tversky = _ratio_or_one(tp + self.smooth, tp + self.alpha * fp + self.beta * fn + self.smooth)  # (B,)
         return 1 - tversky.mean()
 
     def extra_repr(self) -> str:
@@ -182,8 +181,7 @@ def loss_weights(cfg: LossConfig, epoch: int, total_epochs: int) -> LossWeights:
     to 0.5 at epoch 80; boundary 0.0 up to epoch 20, 0.25 at epoch 40, 0.5 from epoch 60 on.
     """
     if epoch < 1 or total_epochs < 1:
-        raise ValueError(f"epoch and total_epochs are 1-based, got epoch={epoch}, "
-                         f"total_epochs={total_epochs}")
+        raise ValueError(f"epoch and total_epochs are 1-based, got epoch={epoch}, total_epochs={total_epochs}")
     return LossWeights(
         dice=cfg.dice.at(epoch, total_epochs),
         bce=cfg.bce.at(epoch, total_epochs),
@@ -211,8 +209,9 @@ class CompoundLoss(nn.Module):
         super().__init__()
         self.dice = SoftDiceLoss(smooth=cfg.smooth)
         self.bce = nn.BCEWithLogitsLoss()
-        self.boundary = BoundaryTverskyLoss(alpha=cfg.tversky_alpha, beta=cfg.tversky_beta,
-                                            width=cfg.boundary_width, smooth=cfg.smooth)
+        self.boundary = BoundaryTverskyLoss(
+            alpha=cfg.tversky_alpha, beta=cfg.tversky_beta, width=cfg.boundary_width, smooth=cfg.smooth
+        )
 
     def forward(self, logits: Tensor, target: Tensor, weights: LossWeights) -> tuple[Tensor, dict[str, Tensor]]:
         """Args:
@@ -234,6 +233,5 @@ class CompoundLoss(nn.Module):
                 "bce": self.bce(logits, target),
                 "boundary": self.boundary(logits, target),
             }
-            total = (weights.dice * parts["dice"] + weights.bce * parts["bce"]
-                     + weights.boundary * parts["boundary"])
+            total = weights.dice * parts["dice"] + weights.bce * parts["bce"] + weights.boundary * parts["boundary"]
         return total, {name: value.detach() for name, value in parts.items()}

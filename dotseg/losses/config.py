@@ -25,8 +25,11 @@ class Schedule(Section):
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.to_epoch is not None:
-            check(self.to_epoch >= self.from_epoch, "to_epoch",
-                  f"must be >= from_epoch ({self.from_epoch}), got {self.to_epoch}")
+            check(
+                self.to_epoch >= self.from_epoch,
+                "to_epoch",
+                f"must be >= from_epoch ({self.from_epoch}), got {self.to_epoch}",
+            )
         return self
 
     def at(self, epoch: int, total_epochs: int) -> float:
@@ -58,6 +61,5 @@ class LossConfig(Section):
 
     @model_validator(mode="after")
     def _tversky(self) -> Self:
-        check(self.tversky_alpha + self.tversky_beta > 0, "tversky_alpha",
-              "tversky_alpha + tversky_beta must be > 0")
+        check(self.tversky_alpha + self.tversky_beta > 0, "tversky_alpha", "tversky_alpha + tversky_beta must be > 0")
         return self

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerType", "DoubleConv", "BlurPool2d", "ChannelAttention", "SpatialAttention", "CBAM",
-           "AttentionGate"]
+__all__ = ["LayerType", "DoubleConv", "BlurPool2d", "ChannelAttention", "SpatialAttention", "CBAM", "AttentionGate"]
 
 #: A layer type: a class (or ``functools.partial``) called with the channel count, or with nothing.
 LayerType = Callable[..., nn.Module]
@@ -35,8 +34,9 @@ class DoubleConv(nn.Module):
         act_layer: activation type, called with no arguments.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_layer: LayerType = nn.BatchNorm2d,
-                 act_layer: LayerType = RELU) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_layer: LayerType = nn.BatchNorm2d, act_layer: LayerType = RELU
+    ) -> None:
         super().__init__()
         # No conv bias: the norm layer right after it subtracts the mean, so a bias would be dead weight.
         self.block = nn.Sequential(
@@ -62,6 +62,8 @@ class BlurPool2d(nn.Module):
     ``(B, C, ceil(H/2), ceil(W/2))``. No parameters: the kernel is a non-persistent buffer, so it is
     not in checkpoints and moves with ``.to(device)``.
     """
+
+    kernel: torch.Tensor  # the registered buffer, typed for the checker
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,8 +157,14 @@ class AttentionGate(nn.Module):
         act_layer: the non-linearity between the sum and ``psi``.
     """
 
-    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int | None = None,
-                 norm_layer: LayerType = nn.BatchNorm2d, act_layer: LayerType = RELU) -> None:
+    def __init__(
+        self,
+        skip_channels: int,
+        gate_channels: int,
+        inter_channels: int | None = None,
+        norm_layer: LayerType = nn.BatchNorm2d,
+        act_layer: LayerType = RELU,
+    ) -> None:
         super().__init__()
         inter = inter_channels if inter_channels is not None else max(1, skip_channels // 2)
         self.w_x = nn.Sequential(nn.Conv2d(skip_channels, inter, 1, bias=False), norm_layer(inter))

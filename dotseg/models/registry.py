@@ -52,9 +52,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def _unet(cfg: ModelConfig, *, attention_gates: bool, cbam: bool) -> UNet:
-    return UNet(in_channels=1, base_channels=cfg.base_channels, depth=cfg.depth,
-                attention_gates=attention_gates, cbam=cbam, downsample=cfg.downsample,
-                dropout=cfg.dropout, downscale=cfg.downscale)
+    return UNet(
+        in_channels=1,
+        base_channels=cfg.base_channels,
+        depth=cfg.depth,
+        attention_gates=attention_gates,
+        cbam=cbam,
+        downsample=cfg.downsample,
+        dropout=cfg.dropout,
+        downscale=cfg.downscale,
+    )
 
 
 @register_model

@@ -43,9 +43,15 @@ class DecoderStage(nn.Module):
         act_layer: activation type of the double conv.
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int,
-                 gate_layer: LayerType | None = None, norm_layer: LayerType = nn.BatchNorm2d,
-                 act_layer: LayerType = RELU) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        gate_layer: LayerType | None = None,
+        norm_layer: LayerType = nn.BatchNorm2d,
+        act_layer: LayerType = RELU,
+    ) -> None:
         super().__init__()
         self.gate = gate_layer(skip_channels, in_channels) if gate_layer is not None else None
         self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
@@ -78,11 +84,20 @@ class UNet(nn.Module):
     Input ``(B, in_channels, H, W)`` float32 of any ``H, W >= 1``; output ``(B, 1, H, W)`` logits.
     """
 
-    def __init__(self, in_channels: int = 1, base_channels: int = 64, depth: int = 5,
-                 attention_gates: bool = True, cbam: bool = True,
-                 downsample: Literal["blurpool", "maxpool"] = "blurpool", dropout: float = 0.1,
-                 downscale: int = 1, *, norm_layer: LayerType = nn.BatchNorm2d,
-                 act_layer: LayerType = RELU) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        depth: int = 5,
+        attention_gates: bool = True,
+        cbam: bool = True,
+        downsample: Literal["blurpool", "maxpool"] = "blurpool",
+        dropout: float = 0.1,
+        downscale: int = 1,
+        *,
+        norm_layer: LayerType = nn.BatchNorm2d,
+        act_layer: LayerType = RELU,
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2 (one stage plus a bottleneck), got {depth}")
@@ -141,7 +156,7 @@ class UNet(nn.Module):
             skips.append(z)
 
         z = skips.pop()  # bottleneck, (B, C_{depth-1}, Hp/(s*2**(depth-1)), ...)
-        for stage, skip in zip(self.decoder, reversed(skips)):
+        for stage, skip in zip(self.decoder, reversed(skips), strict=True):
             z = stage(z, skip)  # (B, C_i, 2h, 2w)
         logits = self.head(z)  # (B, 1, Hp/s, Wp/s)
 

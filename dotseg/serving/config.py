@@ -41,6 +41,9 @@ class ServeConfig(Section):
 
     @model_validator(mode="after")
     def _replicas(self) -> Self:
-        check(self.min_replicas <= self.max_replicas, "min_replicas",
-              f"must be <= max_replicas ({self.max_replicas}), got {self.min_replicas}")
+        check(
+            self.min_replicas <= self.max_replicas,
+            "min_replicas",
+            f"must be <= max_replicas ({self.max_replicas}), got {self.min_replicas}",
+        )
         return self

@@ -15,34 +15,44 @@ _Pos = Annotated[float, Field(gt=0.0)]
 
 
 class ShapeConfig(Section):
-    control_points: Annotated[tuple[Annotated[int, Field(ge=3, le=64)], Annotated[int, Field(ge=3, le=64)]],
-                              ORDERED] = (5, 15)
+    control_points: Annotated[
+        tuple[Annotated[int, Field(ge=3, le=64)], Annotated[int, Field(ge=3, le=64)]], ORDERED
+    ] = (5, 15)
     """[min, max] number of control points the closed Bézier outline passes through."""
-    radius: Annotated[tuple[Annotated[float, Field(ge=0.02, le=0.45)], Annotated[float, Field(ge=0.02, le=0.45)]],
-                      ORDERED] = (0.14, 0.32)
+    radius: Annotated[
+        tuple[Annotated[float, Field(ge=0.02, le=0.45)], Annotated[float, Field(ge=0.02, le=0.45)]], ORDERED
+    ] = (0.14, 0.32)
     """[min, max] mean radius of the blob, as a fraction of the image side."""
-    irregularity: Annotated[tuple[Annotated[float, Field(ge=0.0, le=0.9)], Annotated[float, Field(ge=0.0, le=0.9)]],
-                            ORDERED] = (0.05, 0.45)
+    irregularity: Annotated[
+        tuple[Annotated[float, Field(ge=0.0, le=0.9)], Annotated[float, Field(ge=0.0, le=0.9)]], ORDERED
+    ] = (0.05, 0.45)
     """[min, max] relative spread of the control points' radii around the mean (0 = near-circular)."""
-    smoothness: Annotated[tuple[Annotated[float, Field(ge=0.0, le=0.6)], Annotated[float, Field(ge=0.0, le=0.6)]],
-                          ORDERED] = (0.25, 0.45)
+    smoothness: Annotated[
+        tuple[Annotated[float, Field(ge=0.0, le=0.6)], Annotated[float, Field(ge=0.0, le=0.6)]], ORDERED
+    ] = (0.25, 0.45)
     """[min, max] Bézier handle length as a fraction of the distance to the neighbouring control point."""
     margin: float = Field(0.03, ge=0.0, le=0.2)
     """Minimum gap between the shape and the image border, as a fraction of the side."""
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
-        check(self.radius[1] * 2 + self.margin * 2 < 1.0, "radius",
-              "the largest blob plus its margins must fit inside the frame (2*radius[1] + 2*margin < 1)")
+        check(
+            self.radius[1] * 2 + self.margin * 2 < 1.0,
+            "radius",
+            "the largest blob plus its margins must fit inside the frame (2*radius[1] + 2*margin < 1)",
+        )
         return self
 
 
 class DotsConfig(Section):
-    count: Annotated[tuple[Annotated[int, Field(ge=1, le=400)], Annotated[int, Field(ge=1, le=400)]],
-                     ORDERED] = (15, 80)
+    count: Annotated[tuple[Annotated[int, Field(ge=1, le=400)], Annotated[int, Field(ge=1, le=400)]], ORDERED] = (
+        15,
+        80,
+    )
     """[min, max] number of dots drawn inside the shape."""
-    radius: Annotated[tuple[Annotated[float, Field(ge=0.5, le=32.0)], Annotated[float, Field(ge=0.5, le=32.0)]],
-                      ORDERED] = (2.0, 6.0)
+    radius: Annotated[
+        tuple[Annotated[float, Field(ge=0.5, le=32.0)], Annotated[float, Field(ge=0.5, le=32.0)]], ORDERED
+    ] = (2.0, 6.0)
     """[min, max] dot radius in pixels at ``reference_size``; scaled with the image size."""
     reference_size: int = Field(512, ge=16, le=8192)
     """Image side (px) at which ``radius`` is given."""
@@ -60,13 +70,16 @@ class NoiseConfig(Section):
     """Additive x + N(0, sigma^2): [mildest, harshest] sigma."""
     poisson_lambda: tuple[_Pos, _Pos] = (300.0, 1.0)
     """Shot noise Pois(lambda * x) / lambda: [mildest, harshest] lambda (large lambda = mild)."""
-    salt_pepper_p: Annotated[tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]],
-                             ORDERED] = (0.01, 0.5)
+    salt_pepper_p: Annotated[
+        tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]], ORDERED
+    ] = (0.01, 0.5)
     """Impulse noise: [mildest, harshest] fraction of pixels set to 0 or 1 (half each)."""
     speckle_sigma: Annotated[tuple[_Pos, _Pos], ORDERED] = (0.05, 2.0)
     """Multiplicative x + x * N(0, sigma^2): [mildest, harshest] sigma."""
-    mixed_count: Annotated[tuple[Annotated[int, Field(ge=2, le=4)], Annotated[int, Field(ge=2, le=4)]],
-                           ORDERED] = (2, 3)
+    mixed_count: Annotated[tuple[Annotated[int, Field(ge=2, le=4)], Annotated[int, Field(ge=2, le=4)]], ORDERED] = (
+        2,
+        3,
+    )
     """[min, max] number of distinct types composed in a 'mixed' sample."""
     interpolation: Literal["linear", "log"] = "linear"
     """How ``noise_scale`` moves a parameter from its mildest to its harshest end. Each sample draws
@@ -78,8 +91,11 @@ class NoiseConfig(Section):
         check(len(set(self.types)) == len(self.types), "types", f"has duplicates: {list(self.types)}")
         # Lambda is the odd one out: a large lambda is mild. (With fewer types than mixed_count
         # asks for, a mixed sample composes all of them.)
-        check(self.poisson_lambda[0] >= self.poisson_lambda[1], "poisson_lambda",
-              "is [mildest, harshest]: the mild lambda must be >= the harsh one, e.g. [300, 1]")
+        check(
+            self.poisson_lambda[0] >= self.poisson_lambda[1],
+            "poisson_lambda",
+            "is [mildest, harshest]: the mild lambda must be >= the harsh one, e.g. [300, 1]",
+        )
         return self
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -17,19 +18,26 @@ from dotseg.synthesis.noise import ORDER
 GRID_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.floating, float)):
+def jsonable(v: Any) -> Any:
+    """``v`` as strict JSON values, recursively: infinities (a clean image's SNR) as the strings
+    "inf"/"-inf", NaN as null, numpy scalars as Python values, other objects as strings."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (float, np.floating)):
         v = float(v)
-        return None if math.isnan(v) else ("inf" if math.isinf(v) else v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.str_):
-        return str(v)
-    return v
+        return v if math.isfinite(v) else None if math.isnan(v) else "inf" if v > 0 else "-inf"
+    if isinstance(v, (np.integer, np.bool_)):
+        return v.item()
+    if v is None or isinstance(v, (str, int)):
+        return v
+    return str(v)
 
 
-def write_sample(out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.ndarray,
-                 meta: dict[str, Any], preview: bool = True) -> Path:
+def write_sample(
+    out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.ndarray, meta: dict[str, Any], preview: bool = True
+) -> Path:
     """``sample_<index>.npz`` (image, mask, dots, meta as JSON) and ``sample_<index>.png``.
 
     The npz holds only plain arrays and a JSON string, so it loads with ``allow_pickle=False``.
@@ -37,7 +45,7 @@ def write_sample(out_dir: Path, image: np.ndarray, mask: np.ndarray, dots: np.nd
     from dotseg import plots
 
     index = int(meta["index"])
-    meta_json = json.dumps({k: _jsonable(v) for k, v in meta.items()}, sort_keys=True)
+    meta_json = json.dumps({k: jsonable(v) for k, v in meta.items()}, sort_keys=True)
     path = out_dir / f"sample_{index:06d}.npz"
     dots = dots[~np.isnan(dots[:, 0])] if len(dots) else dots
     np.savez(path, image=image, mask=mask, dots=dots, meta=np.array(meta_json))
@@ -59,6 +67,23 @@ def rows_of(batch: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarr
         yield batch["image"][i], batch["mask"][i], batch["dots"][i], meta
 
 
+def write_samples(
+    batches: Iterable[dict[str, np.ndarray]], out_dir: Path, total: int, *, preview: bool = True, progress: bool = True
+) -> int:
+    """Write every sample of ``batches`` (as :func:`make_batch` gives them) into ``out_dir``; returns the count."""
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
+        for batch in batches:
+            for image, mask, dots, meta in rows_of(batch):
+                write_sample(out_dir, image, mask, dots, meta, preview=preview)
+                written += 1
+                bar.update(1)
+    return written
+
+
 def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterable[float] = GRID_LEVELS) -> Path:
     """One figure: rows = clean and each noise type (plus a 2-type mix), columns = severity levels,
     every cell with its ground-truth outline and SNR. Each row keeps one shape and its dots, so only
@@ -72,7 +97,7 @@ def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterab
     if len(mix) == 2:
         rows.append(("+".join(mix), mix))
     cells = []
-    for r, (name, types) in enumerate(rows):
+    for r, (_, types) in enumerate(rows):
         row = []
         for level in levels:
             s = make_sample(cfg, seed, r, noisy=types is not None, noise_types=types, severity=level)
@@ -81,5 +106,10 @@ def noise_grid(cfg: SynthesisConfig, seed: int, path: str | Path, levels: Iterab
             row.append((s.image, s.mask, caption))
         cells.append(row)
     col_labels = [f"severity {lv:g}" for lv in levels]
-    return plots.sample_grid(cells, [r[0] for r in rows], col_labels, path,
-                           title=f"dotseg synthesis, {cfg.size} px, seed {seed} (green: ground-truth outline)")
+    return plots.sample_grid(
+        cells,
+        [r[0] for r in rows],
+        col_labels,
+        path,
+        title=f"dotseg synthesis, {cfg.size} px, seed {seed} (green: ground-truth outline)",
+    )

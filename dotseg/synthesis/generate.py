@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,13 @@ def _clean_copy(image: np.ndarray) -> np.ndarray:
     return buf
 
 
-def _check_knobs(seed: int, noise_scale: float, mixed_prob: float, noise_types: Sequence[str] | None = None,
-                 severity: float | None = None) -> None:
+def _check_knobs(
+    seed: int,
+    noise_scale: float,
+    mixed_prob: float,
+    noise_types: Sequence[str] | None = None,
+    severity: float | None = None,
+) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if noise_types is not None:
@@ -91,9 +97,18 @@ def _check_knobs(seed: int, noise_scale: float, mixed_prob: float, noise_types: 
         raise ValueError(f"mixed_prob must be in [0, 1], got {mixed_prob!r}")
 
 
-def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mixed_prob: float,
-            noisy: bool, image: np.ndarray, mask: np.ndarray, noise_types: Sequence[str] | None,
-            severity: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _render(
+    cfg: SynthesisConfig,
+    seed: int,
+    index: int,
+    noise_scale: float,
+    mixed_prob: float,
+    noisy: bool,
+    image: np.ndarray,
+    mask: np.ndarray,
+    noise_types: Sequence[str] | None,
+    severity: float | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Draw one sample into the preallocated ``image`` (zeros) and ``mask``; return (dots, meta)."""
     size = cfg.size
     geo = np.random.default_rng([int(seed), int(index), _GEOMETRY_STREAM])
@@ -103,12 +118,20 @@ def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mix
     draw_dots(image, dots)
 
     meta: dict[str, Any] = {
-        "index": int(index), "n_control": blob.n_control, "shape_radius": blob.radius,
-        "irregularity": blob.irregularity, "smoothness": blob.smoothness,
-        "center_y": blob.center[0], "center_x": blob.center[1], "area": blob.area,
-        "n_dots": len(dots), "placement": placement, "noise": "none",
-        **{name: math.nan for name in PARAM.values()},
-        "noise_scale": noise_scale if noisy else 0.0, "mixed_prob": mixed_prob if noisy else 0.0,
+        "index": int(index),
+        "n_control": blob.n_control,
+        "shape_radius": blob.radius,
+        "irregularity": blob.irregularity,
+        "smoothness": blob.smoothness,
+        "center_y": blob.center[0],
+        "center_x": blob.center[1],
+        "area": blob.area,
+        "n_dots": len(dots),
+        "placement": placement,
+        "noise": "none",
+        **dict.fromkeys(PARAM.values(), math.nan),
+        "noise_scale": noise_scale if noisy else 0.0,
+        "mixed_prob": mixed_prob if noisy else 0.0,
         "snr_db": math.inf,
     }
     if noisy:
@@ -124,9 +147,16 @@ def _render(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float, mix
     return dots, meta
 
 
-def make_sample(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float = 1.0,
-                mixed_prob: float = 0.0, noisy: bool = True, noise_types: Sequence[str] | None = None,
-                severity: float | None = None) -> Sample:
+def make_sample(
+    cfg: SynthesisConfig,
+    seed: int,
+    index: int,
+    noise_scale: float = 1.0,
+    mixed_prob: float = 0.0,
+    noisy: bool = True,
+    noise_types: Sequence[str] | None = None,
+    severity: float | None = None,
+) -> Sample:
     """One sample.
 
     Args:
@@ -147,9 +177,16 @@ def make_sample(cfg: SynthesisConfig, seed: int, index: int, noise_scale: float 
     return Sample(image=image, mask=mask, dots=dots, meta=meta)
 
 
-def make_batch(cfg: SynthesisConfig, seed: int, indices: Sequence[int] | np.ndarray,
-               noise_scale: float = 1.0, mixed_prob: float = 0.0, noisy: bool = True,
-               noise_types: Sequence[str] | None = None, severity: float | None = None) -> dict[str, np.ndarray]:
+def make_batch(
+    cfg: SynthesisConfig,
+    seed: int,
+    indices: Sequence[int] | np.ndarray,
+    noise_scale: float = 1.0,
+    mixed_prob: float = 0.0,
+    noisy: bool = True,
+    noise_types: Sequence[str] | None = None,
+    severity: float | None = None,
+) -> dict[str, np.ndarray]:
     """A batch as a dict of equal-length numpy arrays (the Ray Data batch format).
 
     Keys: ``image`` (B, H, W) float32, ``mask`` (B, H, W) uint8, ``dots`` (B, max_dots, 3) float32
@@ -167,8 +204,18 @@ def make_batch(cfg: SynthesisConfig, seed: int, indices: Sequence[int] | np.ndar
     }
     metas = []
     for i, index in enumerate(indices):
-        dots, meta = _render(cfg, seed, int(index), noise_scale, mixed_prob, noisy, out["image"][i],
-                             out["mask"][i], noise_types, severity)
+        dots, meta = _render(
+            cfg,
+            seed,
+            int(index),
+            noise_scale,
+            mixed_prob,
+            noisy,
+            out["image"][i],
+            out["mask"][i],
+            noise_types,
+            severity,
+        )
         out["dots"][i, : len(dots)] = dots
         metas.append(meta)
     for name, dtype in META_COLUMNS.items():

@@ -64,7 +64,7 @@ def add_normal(rng: np.random.Generator, x: np.ndarray, sigma: float, multiplica
     buf = _buffer()
     s = np.float32(sigma)
     for start in range(0, len(x), _CHUNK):
-        part = x[start:start + _CHUNK]
+        part = x[start : start + _CHUNK]
         noise = _normal_into(rng, buf[: len(part)])
         noise *= s
         if multiplicative:
@@ -82,8 +82,9 @@ def choose_types(rng: np.random.Generator, cfg: NoiseConfig, mixed_prob: float) 
     return tuple(t for t in ORDER if t in picked)
 
 
-def draw_param(rng: np.random.Generator, cfg: NoiseConfig, kind: str, noise_scale: float,
-               severity: float | None = None) -> float:
+def draw_param(
+    rng: np.random.Generator, cfg: NoiseConfig, kind: str, noise_scale: float, severity: float | None = None
+) -> float:
     """A parameter between the mildest end and ``noise_scale`` of the way to the harshest, or
     exactly ``severity`` of the way (0 = mildest, 1 = harshest) when it is given."""
     mild, harsh = getattr(cfg, PARAM[kind])
@@ -96,8 +97,7 @@ def draw_param(rng: np.random.Generator, cfg: NoiseConfig, kind: str, noise_scal
     return float(mild + u * (harsh - mild))
 
 
-def apply_noise(rng: np.random.Generator, image: np.ndarray, types: tuple[str, ...],
-                params: dict[str, float]) -> None:
+def apply_noise(rng: np.random.Generator, image: np.ndarray, types: tuple[str, ...], params: dict[str, float]) -> None:
     """Corrupt ``image`` (H, W) float32 in place with ``types`` (in composition order)."""
     flat = image.reshape(-1)
     support: np.ndarray | None = None  # flat indices of the non-zero signal, computed once
@@ -118,7 +118,7 @@ def apply_noise(rng: np.random.Generator, image: np.ndarray, types: tuple[str, .
             # Each pixel independently: pepper (0) with probability p/2, salt (1) with p/2.
             buf, half = _buffer(), np.float32(p / 2)
             for start in range(0, flat.size, _CHUNK):
-                part = flat[start:start + _CHUNK]
+                part = flat[start : start + _CHUNK]
                 u = rng.random(len(part), dtype=np.float32, out=buf[: len(part)])
                 part[u < half] = 0.0
                 part[u >= 1 - half] = 1.0

@@ -48,7 +48,7 @@ class Blob:
         """Write the blob into a zeroed full-frame ``mask`` (H, W) in place."""
         y0, x0 = self.origin
         h, w = self.crop.shape
-        mask[y0:y0 + h, x0:x0 + w] = self.crop
+        mask[y0 : y0 + h, x0 : x0 + w] = self.crop
 
 
 def bezier_outline(control: np.ndarray, smoothness: float) -> np.ndarray:
@@ -105,10 +105,17 @@ def make_blob(rng: np.random.Generator, cfg: ShapeConfig, size: int) -> Blob:
     ImageDraw.Draw(img).polygon((outline - (x0, y0)).ravel().tolist(), fill=1, outline=1)
     crop = _one_region(np.asarray(img, dtype=bool))
     rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
-    crop = crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return Blob(crop=np.ascontiguousarray(crop), origin=(y0 + int(rows[0]), x0 + int(cols[0])), n_control=n,
-                radius=radius, irregularity=irregularity, smoothness=smoothness,
-                center=(float(shift[1]), float(shift[0])), area=int(crop.sum()))
+    crop = crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return Blob(
+        crop=np.ascontiguousarray(crop),
+        origin=(y0 + int(rows[0]), x0 + int(cols[0])),
+        n_control=n,
+        radius=radius,
+        irregularity=irregularity,
+        smoothness=smoothness,
+        center=(float(shift[1]), float(shift[0])),
+        area=int(crop.sum()),
+    )
 
 
 def _one_region(crop: np.ndarray) -> np.ndarray:

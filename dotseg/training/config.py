@@ -90,9 +90,15 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        check(self.warmup_epochs < self.epochs or self.epochs == 1, "warmup_epochs",
-              f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}")
-        check(self.samples_per_epoch >= self.batch_size * self.num_workers, "samples_per_epoch",
-              f"must be at least batch_size * num_workers = {self.batch_size * self.num_workers} "
-              f"so every worker gets one full batch, got {self.samples_per_epoch}")
+        check(
+            self.warmup_epochs < self.epochs or self.epochs == 1,
+            "warmup_epochs",
+            f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}",
+        )
+        check(
+            self.samples_per_epoch >= self.batch_size * self.num_workers,
+            "samples_per_epoch",
+            f"must be at least batch_size * num_workers = {self.batch_size * self.num_workers} "
+            f"so every worker gets one full batch, got {self.samples_per_epoch}",
+        )
         return self

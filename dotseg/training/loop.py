@@ -55,8 +55,11 @@ class LoopArgs:
 
     @classmethod
     def from_ray(cls, data: dict[str, Any]) -> LoopArgs:
-        return cls(cfg=Config.from_dict(data["cfg"]), run_dir=Path(data["run_dir"]),
-                   stop_after_epoch=data.get("stop_after_epoch"))
+        return cls(
+            cfg=Config.from_dict(data["cfg"]),
+            run_dir=Path(data["run_dir"]),
+            stop_after_epoch=data.get("stop_after_epoch"),
+        )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -73,8 +76,9 @@ def steps_per_epoch(cfg: Config, world: int) -> int:
     return max(cfg.train.samples_per_epoch // (world * cfg.train.batch_size), 1)
 
 
-def _epoch_batches(cfg: Config, epoch: int, phase: Phase, rank: int, world: int, device: torch.device
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _epoch_batches(
+    cfg: Config, epoch: int, phase: Phase, rank: int, world: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's training batches of ``epoch``: (images, masks) as (B, 1, H, W) float32 on ``device``."""
     import ray.data
 
@@ -85,16 +89,27 @@ def _epoch_batches(cfg: Config, epoch: int, phase: Phase, rank: int, world: int,
     # Streaming order must not depend on which task finishes first, or a resumed run would see
     # the same samples in another order and drift from the uninterrupted one.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = synthesis_dataset(cfg.synthesis, cfg.data, epoch_seed(cfg.train.seed, epoch), per_rank,
-                           offset=rank * per_rank, noise_scale=phase.noise_scale, mixed_prob=phase.mixed_prob,
-                           columns=("image", "mask"), model_input=True)
-    batches = ds.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True,
-                                    prefetch_batches=cfg.data.prefetch_batches)
+    ds = synthesis_dataset(
+        cfg.synthesis,
+        cfg.data,
+        epoch_seed(cfg.train.seed, epoch),
+        per_rank,
+        offset=rank * per_rank,
+        noise_scale=phase.noise_scale,
+        mixed_prob=phase.mixed_prob,
+        columns=("image", "mask"),
+        model_input=True,
+    )
+    batches = ds.iter_torch_batches(
+        batch_size=cfg.train.batch_size, drop_last=True, prefetch_batches=cfg.data.prefetch_batches
+    )
     for i, b in enumerate(batches):
         if i >= steps:
             break
-        yield (b["image"].unsqueeze(1).to(device, non_blocking=True),
-               b["mask"].unsqueeze(1).to(device, dtype=torch.float32, non_blocking=True))
+        yield (
+            b["image"].unsqueeze(1).to(device, non_blocking=True),
+            b["mask"].unsqueeze(1).to(device, dtype=torch.float32, non_blocking=True),
+        )
 
 
 def _validation(cfg: Config, rank: int, world: int) -> Any | None:
@@ -103,8 +118,16 @@ def _validation(cfg: Config, rank: int, world: int) -> Any | None:
     from dotseg.data import validation_shard
 
     mixed = max(p.mixed_prob for p in cfg.curriculum.phases)
-    return validation_shard(cfg.synthesis, cfg.data, val_seed(cfg.train.seed), cfg.train.val_samples,
-                            rank=rank, world=world, noise_scale=1.0, mixed_prob=mixed)
+    return validation_shard(
+        cfg.synthesis,
+        cfg.data,
+        val_seed(cfg.train.seed),
+        cfg.train.val_samples,
+        rank=rank,
+        world=world,
+        noise_scale=1.0,
+        mixed_prob=mixed,
+    )
 
 
 def _val_batches(shard: Any | None, batch_size: int, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -115,8 +138,9 @@ def _val_batches(shard: Any | None, batch_size: int, column: str) -> Iterator[tu
         yield b[column], b["mask"]
 
 
-def _panels(model: torch.nn.Module, shard: Any | None, cfg: Config, device: torch.device, n: int
-            ) -> list[tuple[np.ndarray, str]]:
+def _panels(
+    model: torch.nn.Module, shard: Any | None, cfg: Config, device: torch.device, n: int
+) -> list[tuple[np.ndarray, str]]:
     """image | truth | prediction strips for the first ``n`` validation samples of this rank."""
     from dotseg.plots import panel_row
 
@@ -127,8 +151,13 @@ def _panels(model: torch.nn.Module, shard: Any | None, cfg: Config, device: torc
     with torch.no_grad(), autocast(device, cfg.train.amp):
         logits = model(torch.from_numpy(b["image"]).unsqueeze(1).to(device))  # (n, 1, H, W)
     prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()  # (n, H, W)
-    return [(panel_row(b["image"][i], b["mask"][i], prob[i] >= cfg.train.threshold, prob[i]),
-             f"{b['noise'][i]}, SNR {b['snr_db'][i]:.1f} dB") for i in range(len(prob))]
+    return [
+        (
+            panel_row(b["image"][i], b["mask"][i], prob[i] >= cfg.train.threshold, prob[i]),
+            f"{b['noise'][i]}, SNR {b['snr_db'][i]:.1f} dB",
+        )
+        for i in range(len(prob))
+    ]
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +199,9 @@ def _run(args: LoopArgs) -> dict[str, Any]:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = LoopState.from_dict(load_training_checkpoint(d, model, optimizer, scheduler, scaler,
-                                                                 expect=cfg.model))
+            state = LoopState.from_dict(
+                load_training_checkpoint(d, model, optimizer, scheduler, scaler, expect=cfg.model)
+            )
         if rank == 0:
             log.info(f"resumed from the checkpoint of epoch {state.epoch}")
 
@@ -190,8 +220,9 @@ def _run(args: LoopArgs) -> dict[str, Any]:
         sums: dict[str, float] = {}
         n_steps = 0
         for images, masks in _epoch_batches(cfg, epoch, phase, rank, world, device):
-            out = train_step(model, images, masks, loss_fn, weights, optimizer, scheduler, scaler, device,
-                             tcfg.amp, tcfg.grad_clip)
+            out = train_step(
+                model, images, masks, loss_fn, weights, optimizer, scheduler, scaler, device, tcfg.amp, tcfg.grad_clip
+            )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
@@ -204,41 +235,69 @@ def _run(args: LoopArgs) -> dict[str, Any]:
         epoch_time = time.perf_counter() - t0
         epoch_times.append(epoch_time)
         metrics: dict[str, Any] = {
-            "epoch": epoch, "phase": phase.name, "noise_scale": phase.noise_scale, "mixed_prob": phase.mixed_prob,
+            "epoch": epoch,
+            "phase": phase.name,
+            "noise_scale": phase.noise_scale,
+            "mixed_prob": phase.mixed_prob,
             **{k: v / n_steps for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in noisy.items()}, "clean_dice": clean["dice"],
+            **{f"val_{k}": v for k, v in noisy.items()},
+            "clean_dice": clean["dice"],
             "clean_fg_ratio": clean["fg_ratio"],
-            "lr": scheduler.get_last_lr()[0], "w_dice": weights.dice, "w_bce": weights.bce,
+            "lr": scheduler.get_last_lr()[0],
+            "w_dice": weights.dice,
+            "w_bce": weights.bce,
             "w_boundary": weights.boundary,
-            "samples_per_s": steps * tcfg.batch_size * world / train_time, "epoch_time_s": epoch_time,
+            "samples_per_s": steps * tcfg.batch_size * world / train_time,
+            "epoch_time_s": epoch_time,
         }
-        state = after_epoch(state, metrics, early=tcfg.early_stopping, guard=tcfg.collapse, epochs=tcfg.epochs,
-                            stop_after=args.stop_after_epoch)
+        state = after_epoch(
+            state,
+            metrics,
+            early=tcfg.early_stopping,
+            guard=tcfg.collapse,
+            epochs=tcfg.epochs,
+            stop_after=args.stop_after_epoch,
+        )
         metrics = state.history[-1]
 
         if rank == 0:
             eta = (tcfg.epochs - epoch) * (sum(epoch_times) / len(epoch_times))
-            log.info(f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
-                     f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
-                     f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
-                     f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}")
+            log.info(
+                f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
+                f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
+                f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
+                f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}"
+            )
             guard = tcfg.collapse
             if is_collapsed(epoch, clean["dice"], clean["fg_ratio"], guard):
-                log.warning(f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
-                            f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
-                            f"(min {guard.min_foreground_ratio}); {state.collapsed} epoch(s) in a row"
-                            + (f", stopping after {guard.max_epochs}" if guard.max_epochs else ""))
-            tracking.log_epoch(run, epoch, metrics,
-                               _panels(model, val, cfg, device, tcfg.wandb.images_per_epoch) if run else None)
+                log.warning(
+                    f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
+                    f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
+                    f"(min {guard.min_foreground_ratio}); {state.collapsed} epoch(s) in a row"
+                    + (f", stopping after {guard.max_epochs}" if guard.max_epochs else "")
+                )
+            tracking.log_epoch(
+                run, epoch, metrics, _panels(model, val, cfg, device, tcfg.wandb.images_per_epoch) if run else None
+            )
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:  # every rank reports (a barrier); rank 0 alone writes
-                save_training_checkpoint(tmp, model, cfg, metrics=metrics, epoch=epoch, optimizer=optimizer,
-                                         scheduler=scheduler, scaler=scaler, loop=state.to_dict())
+                save_training_checkpoint(
+                    tmp,
+                    model,
+                    cfg,
+                    metrics=metrics,
+                    epoch=epoch,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    loop=state.to_dict(),
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                             checkpoint=checkpoint)
+            ray.train.report(
+                {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}, checkpoint=checkpoint
+            )
         if state.stop_reason != "completed":
             if rank == 0:
                 log.info(f"stopping at epoch {epoch}: {state.stop_reason.replace('_', ' ')}")

@@ -27,8 +27,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dotseg.config import (CHANGEABLE_ON_RESUME, NOT_IN_RUN_IDENTITY, Config, config_from_dict, dump_yaml,
-                           load_config, load_yaml, to_dict)
+from dotseg.config import (
+    CHANGEABLE_ON_RESUME,
+    NOT_IN_RUN_IDENTITY,
+    Config,
+    config_from_dict,
+    dump_yaml,
+    load_config,
+    load_yaml,
+    to_dict,
+)
 from dotseg.configbase import apply_override, diff_keys, drop_paths
 from dotseg.plots import plot_history
 
@@ -63,15 +71,18 @@ def new_run_dir(cfg: Config, name: str | None = None) -> Path:
     return path
 
 
-def resume_config(run_dir: Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                  ) -> Config:
+def resume_config(
+    run_dir: Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """The config to resume ``run_dir`` with: its saved ``config.yaml``, or ``config`` if given, with
     ``overrides`` on top. Refused, naming the keys, if the run identity would change (anything that
     shapes the weights but :data:`~dotseg.config.CHANGEABLE_ON_RESUME`)."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.exists():
-        raise TrainError(f"{run_dir} is not a dotseg run directory (no config.yaml); "
-                         f"pass the directory `dotseg train` printed when the run started")
+        raise TrainError(
+            f"{run_dir} is not a dotseg run directory (no config.yaml); "
+            f"pass the directory `dotseg train` printed when the run started"
+        )
     saved = config_from_dict(load_yaml(saved_file.read_text(), str(saved_file)))
     if config is not None:
         requested = load_config(config, overrides)
@@ -85,9 +96,11 @@ def resume_config(run_dir: Path, config: str | Path | None = None, overrides: li
     if drift:
         shown = ", ".join(f"{k} ({_value(saved, k)!r} -> {_value(requested, k)!r})" for k in drift[:6])
         more = f" and {len(drift) - 6} more" if len(drift) > 6 else ""
-        raise TrainError(f"refusing to resume {run_dir.name}: settings that shape the weights differ from the run's "
-                         f"config.yaml: {shown}{more}. Resume without changing those keys (only "
-                         f"{', '.join(CHANGEABLE_ON_RESUME)} may change), or start a new run")
+        raise TrainError(
+            f"refusing to resume {run_dir.name}: settings that shape the weights differ from the run's "
+            f"config.yaml: {shown}{more}. Resume without changing those keys (only "
+            f"{', '.join(CHANGEABLE_ON_RESUME)} may change), or start a new run"
+        )
     return requested
 
 
@@ -105,12 +118,16 @@ def check_resources(cfg: Config, resources: dict[str, float]) -> None:
     need_cpu = t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_task
     have_cpu = resources.get("CPU", 0.0)
     if need_cpu > have_cpu:
-        raise TrainError(f"the cluster has {have_cpu:g} CPUs but {t.num_workers} workers x {t.cpus_per_worker:g} CPUs "
-                         f"+ {cfg.data.cpus_per_task:g} for a synthesis task need {need_cpu:g}; lower "
-                         f"train.num_workers / train.cpus_per_worker / data.cpus_per_task or add nodes")
+        raise TrainError(
+            f"the cluster has {have_cpu:g} CPUs but {t.num_workers} workers x {t.cpus_per_worker:g} CPUs "
+            f"+ {cfg.data.cpus_per_task:g} for a synthesis task need {need_cpu:g}; lower "
+            f"train.num_workers / train.cpus_per_worker / data.cpus_per_task or add nodes"
+        )
     if t.use_gpu and resources.get("GPU", 0.0) < t.num_workers:
-        raise TrainError(f"--gpu asks for {t.num_workers} GPU(s) but the cluster has {resources.get('GPU', 0.0):g}; "
-                         f"drop --gpu or use fewer workers")
+        raise TrainError(
+            f"--gpu asks for {t.num_workers} GPU(s) but the cluster has {resources.get('GPU', 0.0):g}; "
+            f"drop --gpu or use fewer workers"
+        )
 
 
 def local_cpus(cfg: Config) -> int:
@@ -121,8 +138,16 @@ def local_cpus(cfg: Config) -> int:
     return max(os.cpu_count() or 1, int(-(-need // 1)))
 
 
-def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = None, address: str | None = None,
-          quiet: bool = False, verbose: bool = False, stop_after_epoch: int | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    run_dir: Path | None = None,
+    resume: Path | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+    verbose: bool = False,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
     """Train ``cfg`` (or resume ``resume``) and return where the best checkpoint is.
 
     Progress (the run line, and the workers' per-epoch lines relayed to this process) is logged to
@@ -144,19 +169,24 @@ def train(cfg: Config, *, run_dir: Path | None = None, resume: Path | None = Non
     (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
 
     with ray_logs_to(run_dir / RAY_LOG, console=verbose):
-        resources = init_ray(address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose,
-                             logging_level=logging.INFO)
+        resources = init_ray(
+            address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
+        )
         check_resources(cfg, resources)
         trainer = _trainer(cfg, run_dir, stop_after_epoch)
         if not quiet:
-            log.info(f"run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
-                     f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)")
+            log.info(
+                f"run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
+                f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)"
+            )
         try:
             with RecordRelay(run_dir / WORKER_LOG) if not quiet else contextlib.nullcontext():
                 result = trainer.fit()
         except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
-            raise TrainError(f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
-                             f"fix the cause and resume with --resume {run_dir})") from e
+            raise TrainError(
+                f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
+                f"fix the cause and resume with --resume {run_dir})"
+            ) from e
     return _finish(run_dir, result, time.perf_counter() - t0)
 
 
@@ -168,17 +198,19 @@ def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
 
     t = cfg.train
     return TorchTrainer(
-        train_worker,
+        train_worker,  # type: ignore[arg-type]  # Train V2 returns its value as Result.return_value
         train_loop_config=LoopArgs(cfg=cfg, run_dir=run_dir, stop_after_epoch=stop_after_epoch).to_ray(),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints,
-                                                         checkpoint_score_attribute="val_dice",
-                                                         checkpoint_score_order="max"),
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_dice", checkpoint_score_order="max"
+            ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]  # V2 RunConfig
         ),
         # NCCL for GPUs, gloo for CPU DDP.
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
@@ -200,5 +232,11 @@ def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
         if history:
             plot_history(history, run_dir / "curves.png")
     ret = result.return_value or {}
-    return TrainResult(run_dir=run_dir, best_checkpoint=best_path, best_metrics=dict(best_metrics),
-                       history=history, stop_reason=ret.get("stop_reason", "completed"), wall_s=wall_s)
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_path,
+        best_metrics=dict(best_metrics),
+        history=history,
+        stop_reason=ret.get("stop_reason", "completed"),
+        wall_s=wall_s,
+    )

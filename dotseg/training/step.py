@@ -29,20 +29,31 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its per-step warmup + cosine schedule."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.min_lr_ratio))
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.min_lr_ratio)
+    )
     return optimizer, scheduler
 
 
-def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: CompoundLoss,
-               weights: LossWeights, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-               device: torch.device, amp: bool, grad_clip: float) -> dict[str, float]:
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    loss_fn: CompoundLoss,
+    weights: LossWeights,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+    grad_clip: float,
+) -> dict[str, float]:
     """One optimizer step on a batch. images, masks: (B, 1, H, W) float32 on ``device``."""
     model.train()
     with autocast(device, amp):
@@ -57,15 +68,20 @@ def train_step(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    return {"loss": float(loss.detach()), **{f"loss_{k}": float(v) for k, v in parts.items()},
-            "grad_norm": grad_norm}
+    return {"loss": float(loss.detach()), **{f"loss_{k}": float(v) for k, v in parts.items()}, "grad_norm": grad_norm}
 
 
 # -- validation -----------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device,
-             amp: bool, threshold: float) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    device: torch.device,
+    amp: bool,
+    threshold: float,
+) -> dict[str, float]:
     """Mean per-sample Dice, IoU, precision, recall over ``batches``, summed across DDP ranks, plus
     the predicted-to-true foreground ratio (the blank-mask detector)."""
     model.eval()

@@ -58,8 +58,15 @@ def is_collapsed(epoch: int, clean_dice: float, fg_ratio: float, guard: Collapse
     return epoch > guard.grace_epochs and (clean_dice < guard.min_clean_dice or fg_ratio < guard.min_foreground_ratio)
 
 
-def after_epoch(state: LoopState, metrics: dict[str, Any], *, early: EarlyStoppingConfig,
-                guard: CollapseGuardConfig, epochs: int, stop_after: int | None = None) -> LoopState:
+def after_epoch(
+    state: LoopState,
+    metrics: dict[str, Any],
+    *,
+    early: EarlyStoppingConfig,
+    guard: CollapseGuardConfig,
+    epochs: int,
+    stop_after: int | None = None,
+) -> LoopState:
     """The state after an epoch with these metrics (``epoch``, ``val_dice``, ``clean_dice``,
     ``clean_fg_ratio``), including whether the run stops now and why. ``metrics`` gains
     ``collapsed_epochs`` in the history."""
@@ -68,8 +75,9 @@ def after_epoch(state: LoopState, metrics: dict[str, Any], *, early: EarlyStoppi
         best, bad = float(metrics["val_dice"]), 0
     else:
         best, bad = state.best_dice, state.bad_epochs + 1
-    collapsed = state.collapsed + 1 if is_collapsed(epoch, metrics["clean_dice"], metrics["clean_fg_ratio"],
-                                                    guard) else 0
+    collapsed = (
+        state.collapsed + 1 if is_collapsed(epoch, metrics["clean_dice"], metrics["clean_fg_ratio"], guard) else 0
+    )
     reason: StopReason = "completed"
     if guard.max_epochs and collapsed >= guard.max_epochs:
         reason = "collapse"
@@ -77,5 +85,11 @@ def after_epoch(state: LoopState, metrics: dict[str, Any], *, early: EarlyStoppi
         reason = "early_stopping"
     elif stop_after is not None and stop_after <= epoch < epochs:
         reason = "paused"  # --stop-after-epoch: resumable, unlike the two above
-    return LoopState(epoch=epoch, best_dice=best, bad_epochs=bad, collapsed=collapsed, stop_reason=reason,
-                     history=(*state.history, {**metrics, "collapsed_epochs": collapsed}))
+    return LoopState(
+        epoch=epoch,
+        best_dice=best,
+        bad_epochs=bad,
+        collapsed=collapsed,
+        stop_reason=reason,
+        history=(*state.history, {**metrics, "collapsed_epochs": collapsed}),
+    )

@@ -20,8 +20,11 @@ class SearchDim(Section):
     @model_validator(mode="after")
     def _bounds(self) -> Self:
         if self.kind in ("uniform", "loguniform"):
-            check(len(self.values) == 2 and all(isinstance(v, (int, float)) for v in self.values),
-                  "values", f"{self.kind} needs [low, high] numbers, got {list(self.values)}")
+            check(
+                len(self.values) == 2 and all(isinstance(v, (int, float)) for v in self.values),
+                "values",
+                f"{self.kind} needs [low, high] numbers, got {list(self.values)}",
+            )
             check(self.values[0] < self.values[1], "values", f"low must be < high, got {list(self.values)}")
             if self.kind == "loguniform":
                 check(self.values[0] > 0, "values", "loguniform needs low > 0")
