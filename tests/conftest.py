@@ -26,3 +26,27 @@ def ray_session():
     init_ray(num_cpus=4, object_store_memory=1_000_000_000)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``dotseg ARGS...`` in this process (``dotseg.cli.main``), as a subprocess would be run:
+    returns a ``CompletedProcess`` with the exit status and the captured stdout and stderr. In-process
+    saves an interpreter start per call; tests that are about the process itself use subprocess."""
+    import subprocess
+
+    import torch
+
+    from dotseg.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        threads = torch.get_num_threads()  # --threads N is process-wide: do not leak it into other tests
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        finally:
+            torch.set_num_threads(threads)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["dotseg", *args], code, out.out, out.err)
+
+    return run

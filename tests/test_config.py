@@ -158,15 +158,13 @@ def _subparsers(parser):
     return {}
 
 
-def test_help_describes_every_option() -> None:
+def test_help_describes_every_option(cli) -> None:
     parser = build_parser()
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "--help"], capture_output=True, text=True)
+    out = cli("--help")
     assert out.returncode == 0
     for name, sub in _subparsers(parser).items():
         assert name in out.stdout
-        text = subprocess.run(
-            [sys.executable, "-m", "dotseg.cli", name, "--help"], capture_output=True, text=True
-        ).stdout
+        text = cli(name, "--help").stdout
         for action in sub._actions:
             if action.dest == "help":
                 continue
@@ -175,8 +173,8 @@ def test_help_describes_every_option() -> None:
                 assert opt in text, f"{opt} missing from `dotseg {name} --help`"
 
 
-def test_curriculum_command_prints_the_seed_schedule() -> None:
-    out = subprocess.run([sys.executable, "-m", "dotseg.cli", "curriculum"], capture_output=True, text=True)
+def test_curriculum_command_prints_the_seed_schedule(cli) -> None:
+    out = cli("curriculum")
     assert out.returncode == 0
     rows = {int(line.split()[0]): line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()}
     assert sorted(rows) == list(range(1, 81))

@@ -33,31 +33,15 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=reject)
 
 
-def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
+def test_evaluate_cli_writes_report_tables_and_plots(cli, tmp_path: Path) -> None:
     from dotseg.checkpoint import save_checkpoint
     from dotseg.config import load_config
     from dotseg.models import build_model
 
     cfg = load_config("smoke", ["synthesis.size=96"])
     ckpt = save_checkpoint(tmp_path / "m.safetensors", build_model(cfg.model), cfg, threshold=0.5, metrics={}, epoch=1)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dotseg.cli",
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--n",
-            "14",
-            "--out",
-            str(tmp_path / "ev"),
-            "--quiet",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    out = cli(
+        "evaluate", "--checkpoint", str(ckpt), "--n", "14", "--out", str(tmp_path / "ev"), "--quiet", "--threads", "1"
     )
     assert out.returncode == 0, out.stderr
     assert "overall" in out.stdout and "report.md" in out.stdout
@@ -79,18 +63,12 @@ def test_evaluate_cli_writes_report_tables_and_plots(tmp_path: Path) -> None:
         assert (tmp_path / "ev" / png).stat().st_size > 1000
 
 
-def test_evaluate_errors_are_one_line(tmp_path: Path) -> None:
+def test_evaluate_errors_are_one_line(cli, tmp_path: Path) -> None:
     bad = tmp_path / "x.safetensors"
     bad.write_text("<html><body>not found</body></html>")
-    out = subprocess.run(
-        [sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(bad), "--n", "2"],
-        capture_output=True,
-        text=True,
-    )
+    out = cli("evaluate", "--checkpoint", str(bad), "--n", "2")
     assert out.returncode == 2 and "HTML page" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(
-        [sys.executable, "-m", "dotseg.cli", "evaluate", "--baseline", "--n", "0"], capture_output=True, text=True
-    )
+    out = cli("evaluate", "--baseline", "--n", "0")
     assert out.returncode == 2 and "argument --n: must be >= 1, got 0" in out.stderr
 
 

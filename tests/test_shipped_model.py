@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import NoReturn
@@ -68,28 +66,21 @@ def test_configs_cpu_reproduces_the_shipped_settings(shipped: Predictor) -> None
     assert shipped.checkpoint.meta.run_id == load_config("cpu").run_id
 
 
-def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
+def test_fresh_install_predicts_a_png_without_training(cli, tmp_path: Path) -> None:
     cfg = load_config("cpu")
     sample = make_sample(cfg.synthesis, seed=7, index=3, noise_scale=0.5)
     grey = np.round(np.clip(sample.image / sample.image.max(), 0, 1) * 255).astype(np.uint8)  # an 8-bit PNG
     Image.fromarray(grey).save(tmp_path / "blob.png")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dotseg.cli",
-            "predict",
-            "-i",
-            str(tmp_path / "blob.png"),
-            "-o",
-            str(tmp_path / "out"),
-            "--overlay",
-            "--quiet",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    out = cli(
+        "predict",
+        "-i",
+        str(tmp_path / "blob.png"),
+        "-o",
+        str(tmp_path / "out"),
+        "--overlay",
+        "--quiet",
+        "--threads",
+        "1",
     )
     assert out.returncode == 0, out.stderr
     mask = np.asarray(Image.open(tmp_path / "out" / "blob_mask.png")) > 127
@@ -98,25 +89,9 @@ def test_fresh_install_predicts_a_png_without_training(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "blob_overlay.png").exists()
 
 
-def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(tmp_path: Path) -> None:
+def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(cli, tmp_path: Path) -> None:
     n = 48  # 6 of each kind: clean, every noise type across its severity range, mixes
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dotseg.cli",
-            "evaluate",
-            "--n",
-            str(n),
-            "--out",
-            str(tmp_path),
-            "--quiet",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out = cli("evaluate", "--n", str(n), "--out", str(tmp_path), "--quiet", "--threads", "1")
     assert out.returncode == 0, out.stderr
     assert "goal: overall Dice" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())

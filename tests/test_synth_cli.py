@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,8 @@ from dotseg.synthesis import make_batch, make_sample
 from dotseg.synthesis.export import load_sample
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dotseg.cli", *args], capture_output=True, text=True)
-
-
-def test_synth_writes_npz_previews_and_grid(tmp_path: Path) -> None:
-    out = run_cli(
+def test_synth_writes_npz_previews_and_grid(cli, tmp_path: Path) -> None:
+    out = cli(
         "synth",
         "--config",
         "smoke",
@@ -61,8 +55,8 @@ def test_synth_writes_npz_previews_and_grid(tmp_path: Path) -> None:
         (["--n", "2", "--out", "x", "--config", "nope"], "config file 'nope' not found"),
     ],
 )
-def test_synth_bad_arguments_are_one_line_errors(args: list[str], message: str) -> None:
-    out = run_cli("synth", *args)
+def test_synth_bad_arguments_are_one_line_errors(cli, args: list[str], message: str) -> None:
+    out = cli("synth", *args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

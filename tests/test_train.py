@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -73,7 +71,7 @@ def test_resume_gives_the_same_next_epoch_as_an_uninterrupted_run(ray_session, t
     assert sorted(r["epoch"] for r in rows if "epoch" in r) == [1, 2, 3]
 
 
-def test_resume_refuses_a_different_synthesis_or_model(tmp_path: Path) -> None:
+def test_resume_refuses_a_different_synthesis_or_model(cli, tmp_path: Path) -> None:
     cfg = smoke(tmp_path)
     run_dir = tmp_path / "r"
     run_dir.mkdir()
@@ -81,27 +79,10 @@ def test_resume_refuses_a_different_synthesis_or_model(tmp_path: Path) -> None:
     with pytest.raises(TrainError, match=r"model\.base_channels \(4 -> 8\), synthesis\.size \(64 -> 96\)"):
         resume_config(run_dir, None, ["synthesis.size=96", "model.base_channels=8"])
     assert resume_config(run_dir, None, ["train.epochs=5"]).train.epochs == 5  # allowed
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dotseg.cli",
-            "train",
-            "--resume",
-            str(run_dir),
-            "--set",
-            "synthesis.noise.gaussian_sigma=[0.1, 0.5]",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out = cli("train", "--resume", str(run_dir), "--set", "synthesis.noise.gaussian_sigma=[0.1, 0.5]")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "synthesis.noise.gaussian_sigma" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(
-        [sys.executable, "-m", "dotseg.cli", "train", "--resume", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-    )
+    out = cli("train", "--resume", str(tmp_path / "nope"))
     assert out.returncode == 2 and "not a dotseg run directory" in out.stderr
 
 
