@@ -175,9 +175,11 @@ def resolve_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {str(path)!r} not found (shipped configs: {shipped})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then ``KEY=VALUE`` overrides, all checked."""
-    data: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Config | None = None) -> Config:
+    """The YAML file at ``path`` over the defaults (or, without a file, the config ``base``), then
+    ``KEY=VALUE`` overrides, all checked."""
+    data: dict[str, Any] = base.to_dict() if base is not None else {}
     if path is not None:
         p = resolve_path(path)
         data = load_yaml(p.read_text(), source=str(p))

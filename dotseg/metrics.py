@@ -52,12 +52,13 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage as ndi
 
+from dotseg.masks import boundary
+
 OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "fg_fraction")
 """Keys of :func:`torch_overlap_metrics`, also returned by :func:`segmentation_metrics`."""
 METRICS: tuple[str, ...] = (*OVERLAP_METRICS, "hd95", "boundary_precision", "boundary_recall", "boundary_f1")
 """Keys of :func:`segmentation_metrics` and :func:`batch_metrics`, in that order."""
 
-_FOUR_NEIGHBOURS = ndi.generate_binary_structure(2, 1)  # (3, 3) bool cross
 
 
 def _as_mask(x: ArrayLike, name: str) -> NDArray[np.bool_]:
@@ -78,14 +79,6 @@ def _ratio(num: float, den: float, both_empty: bool) -> float:
     if den == 0:
         return 1.0 if both_empty else 0.0
     return num / den
-
-
-def boundary(mask: NDArray[np.bool_], width: int = 1) -> NDArray[np.bool_]:
-    """(H, W) bool: foreground pixels within ``width`` 4-neighbour steps of the background
-    (the inner contour); outside the image counts as background."""
-    # border_value=0 makes the image edge an outline, so that only an empty mask has no boundary:
-    # HD95 and boundary F1 then never compare a shape against an empty point set by accident.
-    return mask & ~ndi.binary_erosion(mask, structure=_FOUR_NEIGHBOURS, iterations=width, border_value=0)
 
 
 def _boundary_metrics(

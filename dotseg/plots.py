@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dotseg.metrics import boundary
+from dotseg.masks import boundary
 
 #: Outline colours (RGB) for ground truth and prediction.
 TRUTH_RGB = (0, 220, 90)

@@ -49,6 +49,7 @@ from skimage.restoration import denoise_bilateral, denoise_nl_means
 
 from dotseg.baseline.config import BaselineConfig
 from dotseg.inference.segmenter import Prediction
+from dotseg.masks import largest_component
 from dotseg.normalize import normalize
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -316,11 +317,7 @@ class ClassicalBaseline:
         if self.config.fill_holes:
             out = ndi.binary_fill_holes(out)
         if self.config.largest_only:
-            labels, n = ndi.label(out, structure=_EIGHT)
-            if n > 1:
-                area = np.bincount(labels.ravel())
-                area[0] = 0
-                out = labels == int(area.argmax())
+            out = largest_component(out, eight=True)
         prob = prob.astype(np.float32, copy=True)
         # Just below / at the cut, so mask == (prob >= 0.5) holds exactly.
         prob[mask & ~out] = np.minimum(prob[mask & ~out], np.float32(0.499))

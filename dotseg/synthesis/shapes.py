@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from dotseg.masks import largest_component
 from dotseg.synthesis.config import ShapeConfig
 
 #: Points sampled on each cubic segment when the outline is turned into a polygon.
@@ -121,11 +122,7 @@ def make_blob(rng: np.random.Generator, cfg: ShapeConfig, size: int) -> Blob:
 def _one_region(crop: np.ndarray) -> np.ndarray:
     """Largest 4-connected component of ``crop`` with its holes filled (background pixels not
     4-connected to the crop's border join the shape)."""
-    labels, count = ndimage.label(crop)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        crop = labels == int(sizes.argmax())
+    crop = largest_component(crop)
     padded = np.pad(~crop, 1, constant_values=True)
     background, _ = ndimage.label(padded)
     return background[1:-1, 1:-1] != background[0, 0]

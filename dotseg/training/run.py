@@ -37,7 +37,7 @@ from dotseg.config import (
     load_yaml,
     to_dict,
 )
-from dotseg.configbase import apply_override, diff_keys, drop_paths
+from dotseg.configbase import diff_keys, drop_paths
 from dotseg.plots import plot_history
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
@@ -84,13 +84,7 @@ def resume_config(
             f"pass the directory `dotseg train` printed when the run started"
         )
     saved = config_from_dict(load_yaml(saved_file.read_text(), str(saved_file)))
-    if config is not None:
-        requested = load_config(config, overrides)
-    else:
-        data = to_dict(saved)
-        for item in overrides:
-            apply_override(data, item, Config)
-        requested = config_from_dict(data)
+    requested = load_config(config, overrides, base=saved)
     ignored = NOT_IN_RUN_IDENTITY + CHANGEABLE_ON_RESUME
     drift = diff_keys(drop_paths(saved.to_dict(), ignored), drop_paths(requested.to_dict(), ignored))
     if drift:
