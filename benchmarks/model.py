@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dotseg.config import Config
+from dotseg.checkpoint import ModelContract
 from dotseg.device import amp_active, autocast, configure_cpu, native_bf16
 from dotseg.evaluation import SEED_FIGURES
 from dotseg.inference.predictor import Predictor
@@ -410,9 +410,8 @@ def reference_table(args: argparse.Namespace) -> None:
     )
     model = calibrated_model(SEED_MODEL)
     x = synthetic_input(SEED_SIZE)
-    cfg = Config(model=SEED_MODEL)
     # The seed ran eager NCHW. threads=None leaves torch's setting to the cells below.
-    predictor = Predictor(model, cfg, channels_last=False)
+    predictor = Predictor(model, ModelContract(model=SEED_MODEL), channels_last=False)
     image = x[0, 0].numpy()
     whats = ("forward (no_grad)", "Predictor.predict (normalize + inference_mode + sigmoid)")
     times = {}
@@ -448,13 +447,13 @@ def shipped_table(args: argparse.Namespace) -> None:
     except CheckpointError as e:
         print(f"skipped: {e}\n")
         return
-    seed = Predictor(calibrated_model(SEED_MODEL), Config(model=SEED_MODEL), channels_last=False)  # as the seed ran
-    big = make_sample(shipped.cfg.synthesis, seed=0, index=0).image  # the raw image a user would send
+    seed = Predictor(calibrated_model(SEED_MODEL), ModelContract(model=SEED_MODEL), channels_last=False)  # as it ran
+    big = make_sample(shipped.synthesis, seed=0, index=0).image  # the raw image a user would send
     small = make_sample(SynthesisConfig().replace(size=SEED_SIZE), seed=0, index=0).image
     rows = {
         "seed: attention_unet base 64, 256 px input": (seed, small),
-        f"shipped: {shipped.cfg.model.variant} base {shipped.cfg.model.base_channels}, "
-        f"downscale {shipped.cfg.model.downscale}, 512 px input, contiguous": (shipped, big),
+        f"shipped: {shipped.contract.model.variant} base {shipped.contract.model.base_channels}, "
+        f"downscale {shipped.contract.model.downscale}, 512 px input, contiguous": (shipped, big),
         "shipped, channels_last (the Predictor's CPU default)": (fast, big),
     }
     times = {}

@@ -57,27 +57,32 @@ def main() -> int:
     except CheckpointError as e:
         sys.exit(str(e))
     history = json.loads(history_file.read_text())
+    cfg = ckpt.cfg
+    if cfg is None:
+        sys.exit(f"{best}: its stored config is not readable by this dotseg; ship a run trained by this version")
 
     ASSET.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, ASSET)
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, DOCS / "curves.png")
-    t = ckpt.cfg.train
+    t = cfg.train
     record = {
         "run": args.run_dir.name,
-        "config_hash": ckpt.meta["config_hash"],
+        "config_hash": ckpt.meta.provenance.config_hash,
+        "run_id": ckpt.meta.run_id,
+        "model_id": ckpt.model_id,
         "config": "configs/cpu.yaml",
         "model": {
-            "variant": ckpt.cfg.model.variant,
-            "base_channels": ckpt.cfg.model.base_channels,
-            "depth": ckpt.cfg.model.depth,
-            "downscale": ckpt.cfg.model.downscale,
+            "variant": cfg.model.variant,
+            "base_channels": cfg.model.base_channels,
+            "depth": cfg.model.depth,
+            "downscale": cfg.model.downscale,
             "parameters": sum(p.numel() for p in model.parameters()),
             "bytes": ASSET.stat().st_size,
         },
-        "best_epoch": ckpt.meta["epoch"],
-        "best_metrics": {k: v for k, v in ckpt.meta["metrics"].items() if isinstance(v, (int, float))},
+        "best_epoch": ckpt.epoch,
+        "best_metrics": {k: v for k, v in ckpt.metrics.items() if isinstance(v, (int, float))},
         "epochs_run": len(history),
         "samples_seen": len(history) * t.samples_per_epoch,
         "train_wall_s": round(sum(h["epoch_time_s"] for h in history), 1),
