@@ -10,26 +10,26 @@ from dotseg.configbase import NONEMPTY, ORDERED, Section, check
 
 NoiseType = Literal["gaussian", "poisson", "salt_pepper", "speckle"]
 Placement = Literal["random", "lattice"]
-#: A mild..harsh noise parameter: strictly positive.
-_Pos = Annotated[float, Field(gt=0.0)]
+# Item types of the [min, max] pairs below (each pair is also ORDERED: min <= max).
+_Pos = Annotated[float, Field(gt=0.0)]  # a mild..harsh noise parameter
+_ControlPoints = Annotated[int, Field(ge=3, le=64)]
+_RadiusFraction = Annotated[float, Field(ge=0.02, le=0.45)]
+_Irregularity = Annotated[float, Field(ge=0.0, le=0.9)]
+_Smoothness = Annotated[float, Field(ge=0.0, le=0.6)]
+_DotCount = Annotated[int, Field(ge=1, le=400)]
+_DotRadius = Annotated[float, Field(ge=0.5, le=32.0)]
+_Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+_MixCount = Annotated[int, Field(ge=2, le=4)]
 
 
 class ShapeConfig(Section):
-    control_points: Annotated[
-        tuple[Annotated[int, Field(ge=3, le=64)], Annotated[int, Field(ge=3, le=64)]], ORDERED
-    ] = (5, 15)
+    control_points: Annotated[tuple[_ControlPoints, _ControlPoints], ORDERED] = (5, 15)
     """[min, max] number of control points the closed Bézier outline passes through."""
-    radius: Annotated[
-        tuple[Annotated[float, Field(ge=0.02, le=0.45)], Annotated[float, Field(ge=0.02, le=0.45)]], ORDERED
-    ] = (0.14, 0.32)
+    radius: Annotated[tuple[_RadiusFraction, _RadiusFraction], ORDERED] = (0.14, 0.32)
     """[min, max] mean radius of the blob, as a fraction of the image side."""
-    irregularity: Annotated[
-        tuple[Annotated[float, Field(ge=0.0, le=0.9)], Annotated[float, Field(ge=0.0, le=0.9)]], ORDERED
-    ] = (0.05, 0.45)
+    irregularity: Annotated[tuple[_Irregularity, _Irregularity], ORDERED] = (0.05, 0.45)
     """[min, max] relative spread of the control points' radii around the mean (0 = near-circular)."""
-    smoothness: Annotated[
-        tuple[Annotated[float, Field(ge=0.0, le=0.6)], Annotated[float, Field(ge=0.0, le=0.6)]], ORDERED
-    ] = (0.25, 0.45)
+    smoothness: Annotated[tuple[_Smoothness, _Smoothness], ORDERED] = (0.25, 0.45)
     """[min, max] Bézier handle length as a fraction of the distance to the neighbouring control point."""
     margin: float = Field(0.03, ge=0.0, le=0.2)
     """Minimum gap between the shape and the image border, as a fraction of the side."""
@@ -45,14 +45,9 @@ class ShapeConfig(Section):
 
 
 class DotsConfig(Section):
-    count: Annotated[tuple[Annotated[int, Field(ge=1, le=400)], Annotated[int, Field(ge=1, le=400)]], ORDERED] = (
-        15,
-        80,
-    )
+    count: Annotated[tuple[_DotCount, _DotCount], ORDERED] = (15, 80)
     """[min, max] number of dots drawn inside the shape."""
-    radius: Annotated[
-        tuple[Annotated[float, Field(ge=0.5, le=32.0)], Annotated[float, Field(ge=0.5, le=32.0)]], ORDERED
-    ] = (2.0, 6.0)
+    radius: Annotated[tuple[_DotRadius, _DotRadius], ORDERED] = (2.0, 6.0)
     """[min, max] dot radius in pixels at ``reference_size``; scaled with the image size."""
     reference_size: int = Field(512, ge=16, le=8192)
     """Image side (px) at which ``radius`` is given."""
@@ -70,16 +65,11 @@ class NoiseConfig(Section):
     """Additive x + N(0, sigma^2): [mildest, harshest] sigma."""
     poisson_lambda: tuple[_Pos, _Pos] = (300.0, 1.0)
     """Shot noise Pois(lambda * x) / lambda: [mildest, harshest] lambda (large lambda = mild)."""
-    salt_pepper_p: Annotated[
-        tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]], ORDERED
-    ] = (0.01, 0.5)
+    salt_pepper_p: Annotated[tuple[_Fraction, _Fraction], ORDERED] = (0.01, 0.5)
     """Impulse noise: [mildest, harshest] fraction of pixels set to 0 or 1 (half each)."""
     speckle_sigma: Annotated[tuple[_Pos, _Pos], ORDERED] = (0.05, 2.0)
     """Multiplicative x + x * N(0, sigma^2): [mildest, harshest] sigma."""
-    mixed_count: Annotated[tuple[Annotated[int, Field(ge=2, le=4)], Annotated[int, Field(ge=2, le=4)]], ORDERED] = (
-        2,
-        3,
-    )
+    mixed_count: Annotated[tuple[_MixCount, _MixCount], ORDERED] = (2, 3)
     """[min, max] number of distinct types composed in a 'mixed' sample."""
     interpolation: Literal["linear", "log"] = "linear"
     """How ``noise_scale`` moves a parameter from its mildest to its harshest end. Each sample draws
