@@ -175,8 +175,9 @@ def resolve_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {str(path)!r} not found (shipped configs: {shipped})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: Config | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: Config | None = None
+) -> Config:
     """The YAML file at ``path`` over the defaults (or, without a file, the config ``base``), then
     ``KEY=VALUE`` overrides, all checked."""
     data: dict[str, Any] = base.to_dict() if base is not None else {}

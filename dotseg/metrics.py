@@ -60,7 +60,6 @@ METRICS: tuple[str, ...] = (*OVERLAP_METRICS, "hd95", "boundary_precision", "bou
 """Keys of :func:`segmentation_metrics` and :func:`batch_metrics`, in that order."""
 
 
-
 def _as_mask(x: ArrayLike, name: str) -> NDArray[np.bool_]:
     """``x`` as a bool array; bool, or numbers that are all 0 or 1 (probabilities are refused, so
     an un-thresholded prediction cannot slip through as 'everything > 0 is foreground')."""
