@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import torch
@@ -89,11 +90,26 @@ def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
 
 
-def configure_cpu(threads: int | None = None) -> None:
+def configure_cpu(threads: int | None = None, flush_denormal: bool = True) -> None:
     """Process-wide CPU settings for running a model: intra-op threads (None/0 keeps torch's
     default) and flush-to-zero for denormal floats. Denormals appear in the small activations and
     gradients of a fresh U-Net and cost 3-10x in conv throughput on x86 (measured here: 3.5 vs
-    35 samples/s fwd+bwd for a base-8 model at 128 px); flushing them changes nothing a model can tell."""
+    35 samples/s fwd+bwd for a base-8 model at 128 px); flushing them changes nothing a model can tell.
+
+    Process-wide flushing is for processes that only train (Ray Train workers). Anywhere else use
+    :func:`denormals_flushed` around the model call: scipy's ``cKDTree`` (the classical baseline
+    uses it) crashes the process on some point sets while denormals are flushed (scipy 1.17)."""
     if threads:
         torch.set_num_threads(int(threads))
+    if flush_denormal:
+        torch.set_flush_denormal(True)
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormals to zero for the duration of the block only (see :func:`configure_cpu`)."""
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

@@ -340,3 +340,20 @@ def test_cli_predict_usage_errors_exit_2(checkpoint: Path, tmp_path: Path, capsy
     code, _ = run(str(image), "--checkpoint", str(checkpoint), "--device", "cpu")
     assert code == 0
     assert (tmp_path / "o" / "x_mask.png").is_file()
+
+
+def test_prediction_leaves_denormals_alone_for_the_rest_of_the_process(tmp_path: Path) -> None:
+    """The Predictor flushes denormals around its forward pass only: left on, scipy's cKDTree (the
+    baseline's nearest-neighbour search) crashes the process on some point sets (scipy 1.17)."""
+    code = (
+        "import numpy as np; from scipy import ndimage as ndi; from scipy.spatial import cKDTree\n"
+        "from skimage.segmentation import find_boundaries\n"
+        "from dotseg.inference.predictor import Predictor\n"
+        "Predictor.from_checkpoint(None, threads=1).predict(np.random.default_rng(0).random((64, 64)))\n"
+        "field = ndi.gaussian_filter(np.random.default_rng(5).standard_normal((48, 40)), 4.0) > 0\n"
+        "edge = find_boundaries(np.pad(field, 1), connectivity=1, mode='inner')[1:-1, 1:-1]\n"
+        "pts = np.argwhere(edge).astype(float)\n"
+        "print('ok', cKDTree(pts).query(pts)[0].max())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-500:]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, ModelContract, build_from_checkpoint
-from dotseg.device import autocast, configure_cpu, resolve_device
+from dotseg.device import autocast, configure_cpu, denormals_flushed, resolve_device
 from dotseg.inference.images import to_grey
 from dotseg.inference.segmenter import Prediction
 from dotseg.normalize import NORMALIZATION, normalize
@@ -85,7 +85,7 @@ class Predictor:
             )
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        configure_cpu(threads)
+        configure_cpu(threads, flush_denormal=False)  # flushed around the forward pass only
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
@@ -160,7 +160,7 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # fp16 on CUDA; on CPU plain fp32, since bf16 would cost accuracy and CPU inference gains little.
-        with torch.inference_mode():
+        with torch.inference_mode(), denormals_flushed():
             with autocast(self.device, enabled=self.device.type == "cuda"):
                 logits = self.model(x)  # (B, 1, H, W)
             prob = torch.sigmoid(logits.float())[:, 0]  # (B, H, W), sigmoid in fp32
