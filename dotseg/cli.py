@@ -25,6 +25,7 @@ EPILOG = """examples:
   dotseg curriculum --config configs/cpu.yaml           # epoch -> phase, noise, loss weights
   dotseg predict --checkpoint best.safetensors --input scans/ --output masks/ --overlay
   dotseg evaluate --checkpoint best.safetensors --n 1000 --out runs/eval
+  dotseg serve --port 8000                               # HTTP API, docs and dashboard on Ray Serve
 """
 
 
@@ -314,6 +315,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dotseg serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.serving import run
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.checkpoint, "checkpoint"), (args.host, "host"), (args.port, "port")):
+        if flag is not None:
+            overrides.append(f"serve.{key}={flag}")
+    cfg = _load(argparse.Namespace(config=args.config, overrides=overrides)).serve
+    try:
+        urls = run.start(cfg, address=args.address, quiet=not args.verbose)
+        model = run.wait_ready(urls["api"])["model"]
+    except (CheckpointError, run.ServeError) as e:
+        run.stop()
+        raise UserError(str(e)) from None
+    print(
+        f"dotseg serve: {model.get('checkpoint')} (model {model.get('model_id')}, {model.get('variant')}, "
+        f"engine {model.get('engine')}), {cfg.min_replicas}-{cfg.max_replicas} replica(s)"
+    )
+    print(f"  API        {urls['api']}  (POST /predict, /predict/json; GET /demo, /health, /ready)")
+    print(f"  docs       {urls['docs']}")
+    print(f"  dashboard  {urls['dashboard']}")
+    print("Ctrl-C stops it.", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("dotseg serve: stopping", flush=True)
+        run.stop()
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -460,6 +503,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the config's JSON Schema to PATH (or stdout): editors then complete and check configs/*.yaml",
     )
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP on Ray Serve (embedded local Ray unless --address)",
+        description="Start the Ray Serve app (autoscaling replicas, dynamic batching) with its HTTP API, "
+        "OpenAPI docs and dashboard; print their URLs; Ctrl-C stops Serve and the Ray it started.",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint to serve (default: serve.checkpoint, else the shipped model)"
+    )
+    p.add_argument("--host", default=None, help="interface to bind (default: serve.host = 127.0.0.1)")
+    p.add_argument("--port", type=_ranged(int, 1, 65535), default=None, help="HTTP port (default: serve.port = 8000)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join (auto, host:port); default: an embedded local Ray"
+    )
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "predict",

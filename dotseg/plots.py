@@ -218,3 +218,14 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def heatmap(prob: np.ndarray) -> np.ndarray:
+    """(H, W) probabilities in [0, 1] -> (H, W, 4) uint8 RGBA: the 'inferno' colormap, transparent
+    where the model is sure it is background, so it can lie over the image."""
+    from matplotlib import colormaps
+
+    p = np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0)
+    rgba = (colormaps["inferno"](p) * 255).astype(np.uint8)  # (H, W, 4)
+    rgba[..., 3] = (np.sqrt(p) * 255).astype(np.uint8)
+    return rgba

@@ -15,8 +15,10 @@ expected. Torch-free, so the CLI can check its inputs before loading a model.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_PIXELS",
     "ImageError",
     "read_image",
+    "decode_image",
     "to_grey",
     "list_images",
     "write_mask_png",
@@ -42,7 +45,15 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class ImageError(ValueError):
-    """An input image cannot be used; the one-line message names the file and the problem."""
+    """An input image cannot be used; the one-line message names the file and the problem.
+
+    ``status`` is the HTTP status the problem maps to: 413 (too many pixels), 415 (a format dotseg
+    does not read), 422 (not an image, corrupt, truncated, wrong shape, NaN/inf).
+    """
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -63,39 +74,84 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise ImageError(
-            f"{path}: unsupported file type {suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
+            f"{path}: unsupported file type {suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}",
+            415,
         )
     reader = {".png": _read_png, ".tif": _read_tiff, ".tiff": _read_tiff, ".npy": _read_npy}[suffix]
-    image = reader(path, max_pixels)
+    return _checked(reader(path, str(path), max_pixels), str(path))
+
+
+#: Leading bytes of the formats dotseg reads, and of common ones it does not (for a clear 415).
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"\x93NUMPY", "npy"),
+)
+_OTHER_FORMATS = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"RIFF", "WebP/RIFF"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    (b"PK\x03\x04", "ZIP"),
+)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image from the bytes of a PNG, TIFF or NPY file (the format is read from its first bytes,
+    not from a name), as :func:`read_image` returns it.
+
+    Raises:
+        ImageError: with ``status`` 413/415/422 (see there); ``name`` starts the message.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty body; send the bytes of a PNG, TIFF or NPY image")
+    kind = next((k for magic, k in _MAGIC if data.startswith(magic)), None)
+    if kind is None:
+        other = next((f for magic, f in _OTHER_FORMATS if data.startswith(magic)), None)
+        if other is not None:
+            raise ImageError(f"{name}: {other} is not supported; send PNG (8/16-bit), TIFF or NPY", 415)
+        raise ImageError(f"{name}: not an image (no PNG, TIFF or NPY signature); send PNG (8/16-bit), TIFF or NPY")
+    reader = {"png": _read_png, "tiff": _read_tiff, "npy": _read_npy}[kind]
+    return _checked(reader(io.BytesIO(data), name, max_pixels), name)
+
+
+def _checked(image: np.ndarray, name: str) -> np.ndarray:
     if image.size == 0:
-        raise ImageError(f"{path}: image is empty (shape {image.shape})")
+        raise ImageError(f"{name}: image is empty (shape {image.shape})")
     if image.dtype != bool and not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise ImageError(f"{path}: pixel type {image.dtype} is not a real number type")
+        raise ImageError(f"{name}: pixel type {image.dtype} is not a real number type")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ImageError(f"{name}: image contains NaN or infinite values")
     return image
 
 
-def _check_pixels(path: Path, height: int, width: int, max_pixels: int) -> None:
+def _check_pixels(path: str, height: int, width: int, max_pixels: int) -> None:
     if height * width > max_pixels:
         raise ImageError(
-            f"{path}: too many pixels ({width}x{height} = {height * width:,}; the limit is {max_pixels:,})"
+            f"{path}: too many pixels ({width}x{height} = {height * width:,}; the limit is {max_pixels:,})", 413
         )
 
 
-def _check_ndim(path: Path, shape: tuple[int, ...], colour: bool) -> None:
+def _check_ndim(path: str, shape: tuple[int, ...], colour: bool) -> None:
     if len(shape) == 2 or (colour and len(shape) == 3 and shape[2] in (3, 4)):
         return
     expected = "(H, W) or (H, W, 3|4)" if colour else "a 2-D array (H, W)"
     raise ImageError(f"{path}: expected {expected}, got shape {tuple(shape)}")
 
 
-def _read_png(path: Path, max_pixels: int) -> np.ndarray:
+def _read_png(src: Path | BinaryIO, path: str, max_pixels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error like above.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(src) as opened:
                 img: Image.Image = opened
                 if opened.format != "PNG":
                     raise ImageError(f"{path}: is not a PNG file (its content is {opened.format or 'unknown'})")
@@ -110,7 +166,7 @@ def _read_png(path: Path, max_pixels: int) -> np.ndarray:
                 array = np.array(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(
-            f"{path}: too many pixels (Pillow's decompression-bomb guard: {' '.join(str(e).split())})"
+            f"{path}: too many pixels (Pillow's decompression-bomb guard: {' '.join(str(e).split())})", 413
         ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable PNG image (corrupt, or another format?)") from None
@@ -122,11 +178,11 @@ def _read_png(path: Path, max_pixels: int) -> np.ndarray:
     return array
 
 
-def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+def _read_tiff(src: Path | BinaryIO, path: str, max_pixels: int) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(src) as tif:
             if not tif.series:
                 raise ImageError(f"{path}: not a readable TIFF: it holds no image (corrupt or truncated?)")
             series = tif.series[0]
@@ -143,10 +199,10 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     return array
 
 
-def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
+def _read_npy(src: Path | BinaryIO, path: str, max_pixels: int) -> np.ndarray:
     try:
-        # Memory-mapped first: the shape is checked before the data is read.
-        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        # A file is memory-mapped first: the shape is checked before the data is read.
+        array = np.load(src, allow_pickle=False, mmap_mode="r" if isinstance(src, Path) else None)
     except ValueError as e:
         if "allow_pickle" in str(e) or "Python objects" in str(e):
             raise ImageError(

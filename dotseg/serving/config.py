@@ -1,4 +1,8 @@
-"""Configuration of the Ray Serve deployment and its HTTP front."""
+"""Configuration of the Ray Serve application: what is served, how it scales, and its HTTP limits.
+
+The same object is the Serve app builder's typed arguments (``serve_app:build``) and is read by the
+FastAPI ingress, so ``configs/serve.yaml``, ``dotseg serve --set serve.x=y`` and the app agree.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,11 @@ from dotseg.configbase import NonNegInt, PositiveInt, Section, check
 
 class ServeConfig(Section):
     checkpoint: str | None = None
-    """Checkpoint to serve; null = the model shipped with the package."""
+    """Checkpoint to serve; null = the model shipped with the package. Changing it on a running app
+    rolls the new model out to every replica (``reconfigure``); one that fails to load is refused
+    and the old model keeps serving."""
+    engine: str = "auto"
+    """CPU inference engine of the replicas' Predictor (``auto`` = the fastest installed; ``eager``)."""
     host: str = Field("127.0.0.1", min_length=1)
     """Interface the HTTP proxy binds; use 0.0.0.0 only behind a firewall or proxy you control."""
     port: int = Field(8000, ge=1, le=65535)
@@ -22,28 +30,44 @@ class ServeConfig(Section):
     """Autoscaling floor."""
     max_replicas: PositiveInt = 2
     """Autoscaling ceiling."""
-    target_ongoing_requests: float = Field(2.0, gt=0.0)
+    target_ongoing_requests: float = Field(4.0, gt=0.0)
     """Autoscaler's target of in-flight requests per replica."""
-    max_ongoing_requests: PositiveInt = 8
-    """Per-replica cap of in-flight requests."""
+    upscale_delay_s: float = Field(3.0, ge=0.0)
+    """How long load must stay above target before a replica is added."""
+    downscale_delay_s: float = Field(30.0, ge=0.0)
+    """How long load must stay below target before a replica is removed (long enough not to flap)."""
+    max_ongoing_requests: PositiveInt = 16
+    """Per-replica cap of in-flight requests; at least ``max_batch_size``, or batches never fill."""
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests waiting for a replica, per proxy; beyond it a fast 503 with Retry-After (-1 = unbounded)."""
     cpus_per_replica: float = Field(1.0, gt=0.0)
     """Logical CPUs per replica (also its torch threads, rounded down, at least 1)."""
     max_batch_size: int = Field(8, ge=1, le=1024)
     """Largest batch ``@serve.batch`` forms."""
-    batch_wait_timeout_s: float = Field(0.02, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
     """How long a batch waits to fill."""
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    """Largest accepted request body (413 above)."""
+    """Largest accepted request body (413 above, refused from Content-Length before reading)."""
     max_pixels: int = Field(4096 * 4096, ge=64)
-    """Largest accepted image, in pixels (413 above)."""
+    """Largest accepted image, in pixels (413 above; checked from the file header before decoding)."""
     request_timeout_s: float = Field(60.0, gt=0.0)
     """Requests slower than this get HTTP 408."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser (CORS), e.g. ["https://app.example"]; credentials
+    are never allowed. The dashboard is served by the app itself and needs none."""
 
     @model_validator(mode="after")
-    def _replicas(self) -> Self:
+    def _consistent(self) -> Self:
         check(
             self.min_replicas <= self.max_replicas,
             "min_replicas",
             f"must be <= max_replicas ({self.max_replicas}), got {self.min_replicas}",
         )
+        # ray#43288: a replica never holds more than max_ongoing_requests, so a larger batch never fills.
+        check(
+            self.max_ongoing_requests >= self.max_batch_size,
+            "max_ongoing_requests",
+            f"must be >= max_batch_size ({self.max_batch_size}) or batches never fill, got {self.max_ongoing_requests}",
+        )
+        check("*" not in self.cors_origins or len(self.cors_origins) == 1, "cors_origins", "'*' must stand alone")
         return self

@@ -1,0 +1,274 @@
+"""The Ray Serve application: one deployment that wraps the Predictor behind a FastAPI ingress.
+
+    from dotseg.serving.app import build
+    serve.run(build({"checkpoint": None, "max_replicas": 4}), route_prefix="/")
+
+Replicas batch concurrent requests (``@serve.batch``) into one forward pass, scale with load
+(autoscaling on in-flight requests), and report unhealthy when a tiny known prediction fails
+(``check_health``). A new checkpoint is rolled out through ``user_config`` (``reconfigure``): the
+replica loads and warms it up first and swaps only then, so no request fails; a checkpoint that
+cannot be loaded is refused and the old model keeps serving (``/ready`` says why).
+
+Every error a client can cause is a JSON body ``{"status": ..., "error": "<problem and fix>"}``
+with a 4xx status, never a 5xx, a hang or a dead replica (see :mod:`dotseg.serving.http`).
+"""
+
+# No `from __future__ import annotations` here: Serve ships this class to its replicas by value,
+# and FastAPI must see real annotation objects (Request, Query) on the endpoint methods.
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+
+from dotseg.serving import http
+from dotseg.serving.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+#: The known sample every replica predicts before it reports ready, and in every health check.
+WARMUP_SEED, WARMUP_SIZE = 12345, 64
+
+api = FastAPI(
+    title="dotseg",
+    description="Delineate organic shapes drawn only as dots, under heavy noise. Bad input gets a JSON error "
+    "naming the problem and the fix.",
+    version="1",
+)
+http.install(api)
+if STATIC.is_dir():
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+NOISES = ("none", "gaussian", "poisson", "salt_pepper", "speckle", "mixed")
+
+
+def _warmup(predictor: Any) -> None:
+    """Predict the known sample and check the answer is a real mask (not blank, not everything)."""
+    from dotseg.inference.ood import in_distribution
+    from dotseg.synthesis import make_sample
+
+    sample = make_sample(predictor.synthesis.replace(size=WARMUP_SIZE), WARMUP_SEED, 0, noisy=False)
+    pred = predictor.predict(sample.image)
+    in_distribution(sample.image, predictor.synthesis)  # builds the upload check's reference now, not on a request
+    if not (0.0 < pred.mask.mean() < 0.9) or not np.isfinite(pred.prob).all():
+        raise RuntimeError(f"warm-up prediction failed: foreground fraction {pred.mask.mean():.3f} on a known sample")
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+@serve.deployment(name="Segmenter", health_check_period_s=5, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
+@serve.ingress(api)
+class Segmenter:
+    """One replica: a Predictor (threads = its CPUs), batching, health, rollouts."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.from_dict(config)
+        self.threads = max(1, int(self.cfg.cpus_per_replica))
+        self.predictor: Any = None
+        self.rollout_error: str | None = None
+        self.loaded_at = 0.0
+        self._batch_sizes: list[int] = []
+        http.CORS_ORIGINS, http.MAX_BODY = self.cfg.cors_origins, self.cfg.max_upload_bytes
+        self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]  # @serve.batch
+        self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        # The model comes with reconfigure (user_config), which Serve calls right after __init__:
+        # then changing the checkpoint later is an in-place rollout, not a replica restart.
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def _load(self, checkpoint: str | None) -> Any:
+        """A Predictor for ``checkpoint`` that has passed the warm-up prediction."""
+        import inspect  # TEMPORARY until Predictor gains engine=
+
+        from dotseg.inference.predictor import Predictor
+
+        kw: dict[str, Any] = (
+            {"engine": self.cfg.engine} if "engine" in inspect.signature(Predictor.from_checkpoint).parameters else {}
+        )
+        predictor = Predictor.from_checkpoint(checkpoint, threads=self.threads, **kw)
+        _warmup(predictor)
+        self.loaded_at = time.time()
+        return predictor
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Roll out ``{"checkpoint": path}``: load and warm up, then swap; on failure keep the old model."""
+        checkpoint = user_config.get("checkpoint")
+        if self.predictor is None:  # the replica's first model: without it there is nothing to serve
+            self.predictor = self._load(checkpoint)
+            self.cfg = self.cfg.replace(checkpoint=checkpoint)
+            return
+        if checkpoint == self.cfg.checkpoint:
+            return
+        try:
+            new = self._load(checkpoint)
+        except Exception as e:  # CheckpointError, a failed warm-up: the old model keeps serving
+            self.rollout_error = f"checkpoint {checkpoint!r} was not rolled out: {' '.join(str(e).split())}"
+            log.error(self.rollout_error)
+            return
+        self.predictor, self.rollout_error = new, None
+        self.cfg = self.cfg.replace(checkpoint=checkpoint)
+
+    def check_health(self) -> None:
+        """Serve replaces a replica whose model no longer predicts the known sample."""
+        if self.predictor is None:
+            raise RuntimeError("no model loaded")
+        _warmup(self.predictor)
+
+    def model_info(self) -> dict[str, Any]:
+        p = self.predictor
+        about = p.checkpoint.about() if p.checkpoint is not None else {}
+        if self.cfg.checkpoint is None:
+            about["checkpoint"] = "shipped model"
+        return {
+            **about,
+            "threshold": p.threshold,
+            "input_size": p.contract.input_size,
+            "engine": getattr(p, "engine_name", "eager"),
+            "threads": self.threads,
+        }
+
+    # -- batching -------------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, images: list[np.ndarray]) -> list[Any]:
+        """Concurrent requests -> one forward pass per image size (the Predictor groups them)."""
+        self._batch_sizes = [*self._batch_sizes[-99:], len(images)]
+        return self.predictor.predict_batch(images, batch_size=self.cfg.max_batch_size)
+
+    async def _predict(self, image: np.ndarray) -> tuple[Any, dict[str, float]]:
+        t0 = time.perf_counter()
+        pred = await self.predict_batch(image)
+        return pred, {"inference_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    @api.get("/health", summary="Liveness: the replica answers")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/ready", summary="Readiness: a model is loaded and passed its warm-up prediction")
+    async def ready(self) -> JSONResponse:
+        if self.predictor is None:
+            return JSONResponse({"status": 503, "error": "model not loaded yet; retry shortly"}, status_code=503)
+        body: dict[str, Any] = {"status": "ready", "model": self.model_info()}
+        if self.rollout_error:
+            body["rollout_error"] = self.rollout_error
+        return JSONResponse(body)
+
+    @api.get("/", include_in_schema=False)
+    async def dashboard(self) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @api.get("/demo", summary="Synthesize a sample, predict it, score it")
+    async def demo(
+        self,
+        num_dots: int = Query(40, ge=5, le=400, description="Dots drawn inside the shape."),
+        jitter: float = Query(0.03, ge=0.0, le=0.2, description="Lattice jitter (fraction of the side)."),
+        noise: str = Query("gaussian", description=f"One of {', '.join(NOISES)}."),
+        level: float = Query(0.5, ge=0.0, le=1.0, description="Noise severity: 0 mildest, 1 harshest."),
+        placement: str = Query("random", description="random or lattice."),
+        seed: int = Query(0, ge=0, le=2**31 - 1, description="Sample seed."),
+        size: int = Query(256, ge=64, le=1024, description="Image side in px."),
+    ) -> dict[str, Any]:
+        if noise not in NOISES:
+            raise http.ClientError(422, f"noise: must be one of {', '.join(NOISES)}; got {noise!r}")
+        if placement not in ("random", "lattice"):
+            raise http.ClientError(422, f"placement: must be random or lattice; got {placement!r}")
+        from dotseg.metrics import segmentation_metrics
+        from dotseg.synthesis import make_sample
+        from dotseg.synthesis.noise import ORDER
+
+        synth = self.predictor.synthesis.replace(
+            size=size, **{"dots.count": (num_dots, num_dots), "dots.jitter": jitter, "dots.placement": (placement,)}
+        )
+        types = None if noise in ("none", "mixed") else (noise,)
+        if noise == "mixed":
+            types = tuple(np.random.default_rng(seed).choice(ORDER, size=2, replace=False))
+        sample = await asyncio.to_thread(
+            make_sample, synth, seed, 0, noisy=noise != "none", noise_types=types, severity=level
+        )
+        pred, timings = await self._predict(sample.image)
+        m = segmentation_metrics(pred.mask, sample.mask.astype(bool))
+        return {
+            "dice": m["dice"],
+            "iou": m["iou"],
+            "snr_db": _finite(sample.snr_db),
+            "noise": sample.meta["noise"],
+            "placement": sample.meta["placement"],
+            "num_dots": int(sample.meta["n_dots"]),
+            "size": size,
+            **http.pictures(sample.image, pred, truth=sample.mask.astype(bool)),
+            "model": self.model_info(),
+            "timings": timings,
+        }
+
+    @api.post(
+        "/predict",
+        summary="An image file (PNG, 8/16-bit TIFF, NPY) -> its mask as a PNG",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def predict(self, request: Request) -> Response:
+        image = await http.read_upload(request, self.cfg)
+        pred, _ = await self._predict(image)
+        return Response(http.png_bytes(pred.mask), media_type="image/png")
+
+    @api.post("/predict/json", summary="An image file -> mask, probabilities, confidence and whether to trust it")
+    async def predict_json(self, request: Request) -> dict[str, Any]:
+        from dotseg.inference.ood import estimate_snr_db, in_distribution
+
+        t0 = time.perf_counter()
+        image = await http.read_upload(request, self.cfg)
+        decoded = time.perf_counter()
+        pred, timings = await self._predict(image)
+        ood = await asyncio.to_thread(in_distribution, image, self.predictor.synthesis)
+        fg = float(pred.mask.mean())
+        confidence = float(np.where(pred.mask, pred.prob, 1.0 - pred.prob).mean())
+        return {
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "foreground_fraction": fg,
+            "mean_confidence": confidence,
+            "snr_db_estimate": _finite(estimate_snr_db(image, pred.mask)),
+            "in_distribution": {"score": ood.score, "ok": ood.in_distribution, "reason": ood.reason},
+            **http.pictures(image, pred),
+            "model": self.model_info(),
+            "timings": {
+                "decode_ms": round((decoded - t0) * 1000, 2),
+                **timings,
+                "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+            },
+        }
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """The Serve application builder (``import_path: serve_app:build``): ``args`` is a ServeConfig
+    section, checked (unknown keys, types and ranges fail with the key's name)."""
+    cfg = ServeConfig.from_dict(dict(args or {}))
+    return Segmenter.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+        autoscaling_config={
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "initial_replicas": max(cfg.min_replicas, 1),
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 5.0,
+        },
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": 1},
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica},
+        user_config={"checkpoint": cfg.checkpoint},
+    ).bind(cfg.replace(checkpoint=None).to_dict())  # the checkpoint travels in user_config only

@@ -1,0 +1,194 @@
+"""The HTTP edge of the app: request limits, decoding uploads, errors as JSON, CORS, PNG payloads.
+
+Every problem a client can cause ends here as ``{"status": <4xx>, "error": "<what and how to fix>"}``:
+
+=====  =============================================================================================
+413    body over ``serve.max_upload_bytes`` (refused from Content-Length before the body is read),
+       too many pixels or a decompression bomb (checked from the image header before decoding)
+415    a format dotseg does not read (JPEG, GIF, BMP, WebP, ...)
+422    not an image, corrupt or truncated, a 3-D stack, NaN/inf, an empty body, a multipart body
+       without its ``file`` field, out-of-range or ill-typed query parameters
+=====  =============================================================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dotseg.serving.config import ServeConfig
+
+#: The multipart field that carries the file.
+FIELD = "file"
+#: CORS origins of this process (set by the replica from ``serve.cors_origins``); credentials never.
+CORS_ORIGINS: tuple[str, ...] = ()
+#: Body cap of this process before the config is known (the replica sets it from ``serve.max_upload_bytes``).
+MAX_BODY = ServeConfig().max_upload_bytes
+
+
+class ClientError(Exception):
+    """A request the client can fix: its status (4xx) and one line saying what and how."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Error handlers, the body-size guard and CORS on ``app``."""
+
+    @app.exception_handler(ClientError)
+    async def _client(_: Request, e: ClientError) -> JSONResponse:
+        return error(e.status, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        name = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        bounds = " and ".join(f"{ops[k]} {v}" for k, v in (first.get("ctx") or {}).items() if k in ops)
+        problem = f"must be {bounds}" if bounds else first["msg"][0].lower() + first["msg"][1:]
+        return error(422, f"{name}: {problem}, got {first.get('input')!r}")
+
+    app.add_middleware(_Guard)
+
+
+class _Guard:
+    """ASGI middleware: a 413 from Content-Length before the body is read, and CORS."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        origin = headers.get("origin")
+        allowed = origin is not None and ("*" in CORS_ORIGINS or origin in CORS_ORIGINS)
+        cors = {"access-control-allow-origin": "*" if "*" in CORS_ORIGINS else origin or "", "vary": "Origin"}
+        if scope["method"] == "OPTIONS" and allowed and "access-control-request-method" in headers:
+            preflight = {
+                **cors,
+                "access-control-allow-methods": "GET, POST, OPTIONS",
+                "access-control-allow-headers": "content-type",
+                "access-control-max-age": "600",
+            }
+            await _respond(send, 204, b"", preflight)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            body = _json({"status": 413, "error": _too_big(int(length))})
+            await _respond(send, 413, body, {"content-type": "application/json", **(cors if allowed else {})})
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if allowed and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *((k.encode(), v.encode()) for k, v in cors.items())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"request body of {size:,} bytes is over the {MAX_BODY:,}-byte limit (serve.max_upload_bytes); "
+        "send a smaller image"
+    )
+
+
+def _json(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj).encode()
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_upload(request: Request, cfg: ServeConfig) -> np.ndarray:
+    """The image of a request: a multipart form's ``file`` field or the raw body (PNG, TIFF, NPY)."""
+    from dotseg.inference.images import ImageError, decode_image
+
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=cfg.max_upload_bytes)
+        except Exception as e:  # starlette's MultiPartException and parser errors
+            raise ClientError(422, f"malformed multipart body: {' '.join(str(e).split())}") from None
+        upload = form.get(FIELD)
+        if upload is None or isinstance(upload, str):
+            fields = ", ".join(form.keys()) or "none"
+            raise ClientError(
+                422,
+                f"multipart body has no file field {FIELD!r} (fields: {fields}); "
+                f"send the image as -F {FIELD}=@image.png",
+            )
+        data = await upload.read()
+        name = upload.filename or FIELD
+    else:
+        data = b""
+        async for chunk in request.stream():  # chunked uploads have no Content-Length to refuse early
+            data += chunk
+            if len(data) > cfg.max_upload_bytes:
+                raise ClientError(413, _too_big(len(data)))
+        name = "body"
+    try:
+        image = decode_image(data, name, max_pixels=cfg.max_pixels)
+    except ImageError as e:
+        raise ClientError(e.status, str(e)) from None
+    if image.ndim == 3:  # RGB(A) -> grey, as the Predictor would do; done here so all paths agree
+        from dotseg.inference.images import to_grey
+
+        image = to_grey(image)
+    return image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A bool mask (0/255) or uint8 (H, W[, 3]) array as PNG bytes."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def pictures(image: np.ndarray, pred: Any, truth: np.ndarray | None = None) -> dict[str, str]:
+    """Base64 PNGs for a page: the image, the mask, the probability heatmap, the overlay (and the truth)."""
+    from dotseg.plots import heatmap, overlay, to_uint8
+
+    out = {
+        "image_png": _b64(to_uint8(image)),
+        "mask_png": _b64(pred.mask),
+        "prob_png": _b64(heatmap(pred.prob)),
+        "overlay_png": _b64(overlay(image, truth=truth, pred=pred.mask)),
+    }
+    if truth is not None:
+        out["truth_png"] = _b64(truth)
+    return out

@@ -1,0 +1,96 @@
+"""Starting the app: what ``dotseg serve`` does, as library calls.
+
+    urls = start(cfg.serve)          # embedded local Ray (or join one with address=...), Serve, the app
+    wait_ready(urls["api"])           # the model is loaded and passed its warm-up prediction
+    roll_out(cfg.serve, "runs/x/best.safetensors")   # a new checkpoint, no request lost
+    stop()                            # Serve, and the Ray this process started
+
+The HTTP proxy binds ``serve.host`` (127.0.0.1 unless configured) and ``serve.port``; requests slower
+than ``serve.request_timeout_s`` get 408 from the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from dotseg.serving.config import ServeConfig
+
+APP_NAME = "dotseg"
+
+
+class ServeError(RuntimeError):
+    """The app cannot start or be updated; the message says why and what to do."""
+
+
+def check_checkpoint(checkpoint: str | None) -> None:
+    """Refuse an unusable checkpoint here, before any replica tries it (one line, CheckpointError)."""
+    from dotseg.checkpoint import load_checkpoint
+    from dotseg.inference.predictor import shipped_checkpoint
+
+    load_checkpoint(shipped_checkpoint() if checkpoint is None else checkpoint)
+
+
+def urls(cfg: ServeConfig) -> dict[str, str]:
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    base = f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    return {"api": base, "docs": f"{base}/docs", "dashboard": f"{base}/"}
+
+
+def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> dict[str, str]:
+    """Start Serve and the app (on an embedded local Ray unless ``address``); returns its URLs."""
+    from ray import serve
+
+    from dotseg.runtime import init_ray
+    from dotseg.serving.app import build
+
+    check_checkpoint(cfg.checkpoint)
+    init_ray(address, num_cpus=None, quiet=quiet)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
+    serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    return urls(cfg)
+
+
+def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
+    """Serve ``checkpoint`` from now on: checked here first, then every replica loads and warms it up
+    before swapping (``reconfigure``), so no request fails. Returns the new config."""
+    from ray import serve
+
+    from dotseg.serving.app import build
+
+    check_checkpoint(checkpoint)
+    new = cfg.replace(checkpoint=checkpoint)
+    serve.run(build(new.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    return new
+
+
+def wait_ready(api: str, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Poll ``/ready`` until it answers 200; its body (the model's identity)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api}/ready", timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
+        time.sleep(0.5)
+    raise ServeError(
+        f"{api}/ready did not answer 200 within {timeout_s:.0f} s (last: {last}); "
+        "see `serve status` and the Ray session logs"
+    )
+
+
+def stop() -> None:
+    """Shut Serve down and, if this process started Ray, Ray with it (no process left behind)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
