@@ -271,4 +271,5 @@ def build(args: dict[str, Any]) -> serve.Application:
         backpressure_config={"status_code": 503, "retry_after_s": 1},
         ray_actor_options={"num_cpus": cfg.cpus_per_replica},
         user_config={"checkpoint": cfg.checkpoint},
+        max_constructor_retry_count=3,  # a checkpoint that cannot start a replica fails fast
     ).bind(cfg.replace(checkpoint=None).to_dict())  # the checkpoint travels in user_config only

@@ -63,8 +63,31 @@ def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
 
     check_checkpoint(checkpoint)
     new = cfg.replace(checkpoint=checkpoint)
-    serve.run(build(new.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    try:
+        serve.run(build(new.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    except RuntimeError:
+        # The new replicas failed to start (Serve kept the old ones); make the old config the target
+        # again, so Serve stops retrying, and say why.
+        reason = _replica_error()
+        serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+        raise ServeError(
+            f"checkpoint {checkpoint!r} was not rolled out: {reason}; "
+            f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
+        ) from None
     return new
+
+
+def _replica_error() -> str:
+    """The last line of the error the app's replicas failed with, from Serve's status."""
+    from ray import serve
+
+    status = serve.status().applications.get(APP_NAME)
+    messages = [status.message] if status else []
+    if status:
+        messages += [d.message for d in status.deployments.values()]
+    lines = [line.strip() for m in messages for line in (m or "").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error:" in line or "failed" in line]
+    return (errors or lines or ["unknown (see the Ray session's serve logs)"])[-1]
 
 
 def wait_ready(api: str, timeout_s: float = 180.0) -> dict[str, Any]:

@@ -1,0 +1,305 @@
+"""The Serve app over real HTTP on 127.0.0.1: every endpoint, every class of bad input, rollouts.
+
+One app for the module, on the session's Ray, 1-2 replicas of 1 CPU. Requests go to loopback only
+and every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from dotseg.inference.predictor import Predictor, shipped_checkpoint
+from dotseg.serving.config import ServeConfig
+from dotseg.synthesis import SynthesisConfig, make_sample
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+MAX_BYTES = 2 * 1024 * 1024
+MAX_PIXELS = 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(ray_session):
+    from ray import serve
+
+    from dotseg.serving import run
+
+    cfg = ServeConfig(
+        port=_free_port(),
+        min_replicas=2,
+        max_replicas=2,
+        max_upload_bytes=MAX_BYTES,
+        max_pixels=MAX_PIXELS,
+        cors_origins=("https://dots.example",),
+        downscale_delay_s=5.0,
+    )
+    urls = run.start(cfg)
+    run.wait_ready(urls["api"])
+    yield cfg, urls["api"]
+    serve.shutdown()  # the session owns Ray
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sample(size: int = 256, index: int = 3) -> np.ndarray:
+    return make_sample(SynthesisConfig(size=size), 11, index, noise_scale=0.5).image
+
+
+def _error(r: requests.Response, status: int, *words: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert body["status"] == status and isinstance(body["error"], str) and "\n" not in body["error"]
+    for w in words:
+        assert w in body["error"], body["error"]
+    return body["error"]
+
+
+def test_health_ready_and_a_correct_prediction(app) -> None:
+    _, api = app
+    assert requests.get(f"{api}/health", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{api}/ready", timeout=10).json()
+    local = Predictor.from_checkpoint(None)
+    assert ready["status"] == "ready" and ready["model"]["model_id"] == local.checkpoint.model_id
+    image = _sample()
+    r = requests.post(f"{api}/predict", data=_npy(image), timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    served = np.asarray(Image.open(io.BytesIO(r.content))) > 0
+    expected = local.predict(image).mask
+    assert served.shape == expected.shape and (served == expected).mean() > 0.999
+    assert requests.get(f"{api}/docs", timeout=10).status_code == 200
+    assert "/predict/json" in requests.get(f"{api}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_demo_returns_pictures_and_metrics(app) -> None:
+    _, api = app
+    r = requests.get(
+        f"{api}/demo",
+        params={
+            "num_dots": 60,
+            "noise": "speckle",
+            "level": 0.3,
+            "placement": "lattice",
+            "seed": 5,
+            "size": 192,
+            "jitter": 0.05,
+        },
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert 0.5 < d["dice"] <= 1.0 and 0.0 < d["iou"] <= d["dice"] and d["placement"] == "lattice"
+    assert d["num_dots"] == 60 and d["size"] == 192 and d["noise"] == "speckle"
+    for key in ("image_png", "truth_png", "mask_png", "prob_png", "overlay_png"):
+        assert Image.open(io.BytesIO(__import__("base64").b64decode(d[key]))).size == (192, 192), key
+    clean = requests.get(f"{api}/demo", params={"noise": "none", "size": 128}, timeout=60).json()
+    assert clean["snr_db"] is None  # infinite, as JSON null
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"num_dots": 4000}, ("num_dots", "<= 400", "4000")),
+        ({"level": 1.5}, ("level", "<= 1")),
+        ({"size": "big"}, ("size", "integer")),
+        ({"noise": "pink"}, ("noise", "gaussian")),
+        ({"placement": "grid"}, ("placement", "lattice")),
+    ],
+)
+def test_demo_bad_parameters_are_422(app, params: dict, words: tuple[str, ...]) -> None:
+    _error(requests.get(f"{app[1]}/demo", params=params, timeout=30), 422, *words)
+
+
+def test_predict_json_reports_confidence_snr_and_whether_to_trust_it(app) -> None:
+    from skimage import data
+
+    _, api = app
+    image = _sample()
+    r = requests.post(f"{api}/predict/json", files={"file": ("dots.npy", _npy(image))}, timeout=60)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d["width"], d["height"]) == (256, 256) and 0.02 < d["foreground_fraction"] < 0.6
+    assert 0.5 < d["mean_confidence"] <= 1.0 and d["snr_db_estimate"] is not None
+    assert d["in_distribution"]["ok"] is True and d["model"]["model_id"]
+    assert {"decode_ms", "inference_ms", "total_ms"} <= set(d["timings"])
+    ramp = np.tile(np.linspace(0, 255, 300, dtype=np.float32), (200, 1)).astype(np.uint8)
+    for name, picture in (
+        ("camera", data.camera()),
+        ("ramp", ramp),
+        ("noise", (np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8)),
+    ):
+        r = requests.post(f"{api}/predict/json", files={"file": (f"{name}.png", _png(picture))}, timeout=60)
+        assert r.status_code == 200, r.text
+        verdict = r.json()["in_distribution"]
+        assert verdict["ok"] is False and "cannot be trusted" in verdict["reason"], name
+    rgb = np.stack([(image / image.max() * 255).astype(np.uint8)] * 3, axis=-1)  # RGB becomes grey
+    assert requests.post(f"{api}/predict", data=_png(rgb), timeout=60).status_code == 200
+    tiff = io.BytesIO()
+    import tifffile
+
+    tifffile.imwrite(tiff, (image / image.max() * 65535).astype(np.uint16))
+    assert requests.post(f"{api}/predict", data=tiff.getvalue(), timeout=60).status_code == 200
+
+
+def test_bad_uploads_get_one_line_json_errors(app) -> None:
+    _, api = app
+    post = lambda data, **kw: requests.post(f"{api}/predict", data=data, timeout=60, **kw)  # noqa: E731
+    _error(post(b"x" * (MAX_BYTES + 1)), 413, "serve.max_upload_bytes")
+    _error(post(_png(np.zeros((1100, 1100), np.uint8))), 413, "too many pixels")
+    _error(post(b"\xff\xd8\xff\xe0" + b"\0" * 100), 415, "JPEG", "PNG")
+    _error(post(b"GIF89a" + b"\0" * 50), 415, "GIF")
+    _error(post(b"hello, this is text"), 422, "not an image")
+    png = _png((_sample() / _sample().max() * 255).astype(np.uint8))
+    _error(post(png[: len(png) // 2]), 422, "PNG")
+    _error(post(png[:8] + b"\0" * 40), 422)
+    _error(post(_npy(np.zeros((3, 32, 32), np.float32))), 422, "(3, 32, 32)")
+    _error(post(_npy(np.full((32, 32), np.nan, np.float32))), 422, "NaN")
+    _error(post(b""), 422, "empty body")
+    _error(
+        requests.post(f"{api}/predict/json", files={"image": ("a.npy", _npy(_sample()))}, timeout=30),
+        422,
+        "'file'",
+        "-F file=@",
+    )
+    # Nothing above hurt the replicas.
+    assert requests.get(f"{api}/ready", timeout=10).status_code == 200
+
+
+def test_cors_allows_configured_origins_only_and_never_credentials(app) -> None:
+    _, api = app
+    ok = requests.get(f"{api}/health", headers={"Origin": "https://dots.example"}, timeout=10)
+    assert ok.headers["access-control-allow-origin"] == "https://dots.example"
+    assert "access-control-allow-credentials" not in ok.headers
+    other = requests.get(f"{api}/health", headers={"Origin": "https://evil.example"}, timeout=10)
+    assert "access-control-allow-origin" not in other.headers
+    pre = requests.options(
+        f"{api}/predict",
+        headers={"Origin": "https://dots.example", "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert pre.status_code == 204 and "POST" in pre.headers["access-control-allow-methods"]
+
+
+def test_a_request_past_its_timeout_gets_408(app) -> None:
+    r = requests.get(
+        f"{app[1]}/demo",
+        params={"size": 1024, "noise": "mixed"},
+        timeout=60,
+        headers={"x-request-timeout-seconds": "0.05"},
+    )
+    assert r.status_code in (408, 504), (r.status_code, r.text[:200])
+
+
+def _load(api: str, stop: threading.Event, results: list[int]) -> None:
+    image = _npy(_sample(128))
+    deadline = time.monotonic() + 120
+    while not stop.is_set() and time.monotonic() < deadline and len(results) < 2000:
+        try:
+            results.append(requests.post(f"{api}/predict", data=image, timeout=60).status_code)
+        except requests.RequestException:
+            results.append(-1)
+
+
+def test_checkpoint_rollout_under_load_loses_no_request_and_a_broken_one_keeps_the_old_model(
+    app, tmp_path: Path
+) -> None:
+    from dotseg.checkpoint import CheckpointError, build_from_checkpoint, save_checkpoint
+    from dotseg.config import load_config
+    from dotseg.serving import run
+
+    cfg, api = app
+    before = requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"]
+    model, ckpt = build_from_checkpoint(shipped_checkpoint())
+    trained = ckpt.cfg.replace(**{"train.seed": ckpt.cfg.train.seed + 1})  # same weights, another run: another id
+    new = save_checkpoint(tmp_path / "new.safetensors", model, trained, threshold=0.5, metrics={}, epoch=24)
+    stop, results = threading.Event(), []
+    workers = [threading.Thread(target=_load, args=(api, stop, results)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    time.sleep(2)
+    cfg2 = run.roll_out(cfg, str(new))
+    time.sleep(3)
+    stop.set()
+    for w in workers:
+        w.join(timeout=90)
+    after = requests.get(f"{api}/ready", timeout=10).json()
+    assert after["model"]["model_id"] != before and after["model"]["checkpoint"] == "new.safetensors"
+    assert len(results) > 20 and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}
+
+    # A broken file is refused before any replica sees it...
+    (tmp_path / "broken.safetensors").write_text("<html>not found</html>")
+    with pytest.raises(CheckpointError, match="HTML page"):
+        run.roll_out(cfg2, str(tmp_path / "broken.safetensors"))
+    # ...and one that loads but fails the warm-up on the replica leaves the old model serving, saying why.
+    blank = save_checkpoint(
+        tmp_path / "blank.safetensors", model, load_config("cpu"), threshold=0.9999, metrics={}, epoch=1
+    )
+    with pytest.raises(run.ServeError, match=r"blank\.safetensors.*not rolled out.*warm-up.*keeps serving"):
+        run.roll_out(cfg2, str(blank))
+    ready = requests.get(f"{api}/ready", timeout=10).json()
+    assert ready["model"]["model_id"] == after["model"]["model_id"], ready
+    assert requests.post(f"{api}/predict", data=_npy(_sample(128)), timeout=60).status_code == 200
+    run.roll_out(cfg2, None)  # back to the shipped model for the other tests
+    assert requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] == before
+
+
+def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(app) -> None:
+    import os
+    import signal
+
+    import ray
+    from ray.util.state import list_actors
+
+    _, api = app
+    stop, results = threading.Event(), []
+    workers = [threading.Thread(target=_load, args=(api, stop, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(3)
+    address = ray.get_runtime_context().gcs_address
+    replicas = list_actors(
+        address=address, filters=[("class_name", "=", "ServeReplica:dotseg:Segmenter"), ("state", "=", "ALIVE")]
+    )
+    assert replicas, "no replica actor found"
+    os.kill(replicas[0]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    replaced = False
+    while time.monotonic() < deadline and not replaced:
+        time.sleep(1)
+        alive = list_actors(
+            address=address, filters=[("class_name", "=", "ServeReplica:dotseg:Segmenter"), ("state", "=", "ALIVE")]
+        )
+        replaced = (
+            any(a["pid"] != replicas[0]["pid"] for a in alive)
+            and requests.get(f"{api}/ready", timeout=10).status_code == 200
+        )
+    time.sleep(2)
+    stop.set()
+    for w in workers:
+        w.join(timeout=90)
+    ok = sum(code == 200 for code in results) / max(len(results), 1)
+    assert replaced and len(results) > 50 and ok >= 0.99, (replaced, len(results), ok)
