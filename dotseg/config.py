@@ -62,6 +62,10 @@ __all__ = [
 ]
 
 
+#: The Serve application builder that Serve config files name.
+SERVE_IMPORT = "serve_app:build"
+
+
 def _shipped_configs() -> Path:
     from importlib.resources import files
 
@@ -184,10 +188,29 @@ def load_config(
     if path is not None:
         p = resolve_path(path)
         data = load_yaml(p.read_text(), source=str(p))
+        if "applications" in data:  # a Ray Serve config file (configs/serve.yaml): its app's args
+            data = serve_file_section(data, str(p))
     data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item, Config)
     return Config.from_dict(data)
+
+
+def serve_file_section(data: dict[str, Any], source: str = "<serve config>") -> dict[str, Any]:
+    """The dotseg config in a Ray Serve config file: the ``args`` of the application whose import path
+    is ``serve_app:build``, with ``http_options`` host, port and request timeout and its route prefix."""
+    apps = [a for a in data.get("applications") or [] if isinstance(a, dict) and a.get("import_path") == SERVE_IMPORT]
+    if len(apps) != 1:
+        raise ConfigError(
+            f"{source}: a Serve config file needs exactly one application with "
+            f"import_path {SERVE_IMPORT!r}, found {len(apps)}"
+        )
+    serve = dict(apps[0].get("args") or {})
+    http = data.get("http_options") or {}
+    serve.update({k: http[k] for k in ("host", "port", "request_timeout_s") if k in http})
+    if "route_prefix" in apps[0]:
+        serve["route_prefix"] = apps[0]["route_prefix"]
+    return {"serve": serve}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
