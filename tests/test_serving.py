@@ -6,6 +6,7 @@ and every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import socket
 import threading
@@ -303,3 +304,29 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(app) -> None:
         w.join(timeout=90)
     ok = sum(code == 200 for code in results) / max(len(results), 1)
     assert replaced and len(results) > 50 and ok >= 0.99, (replaced, len(results), ok)
+
+
+def test_overload_is_a_fast_503_with_retry_after(app) -> None:
+    from ray import serve
+
+    from dotseg.serving.app import build
+
+    cfg, api = app
+    tight = cfg.replace(min_replicas=1, max_replicas=1, max_ongoing_requests=1, max_batch_size=1, max_queued_requests=1)
+    serve.run(build(tight.to_dict()), name="overload", route_prefix="/overload", blocking=False)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            t0 = time.monotonic()
+            futures = [
+                pool.submit(requests.get, f"{api}/overload/demo", params={"size": 512, "seed": i}, timeout=60)
+                for i in range(24)
+            ]
+            answers = [f.result() for f in futures]
+            elapsed = time.monotonic() - t0
+        codes = [r.status_code for r in answers]
+        rejected = [r for r in answers if r.status_code == 503]
+        assert rejected and set(codes) <= {200, 503}, codes
+        assert all(r.headers.get("retry-after") == "1" for r in rejected)
+        assert elapsed < 45, elapsed  # bounded: rejected requests do not wait in a growing queue
+    finally:
+        serve.delete("overload")
