@@ -206,7 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         inputs = list_images(args.input)
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, threads=args.threads, threshold=args.threshold
+            args.checkpoint, device=args.device, threads=args.threads, threshold=args.threshold, engine=args.engine
         )
         result = predict_files(
             predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay, progress=not args.quiet
@@ -557,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--threads", type=_ranged(int, 1), default=None, help="CPU threads for torch (default: torch's choice)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "eager", "onnxruntime", "openvino"),  # dotseg.inference.engines (imports torch)
+        default="auto",
+        help="CPU inference engine: auto (default) = OpenVINO if installed (pip install 'dotseg[fast]'), "
+        "else ONNX Runtime if installed, else eager PyTorch; the exported model is cached beside the checkpoint",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)

@@ -1,0 +1,450 @@
+"""CPU inference engines of the :class:`~dotseg.inference.predictor.Predictor`: one registry entry each.
+
+    run = build_engine("onnxruntime", EngineContext(model, device, threads=1, model_id=..., cache_dir=...))
+    prob = run(batch)  # (B, 1, H, W) normalized float32 -> (B, 1, H, W) float32 probabilities
+
+========================  ===============================================================================
+``eager``                 the PyTorch model itself (channels-last on CPU, fp16 autocast on CUDA): the
+                          reference every other engine is measured against, and the only one on CUDA
+``openvino``              the model exported to ONNX once, compiled by OpenVINO's CPU plugin at fp32
+                          (dynamic shapes, plus a model compiled for each recurring input shape)
+``onnxruntime``           the same ONNX file, run by ONNX Runtime's CPU execution provider
+========================  ===============================================================================
+
+``auto`` is the first of :data:`AUTO_ORDER` whose packages import, else ``eager`` with a one-line
+notice naming the extra to install. The order is measured, not guessed: ``python benchmarks/model.py
+--tables engines`` (README, "Benchmarks"). Both exported engines are within 1e-4 of eager's
+probabilities (~3e-6) with identical masks on the evaluation set; at 1 thread, batch 1, OpenVINO
+runs ~1.5x eager and ONNX Runtime ~1.4x, so OpenVINO comes first. OpenVINO's lead needs a model
+compiled for the input shape (~0.3 s; its dynamic-shape model is no faster than ONNX Runtime), so
+a shape runs on the dynamic model until it recurs (:data:`OPENVINO_PROMOTE_AT`).
+
+The exported graph takes any batch and any ``H, W`` that are multiples of the model's
+``size_multiple``; the engine pads the input with the model's own ``_pad`` (exactly what the eager
+forward does first) and crops the logits, so every input size works. The sigmoid runs in torch, as in
+eager, so thresholds see the same function of the logits. The export (15 s on 2 cores) happens once
+per model: the file is cached under the model's identity (:func:`cache_dir`), written atomically and
+checked against eager on a small probe every time it is loaded, so a stale or damaged file is
+re-exported instead of served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dotseg.device import autocast, denormals_flushed
+
+__all__ = [
+    "Engine",
+    "EngineContext",
+    "EngineSpec",
+    "ENGINES",
+    "AUTO_ORDER",
+    "EXTRA",
+    "PROBE_TOLERANCE",
+    "register_engine",
+    "engine_names",
+    "resolve_engine",
+    "build_engine",
+    "cache_dir",
+    "model_digest",
+]
+
+log = logging.getLogger(__name__)
+
+#: A built engine: (B, 1, H, W) normalized float32 numpy -> (B, 1, H, W) float32 probabilities.
+Engine = Callable[[np.ndarray], np.ndarray]
+
+#: The optional dependencies that bring the fast engines (``pip install 'dotseg[fast]'``).
+EXTRA = "fast"
+INSTALL_HINT = f"pip install 'dotseg[{EXTRA}]'"
+#: Largest |prob - prob_eager| an exported model may show on the load-time probe.
+PROBE_TOLERANCE = 1e-4
+#: Cache subdirectory beside a checkpoint.
+CACHE_SUBDIR = ".dotseg-cache"
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What an engine is built from.
+
+    Args:
+        model: the network in eval mode, ``(B, 1, H, W)`` -> ``(B, 1, H, W)`` logits.
+        device: where the eager model runs (the exported engines run on the CPU only).
+        threads: intra-op threads of an exported engine's runtime (eager uses torch's setting).
+        model_id: the model's identity, the cache key of the exported file.
+        cache_dir: directory of the exported file (see :func:`cache_dir`).
+        channels_last: eager only: feed the model channels-last input.
+    """
+
+    model: nn.Module
+    device: torch.device
+    threads: int
+    model_id: str
+    cache_dir: Path
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A registry entry: an engine's name, the modules it needs (and how to install them), how to build it."""
+
+    name: str
+    requires: tuple[str, ...]
+    build: Callable[[EngineContext], Engine]
+    summary: str
+    install: str = INSTALL_HINT
+
+
+ENGINES: dict[str, EngineSpec] = {}
+#: ``auto`` takes the first of these whose packages import (the fastest measured first), else eager.
+AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime")
+
+
+def register_engine(spec: EngineSpec) -> EngineSpec:
+    if spec.name in ENGINES or spec.name == "auto":
+        raise ValueError(f"engine {spec.name!r} is already registered")
+    ENGINES[spec.name] = spec
+    return spec
+
+
+def engine_names() -> list[str]:
+    """``auto`` and every registered engine: the choices of ``--engine``."""
+    return ["auto", *ENGINES]
+
+
+def _missing(spec: EngineSpec) -> str | None:
+    """The first module of ``spec.requires`` that does not import, or None."""
+    for module in spec.requires:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def resolve_engine(name: str, device: torch.device) -> str:
+    """The engine ``name`` stands for here: ``auto`` -> the fastest installed one (eager on CUDA).
+
+    Raises:
+        ValueError: an unknown name, a CPU-only engine on CUDA, or an engine whose package is missing.
+    """
+    if name == "auto":
+        if device.type != "cpu":
+            return "eager"
+        for candidate in AUTO_ORDER:
+            if candidate in ENGINES and _missing(ENGINES[candidate]) is None:
+                return candidate
+        log.info(
+            "no fast CPU inference engine is installed (%s adds %s); running eager PyTorch",
+            INSTALL_HINT,
+            AUTO_ORDER[0],
+        )
+        return "eager"
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(engine_names())}")
+    if name != "eager" and device.type != "cpu":
+        raise ValueError(f"engine {name!r} runs on the CPU only, not on {device}; use engine 'eager' there")
+    module = _missing(ENGINES[name])
+    if module is not None:
+        raise ValueError(
+            f"engine {name!r} needs the Python package {module!r}, which is not installed: {ENGINES[name].install}"
+        )
+    return name
+
+
+def build_engine(name: str, ctx: EngineContext) -> Engine:
+    """Build a resolved engine (see :func:`resolve_engine`)."""
+    return ENGINES[name].build(ctx)
+
+
+# --- cache location and model identity ----------------------------------------------------------
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dotseg``, else ``~/.cache/dotseg``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dotseg"
+
+
+def _writable_dir(path: Path) -> bool:
+    """Whether ``path`` exists (or can be created) and accepts new files."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def cache_dir(checkpoint: Path | None, packaged: bool = False) -> Path:
+    """Where exported models of ``checkpoint`` are cached.
+
+    ``<checkpoint dir>/.dotseg-cache`` when that can be written; the user cache dir
+    (:func:`user_cache_dir`) when it cannot, for a model without a file, and for the model shipped
+    inside the package (``packaged``: a wheel's directory may be read-only, and a source checkout
+    should not collect generated files).
+    """
+    if checkpoint is not None and not packaged:
+        beside = Path(checkpoint).resolve().parent / CACHE_SUBDIR
+        if _writable_dir(beside):
+            return beside
+    return user_cache_dir()
+
+
+def model_digest(model: nn.Module) -> str:
+    """A 12-hex identity of a model without a checkpoint: its class, parameters and buffers."""
+    h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=6)
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- shared pieces of the exported engines ------------------------------------------------------
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """torch's sigmoid with denormals flushed, as the eager engine computes it."""
+    with torch.inference_mode(), denormals_flushed():
+        return torch.sigmoid(torch.from_numpy(logits)).numpy()
+
+
+class _Padding:
+    """Pads input to the model's ``size_multiple`` with the model's own ``_pad``, and crops back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.multiple = int(getattr(model, "size_multiple", 1))
+        self._pad: Callable[[torch.Tensor], torch.Tensor] | None = getattr(model, "_pad", None)
+        if self.multiple > 1 and self._pad is None:
+            raise ValueError(f"{type(model).__name__} has a size_multiple but no _pad")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._pad is None or (x.shape[-2] % self.multiple == 0 and x.shape[-1] % self.multiple == 0):
+            return np.ascontiguousarray(x)
+        with torch.inference_mode():
+            return self._pad(torch.from_numpy(x)).contiguous().numpy()
+
+
+def _export_onnx(model: nn.Module, path: Path, model_id: str) -> None:
+    """Export ``model`` (eval, CPU, fp32) with the dynamo exporter to ``path``, atomically.
+
+    Dynamic batch and ``H, W`` as multiples of ``size_multiple``: torch.export can then prove that
+    the model's own padding is a no-op and the graph has no shape-dependent branches. (The legacy
+    TorchScript exporter refuses the blur-pool, whose depthwise kernel is expanded at run time.)
+    """
+    from torch.export import Dim
+
+    multiple = int(getattr(model, "size_multiple", 1))
+    batch, hq, wq = Dim("batch", min=1), Dim("hq", min=1), Dim("wq", min=1)
+    height = hq * multiple if multiple > 1 else hq
+    width = wq * multiple if multiple > 1 else wq
+    example = torch.zeros(2, 1, 2 * multiple, 3 * multiple)  # 2, not 1: torch.export specializes sizes 0 and 1
+    t0 = time.perf_counter()
+    log.info("exporting the model to ONNX for the CPU engine (once per model) -> %s", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    sink = io.StringIO()
+    # The exporter prints its progress, logs every graph rewrite at INFO and warns about unrelated
+    # registrations (torchvision): none of it is news to a user.
+    chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in chatty]
+    try:
+        for logger in chatty:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch, 2: height, 3: width},),
+                external_data=False,
+                verbose=False,
+            )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.model.metadata_props.update(
+            {"dotseg.model_id": model_id, "dotseg.size_multiple": str(multiple), "torch": torch.__version__}
+        )
+        program.save(tmp, external_data=False)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared cache
+        os.replace(tmp, path)
+    finally:
+        for logger, old in zip(chatty, levels, strict=True):
+            logger.setLevel(old)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    log.info("exported in %.1f s", time.perf_counter() - t0)
+
+
+def _probe(model: nn.Module, run: Engine) -> float:
+    """max |prob - prob_eager| on a small fixed input of an awkward size (padding included)."""
+    multiple = int(getattr(model, "size_multiple", 1))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, multiple + 3, 2 * multiple + 5), dtype=np.float32)
+    with torch.inference_mode(), denormals_flushed():
+        expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    return float(np.abs(run(x).astype(np.float64) - expected).max())
+
+
+def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]) -> Engine:
+    """The cached ONNX file of ``ctx.model`` (exported if missing or failing the probe), run by the
+    runner ``open_runner(path)`` returns (padded input -> logits), wrapped with padding and sigmoid."""
+    if ctx.device.type != "cpu":
+        raise ValueError(f"exported engines run on the CPU only, not on {ctx.device}")
+    path = ctx.cache_dir / f"{ctx.model_id}.onnx"
+    padding = _Padding(ctx.model)
+
+    def make() -> Engine:
+        runner = open_runner(path)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            height, width = x.shape[-2:]
+            logits = runner(padding(x))[..., :height, :width]
+            return _sigmoid(logits)
+
+        return run
+
+    fresh = not path.is_file()
+    if fresh:
+        _export_onnx(ctx.model, path, ctx.model_id)
+    try:
+        run = make()
+        diff = _probe(ctx.model, run)
+    except Exception as exc:  # a damaged file: re-exported below; a fresh one that fails: raised
+        if fresh:
+            raise
+        log.warning("the cached %s does not load (%s); exporting it again", path, exc)
+        diff = float("inf")
+    if diff > PROBE_TOLERANCE:
+        if fresh:
+            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {PROBE_TOLERANCE:g})")
+        if diff != float("inf"):
+            log.warning("the cached %s differs from this model (%.2g); exporting it again", path, diff)
+        _export_onnx(ctx.model, path, ctx.model_id)
+        run = make()
+        diff = _probe(ctx.model, run)
+        if diff > PROBE_TOLERANCE:
+            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {PROBE_TOLERANCE:g})")
+    return run
+
+
+# --- the engines ------------------------------------------------------------------------------
+
+
+def _eager(ctx: EngineContext) -> Engine:
+    model, device, channels_last = ctx.model, ctx.device, ctx.channels_last
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(device)  # (B, 1, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # fp16 on CUDA; on CPU plain fp32, since bf16 would cost accuracy and CPU inference gains little.
+        with torch.inference_mode(), denormals_flushed():
+            with autocast(device, enabled=device.type == "cuda"):
+                logits = model(x)  # (B, 1, H, W)
+            prob = torch.sigmoid(logits.float())  # (B, 1, H, W), sigmoid in fp32
+            return prob.cpu().numpy()
+
+    return run
+
+
+def _onnxruntime(ctx: EngineContext) -> Engine:
+    ort: Any = importlib.import_module("onnxruntime")
+
+    def open_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = ctx.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only
+        # Workers would busy-wait between ops; on a shared machine that steals the other processes' time.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")  # as eager flushes them
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"x": x})[0]
+
+    return _onnx_engine(ctx, open_runner)
+
+
+#: OpenVINO: a shape seen this many times gets a model compiled for it (before: the dynamic-shape model).
+OPENVINO_PROMOTE_AT = 3
+#: OpenVINO: shape-specific compiled models kept, least recently used dropped (35-105 MB each at 512 px).
+OPENVINO_SHAPES = 4
+
+
+def _openvino(ctx: EngineContext) -> Engine:
+    ov: Any = importlib.import_module("openvino")
+
+    def open_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        core = ov.Core()
+        source = core.read_model(str(path))
+        config = {
+            "INFERENCE_NUM_THREADS": ctx.threads,
+            "INFERENCE_PRECISION_HINT": "f32",  # else bf16 where the CPU has it: ~1e-2 off, masks change
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "CPU_DENORMALS_OPTIMIZATION": True,  # as eager flushes them
+        }
+        # A model compiled for one static shape runs ~10 % faster than the dynamic-shape one, but its
+        # compilation costs ~0.3 s: a shape is served by the dynamic model until it has recurred.
+        dynamic = core.compile_model(source, "CPU", config).create_infer_request()
+        static: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        seen: dict[tuple[int, ...], int] = {}
+
+        def runner(x: np.ndarray) -> np.ndarray:
+            shape = tuple(x.shape)
+            request = static.get(shape)
+            if request is not None:
+                static.move_to_end(shape)
+            else:
+                seen[shape] = seen.get(shape, 0) + 1
+                request = dynamic
+                if seen[shape] >= OPENVINO_PROMOTE_AT:
+                    model = source.clone()
+                    model.reshape(list(shape))
+                    request = static[shape] = core.compile_model(model, "CPU", config).create_infer_request()
+                    if len(static) > OPENVINO_SHAPES:
+                        static.popitem(last=False)
+                    if len(seen) > 1024:  # a stream of one-off sizes must not grow this forever
+                        seen.clear()
+            return request.infer({0: x})[0].copy()
+
+        return runner
+
+    return _onnx_engine(ctx, open_runner)
+
+
+register_engine(EngineSpec("eager", (), _eager, "PyTorch (channels-last on CPU, fp16 autocast on CUDA)"))
+register_engine(
+    EngineSpec("onnxruntime", ("onnxruntime", "onnxscript"), _onnxruntime, "ONNX Runtime, CPU execution provider")
+)
+register_engine(
+    EngineSpec(
+        "openvino",
+        ("openvino", "onnxscript"),
+        _openvino,
+        "OpenVINO CPU plugin, fp32, recurring shapes compiled for their shape",
+        install=f"{INSTALL_HINT} openvino",
+    )
+)
