@@ -330,3 +330,25 @@ def test_overload_is_a_fast_503_with_retry_after(app) -> None:
         assert elapsed < 45, elapsed  # bounded: rejected requests do not wait in a growing queue
     finally:
         serve.delete("overload")
+
+
+def test_prometheus_metrics_count_requests_per_endpoint(app) -> None:
+    import ray
+
+    _, api = app
+    for _ in range(3):
+        requests.get(f"{api}/health", timeout=10)
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:  # Ray exports every few seconds
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if 'endpoint="/health"' in text and "ray_dotseg_request_latency_ms_bucket" in text:
+            break
+        time.sleep(2)
+    health = [
+        line for line in text.splitlines() if line.startswith("ray_dotseg_requests_total") and '"/health"' in line
+    ]
+    assert health and float(health[0].rsplit(" ", 1)[1]) >= 3
+    assert 'endpoint="/predict"' in text  # from the tests before
+    assert "ray_serve_num_http_requests_total" in text  # Serve's own per-route counters are still there

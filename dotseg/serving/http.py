@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -93,12 +94,57 @@ class _Guard:
             await _respond(send, 413, body, {"content-type": "application/json", **(cors if allowed else {})})
             return
 
+        t0 = time.perf_counter()
+        status = [500]
+
         async def send_with_cors(message: Message) -> None:
-            if allowed and message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *((k.encode(), v.encode()) for k, v in cors.items())]
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                if allowed:
+                    extra = ((k.encode(), v.encode()) for k, v in cors.items())
+                    message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_cors)
+        try:
+            await self.app(scope, receive, send_with_cors)
+        finally:
+            _record(scope, status[0], time.perf_counter() - t0)
+
+
+#: Endpoints with their own metric label; anything else counts as "other" (bounded label values).
+ENDPOINTS = ("/", "/health", "/ready", "/demo", "/predict", "/predict/json", "/docs", "/openapi.json")
+_metrics: tuple[Any, Any] | None = None
+
+
+def _record(scope: Scope, status: int, seconds: float) -> None:
+    """Per-endpoint request count and latency, through Serve's metrics API (Prometheus, on every
+    node's metrics export port: ``dotseg_requests_total`` and ``dotseg_request_latency_ms``)."""
+    global _metrics
+    try:
+        if _metrics is None:
+            from ray.serve import metrics
+
+            _metrics = (
+                metrics.Counter(
+                    "dotseg_requests",
+                    description="HTTP requests by endpoint and status",
+                    tag_keys=("endpoint", "status"),  # type: ignore[arg-type]  # Ray types it as a 1-tuple
+                ),
+                metrics.Histogram(
+                    "dotseg_request_latency_ms",
+                    description="HTTP request latency by endpoint",
+                    boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000],
+                    tag_keys=("endpoint",),
+                ),
+            )
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        path = path[len(root) :] if root and path.startswith(root) else path
+        endpoint = path if path in ENDPOINTS else ("/static" if path.startswith("/static/") else "other")
+        _metrics[0].inc(tags={"endpoint": endpoint, "status": str(status)})
+        _metrics[1].observe(seconds * 1000.0, tags={"endpoint": endpoint})
+    except Exception:  # metrics must never fail a request
+        pass
 
 
 def _too_big(size: int) -> str:
