@@ -88,14 +88,9 @@ class Segmenter:
 
     def _load(self, checkpoint: str | None) -> Any:
         """A Predictor for ``checkpoint`` that has passed the warm-up prediction."""
-        import inspect  # TEMPORARY until Predictor gains engine=
-
         from dotseg.inference.predictor import Predictor
 
-        kw: dict[str, Any] = (
-            {"engine": self.cfg.engine} if "engine" in inspect.signature(Predictor.from_checkpoint).parameters else {}
-        )
-        predictor = Predictor.from_checkpoint(checkpoint, threads=self.threads, **kw)
+        predictor = Predictor.from_checkpoint(checkpoint, threads=self.threads, engine=self.cfg.engine)
         _warmup(predictor)
         self.loaded_at = time.time()
         return predictor
@@ -133,7 +128,7 @@ class Segmenter:
             **about,
             "threshold": p.threshold,
             "input_size": p.contract.input_size,
-            "engine": getattr(p, "engine_name", "eager"),
+            "engine": p.engine,
             "threads": self.threads,
         }
 

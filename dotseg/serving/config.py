@@ -6,7 +6,7 @@ FastAPI ingress, so ``configs/serve.yaml``, ``dotseg serve --set serve.x=y`` and
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -18,8 +18,9 @@ class ServeConfig(Section):
     """Checkpoint to serve; null = the model shipped with the package. Changing it on a running app
     rolls the new model out to every replica (``reconfigure``); one that fails to load is refused
     and the old model keeps serving."""
-    engine: str = "auto"
-    """CPU inference engine of the replicas' Predictor (``auto`` = the fastest installed; ``eager``)."""
+    engine: Literal["auto", "eager", "openvino", "onnxruntime"] = "auto"
+    """CPU inference engine of the replicas' Predictor: ``auto`` = the fastest installed (see the README's
+    engine benchmark), else eager PyTorch."""
     host: str = Field("127.0.0.1", min_length=1)
     """Interface the HTTP proxy binds; use 0.0.0.0 only behind a firewall or proxy you control."""
     port: int = Field(8000, ge=1, le=65535)
