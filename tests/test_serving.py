@@ -303,6 +303,7 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(app) -> None:
     for w in workers:
         w.join(timeout=90)
     ok = sum(code == 200 for code in results) / max(len(results), 1)
+    print(f"killed replica: {len(results)} requests under load, {ok:.2%} succeeded, replaced: {replaced}")
     assert replaced and len(results) > 50 and ok >= 0.99, (replaced, len(results), ok)
 
 
