@@ -16,7 +16,11 @@ Three tables, all at batch 1 on the CPU:
    reference row, forward alone and through :meth:`dotseg.inference.predictor.Predictor.predict`;
 4. the shipped model (``dotseg/assets/model.safetensors``) on a 512x512 image against that seed
    configuration on a 256x256 image, whole ``Predictor.predict`` calls in the same rounds, with
-   the speed-up and each model's Dice. Only this table uses trained weights.
+   the speed-up and each model's Dice;
+5. the CPU inference engines (:mod:`dotseg.inference.engines`) on the shipped model at 512x512,
+   batch 1 and 8, each against eager in the same rounds, with max |Δprob| and mask agreement
+   against eager on the evaluation set: how ``Predictor(engine="auto")`` is chosen. Tables 4 and
+   5 use trained weights.
 
 Weights are freshly initialised, and the BatchNorm statistics are then recomputed on two synthetic
 samples: with the initial statistics (mean 0, variance 1) the activations shrink stage by stage and
@@ -411,7 +415,7 @@ def reference_table(args: argparse.Namespace) -> None:
     model = calibrated_model(SEED_MODEL)
     x = synthetic_input(SEED_SIZE)
     # The seed ran eager NCHW. threads=None leaves torch's setting to the cells below.
-    predictor = Predictor(model, ModelContract(model=SEED_MODEL), channels_last=False)
+    predictor = Predictor(model, ModelContract(model=SEED_MODEL), channels_last=False, engine="eager")
     image = x[0, 0].numpy()
     whats = ("forward (no_grad)", "Predictor.predict (normalize + inference_mode + sigmoid)")
     times = {}
@@ -441,13 +445,15 @@ def shipped_table(args: argparse.Namespace) -> None:
     from dotseg.checkpoint import CheckpointError
 
     print("## The shipped model against the seed's deployed configuration\n")
-    try:  # two copies: channels_last converts the model in place
-        shipped = Predictor.from_checkpoint(None, channels_last=False)
-        fast = Predictor.from_checkpoint(None, channels_last=True)  # the CPU default
+    try:  # two copies: channels_last converts the model in place; eager both (table 5 compares engines)
+        shipped = Predictor.from_checkpoint(None, channels_last=False, engine="eager")
+        fast = Predictor.from_checkpoint(None, channels_last=True, engine="eager")  # the eager CPU default
     except CheckpointError as e:
         print(f"skipped: {e}\n")
         return
-    seed = Predictor(calibrated_model(SEED_MODEL), ModelContract(model=SEED_MODEL), channels_last=False)  # as it ran
+    seed = Predictor(
+        calibrated_model(SEED_MODEL), ModelContract(model=SEED_MODEL), channels_last=False, engine="eager"
+    )  # as it ran
     big = make_sample(shipped.synthesis, seed=0, index=0).image  # the raw image a user would send
     small = make_sample(SynthesisConfig().replace(size=SEED_SIZE), seed=0, index=0).image
     rows = {
@@ -483,6 +489,146 @@ def shipped_table(args: argparse.Namespace) -> None:
     print()
 
 
+# --- table 5: CPU inference engines ------------------------------------------------------------
+
+
+def engine_call(predictor: Predictor, batch: np.ndarray, threads: int) -> Callable[[], object]:
+    """A closure running the predictor's forward pass (engine + sigmoid) on a normalized batch."""
+
+    def call() -> object:
+        torch.set_num_threads(threads)  # eager's threads; an exported engine has its own, fixed at build
+        return predictor._forward(batch)
+
+    return call
+
+
+def engines_table(args: argparse.Namespace) -> None:
+    """Every installed engine against eager on the shipped model: speed at 512 px, batch 1 and 8, and
+    agreement on ``--engine-n`` evaluation images. The exported model goes to a temporary cache, so
+    the export is timed too."""
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.evaluation import EVAL_SEED, benchmark_cases
+    from dotseg.inference import engines
+
+    print("## CPU inference engines: the shipped model at 512x512\n")
+    names = [n for n in engines.ENGINES if n == "eager" or engines._missing(engines.ENGINES[n]) is None]
+    missing = [n for n in engines.ENGINES if n not in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        old_cache = os.environ.get("XDG_CACHE_HOME")
+        os.environ["XDG_CACHE_HOME"] = tmp
+        try:
+            built: dict[tuple[str, int], Predictor] = {}
+            setup: dict[str, tuple[float, float]] = {}
+            for name in names:
+                for t in args.threads:
+                    t0 = time.perf_counter()
+                    try:
+                        built[(name, t)] = Predictor.from_checkpoint(None, threads=t, engine=name)
+                    except CheckpointError as e:
+                        print(f"skipped: {e}\n")
+                        return
+                    first = time.perf_counter() - t0
+                    if t == args.threads[0]:  # first build: exports; the next one loads the cache
+                        setup[name] = (first, first)
+                    else:
+                        setup[name] = (setup[name][0], first)
+        finally:
+            if old_cache is None:
+                os.environ.pop("XDG_CACHE_HOME", None)
+            else:
+                os.environ["XDG_CACHE_HOME"] = old_cache
+    eager = built[("eager", args.threads[0])]
+
+    # Agreement: the evaluation set's recipes, at the model's size, every engine at batch 8.
+    cases = benchmark_cases(args.engine_n)
+    images = [
+        make_sample(
+            eager.synthesis,
+            EVAL_SEED,
+            c.index,
+            noisy=c.kind != "clean",
+            noise_types=c.noise_types,
+            severity=c.severity,
+        ).image
+        for c in cases
+    ]
+    torch.set_num_threads(args.threads[0])
+    reference = eager.predict_batch(images)
+    agreement = {}
+    for name in names:
+        preds = built[(name, args.threads[0])].predict_batch(images)
+        diff = max(float(np.abs(p.prob - r.prob).max()) for p, r in zip(preds, reference, strict=True))
+        same = sum(int((p.mask == r.mask).sum()) for p, r in zip(preds, reference, strict=True))
+        identical = sum(bool(np.array_equal(p.mask, r.mask)) for p, r in zip(preds, reference, strict=True))
+        agreement[name] = (diff, same / sum(r.mask.size for r in reference), identical)
+
+    # Speed: forward + sigmoid on normalized 512x512 batches, engines against eager in the same rounds.
+    normalized = np.stack([normalize(im) for im in images[:8]])  # (8, 512, 512)
+    # The first 3 calls at a shape never seen before: OpenVINO runs a new shape on its dynamic-shape
+    # model and compiles one for the shape on its 3rd occurrence (engines.OPENVINO_PROMOTE_AT).
+    new_shape: dict[str, list[float]] = {}
+    for name in names:
+        call = engine_call(built[(name, args.threads[0])], normalized[:3, :448, :320].copy(), args.threads[0])
+        new_shape[name] = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            call()
+            new_shape[name].append(time.perf_counter() - t0)
+    times: dict[tuple[str, int, int], list[float]] = {}
+    for t in args.threads:
+        for batch in (1, 8):
+            cells = {(name, t, batch): engine_call(built[(name, t)], normalized[:batch], t) for name in names}
+            for call in cells.values():  # steady state: OpenVINO has compiled for the shape by the 3rd call
+                for _ in range(2):
+                    call()
+            rounds = args.engine_rounds if batch == 1 else max(3, args.engine_rounds // 3)
+            times.update(interleaved(cells, rounds, args.max_cell_s))
+
+    cols = [(t, b) for t in args.threads for b in (1, 8)]
+    print(
+        f"Forward pass + sigmoid on normalized 512x512 input (normalize and the threshold are the same "
+        f"for every engine), median ms per call of up to {args.engine_rounds} rounds at batch 1 and "
+        f"{max(3, args.engine_rounds // 3)} at batch 8, speed-up = eager's median / the engine's at the "
+        f"same threads and batch, measured in the same rounds. Agreement against eager on "
+        f"{len(images)} evaluation images (`benchmark_cases`, seed {EVAL_SEED}, batch 8, "
+        f"{args.threads[0]} thread): max |Δprob| over all pixels, identical mask pixels, images whose "
+        f"masks are identical. Setup: first construction (export included; the engines share one "
+        f"exported file) / a later one (cached). New shape: the 1st / 3rd call on a 3x448x320 batch "
+        f"never seen before (OpenVINO compiles a model for a shape on its 3rd call; until then it runs "
+        f"its dynamic-shape model).\n"
+    )
+    head = " | ".join(f"{t}T b{b} ms | ×eager" for t, b in cols)
+    print(f"| engine | setup s | new shape ms | {head} | max abs Δprob | mask pixels equal | identical masks |")
+    print("|---|---:|---:|" + "---:|---:|" * len(cols) + "---:|---:|---:|")
+    for name in names:
+        cells = " | ".join(
+            f"{ms(times[(name, t, b)])} | {ratio(times[('eager', t, b)], times[(name, t, b)])}" for t, b in cols
+        )
+        diff, pixels, identical = agreement[name]
+        first, later = setup[name]
+        print(
+            f"| {name} | {first:.1f} / {later:.1f} | {new_shape[name][0] * 1e3:.0f} / "
+            f"{new_shape[name][2] * 1e3:.0f} | {cells} | {diff:.1e} "
+            f"| {pixels:.6%} | {identical}/{len(images)} |",
+            flush=True,
+        )
+    for name in missing:
+        print(f"| {name} | not installed ({engines.ENGINES[name].install}) |" + " |" * (2 * len(cols) + 4))
+
+    def score(name: str) -> float:  # geometric mean of the speed-ups over the cells
+        ratios = [statistics.median(times[("eager", t, b)]) / statistics.median(times[(name, t, b)]) for t, b in cols]
+        return float(np.exp(np.mean(np.log(ratios))))
+
+    ok = [n for n in names if agreement[n][0] <= engines.PROBE_TOLERANCE and agreement[n][2] == len(images)]
+    ranking = ", ".join(f"{n} {score(n):.2f}x" for n in sorted(ok, key=score, reverse=True))
+    refused = [n for n in names if n not in ok]
+    print(
+        f"\nWithin {engines.PROBE_TOLERANCE:g} of eager with identical masks, by the geometric mean of their "
+        f"speed-ups: {ranking}" + (f"; refused: {', '.join(refused)}" if refused else "") + ". "
+        f'`engine="auto"` tries, in order: {", ".join(engines.AUTO_ORDER)} (see dotseg/inference/engines.py).\n'
+    )
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -502,8 +648,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--tables",
         nargs="+",
-        choices=("variants", "paths", "reference", "shipped"),
-        default=["variants", "paths", "reference", "shipped"],
+        choices=("variants", "paths", "reference", "shipped", "engines"),
+        default=["variants", "paths", "reference", "shipped", "engines"],
         help="which tables to print (default all)",
     )
     ap.add_argument("--variants", nargs="+", choices=list_models(), help="variants to time (table 1)")
@@ -527,6 +673,15 @@ def parse_args() -> argparse.Namespace:
         help="a cell stops after this many seconds once it has 3 calls (default 30)",
     )
     ap.add_argument("--path-size", type=int, choices=SIZES, default=512, help="image side for table 2 (default 512)")
+    ap.add_argument(
+        "--engine-n", type=int, default=64, help="evaluation images for the engines' agreement (default 64)"
+    )
+    ap.add_argument(
+        "--engine-rounds",
+        type=int,
+        default=30,
+        help="timed rounds of the engines table at batch 1; a third of them at batch 8 (default 30)",
+    )
     ap.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -570,6 +725,8 @@ def main() -> None:
         reference_table(args)
     if "shipped" in args.tables:
         shipped_table(args)
+    if "engines" in args.tables:
+        engines_table(args)
     print("load average at the end: " + " ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 
