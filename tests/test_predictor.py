@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint: Path) -> Predictor:
-    return Predictor.from_checkpoint(checkpoint, device="cpu")
+    return Predictor.from_checkpoint(checkpoint, device="cpu", engine="eager")  # engines: test_engines.py
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -133,8 +133,9 @@ def test_normalization_makes_dtype_and_scale_irrelevant(predictor: Predictor) ->
 
 
 def test_channels_last_path_gives_the_same_probabilities(predictor: Predictor, checkpoint: Path) -> None:
-    plain = Predictor.from_checkpoint(checkpoint, channels_last=False)
-    fast = Predictor.from_checkpoint(checkpoint, channels_last=True)
+    # The eager engine's two layouts (the exported engines are compared with eager in test_engines.py).
+    plain = Predictor.from_checkpoint(checkpoint, channels_last=False, engine="eager")
+    fast = Predictor.from_checkpoint(checkpoint, channels_last=True, engine="eager")
     assert predictor.channels_last and not plain.channels_last  # the CPU default is channels_last
     image = _image(61, 47, seed=3)
     a, b = plain.predict(image), fast.predict(image)
