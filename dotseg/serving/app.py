@@ -5,9 +5,14 @@
 
 Replicas batch concurrent requests (``@serve.batch``) into one forward pass, scale with load
 (autoscaling on in-flight requests), and report unhealthy when a tiny known prediction fails
-(``check_health``). A new checkpoint is rolled out through ``user_config`` (``reconfigure``): the
-replica loads and warms it up first and swaps only then, so no request fails; a checkpoint that
-cannot be loaded is refused and the old model keeps serving (``/ready`` says why).
+(``check_health``). The checkpoint travels in ``user_config`` and is loaded by ``reconfigure``:
+
+* ``dotseg.serving.run.roll_out`` (``serve.run`` with a new checkpoint) starts new replicas, which
+  load and warm the model up before Serve stops the old ones, so no request fails; replicas that
+  cannot start leave the old ones serving, and ``roll_out`` says why;
+* a ``serve deploy`` that changes only ``user_config`` reconfigures running replicas in place: each
+  loads and warms up the new model and swaps only then; one that fails keeps its old model and
+  ``/ready`` reports the ``rollout_error``.
 
 Every error a client can cause is a JSON body ``{"status": ..., "error": "<problem and fix>"}``
 with a 4xx status, never a 5xx, a hang or a dead replica (see :mod:`dotseg.serving.http`).
