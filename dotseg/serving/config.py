@@ -21,6 +21,10 @@ class ServeConfig(Section):
     engine: Literal["auto", "eager", "openvino", "onnxruntime"] = "auto"
     """CPU inference engine of the replicas' Predictor: ``auto`` = the fastest installed (see the README's
     engine benchmark), else eager PyTorch."""
+    ingress: Literal["proxy", "haproxy"] = "proxy"
+    """HTTP ingress of an embedded Ray: Serve's Python proxy, or HAProxy forwarding straight to the
+    replicas (``RAY_SERVE_ENABLE_HA_PROXY``; Ray bundles the binary). On a cluster, set that variable
+    on the nodes instead."""
     host: str = Field("127.0.0.1", min_length=1)
     """Interface the HTTP proxy binds; use 0.0.0.0 only behind a firewall or proxy you control."""
     port: int = Field(8000, ge=1, le=65535)

@@ -12,6 +12,7 @@ than ``serve.request_timeout_s`` get 408 from the proxy.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,8 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     from dotseg.serving.app import build
 
     check_checkpoint(cfg.checkpoint)
+    if address is None and cfg.ingress == "haproxy":
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s})
     serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
