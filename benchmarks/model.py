@@ -541,17 +541,7 @@ def engines_table(args: argparse.Namespace) -> None:
 
     # Agreement: the evaluation set's recipes, at the model's size, every engine at batch 8.
     cases = benchmark_cases(args.engine_n)
-    images = [
-        make_sample(
-            eager.synthesis,
-            EVAL_SEED,
-            c.index,
-            noisy=c.kind != "clean",
-            noise_types=c.noise_types,
-            severity=c.severity,
-        ).image
-        for c in cases
-    ]
+    images = [c.sample(eager.synthesis).image for c in cases]
     torch.set_num_threads(args.threads[0])
     reference = eager.predict_batch(images)
     agreement = {}

@@ -22,7 +22,7 @@ from dotseg.baseline.config import BaselineConfig
 from dotseg.inference.segmenter import Segmenter
 from dotseg.metrics import segmentation_metrics
 from dotseg.plots import plot_dice_vs_snr, plot_gallery
-from dotseg.synthesis import SynthesisConfig, make_sample
+from dotseg.synthesis import Sample, SynthesisConfig, make_sample
 from dotseg.synthesis.export import jsonable
 from dotseg.synthesis.noise import ORDER
 
@@ -64,6 +64,17 @@ class Case:
     kind: str
     noise_types: tuple[str, ...] | None
     severity: float | None
+
+    def sample(self, synthesis: SynthesisConfig, seed: int = EVAL_SEED) -> Sample:
+        """The benchmark sample this recipe describes, drawn from ``synthesis``."""
+        return make_sample(
+            synthesis,
+            seed,
+            self.index,
+            noisy=self.kind != "clean",
+            noise_types=self.noise_types,
+            severity=self.severity,
+        )
 
 
 def benchmark_cases(n: int) -> list[Case]:
@@ -177,14 +188,7 @@ def run_evaluation(
     rows: list[dict[str, Any]] = []
     worst: dict[str, list] = {s.name: [] for s in segmenters}
     for case in tqdm(benchmark_cases(n), desc="evaluate", unit="image", disable=not progress):
-        s = make_sample(
-            synthesis,
-            seed,
-            case.index,
-            noisy=case.kind != "clean",
-            noise_types=case.noise_types,
-            severity=case.severity,
-        )
+        s = case.sample(synthesis, seed)
         truth = s.mask.astype(bool)
         for seg in segmenters:
             pred = seg.predict(s.image)

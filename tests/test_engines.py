@@ -59,17 +59,7 @@ def fast(user_cache: Path) -> dict[str, Predictor]:
 def images(eager: Predictor) -> list[np.ndarray]:
     """8 evaluation images at 512 px (every noise kind), then odd sizes."""
     cases = benchmark_cases(8)
-    full = [
-        make_sample(
-            eager.synthesis,
-            EVAL_SEED,
-            c.index,
-            noisy=c.kind != "clean",
-            noise_types=c.noise_types,
-            severity=c.severity,
-        ).image
-        for c in cases
-    ]
+    full = [c.sample(eager.synthesis).image for c in cases]
     return [*full, full[1][:301, :457].copy(), full[2][:64, :64].copy(), full[3][100:105, 7:14].copy()]
 
 

@@ -129,14 +129,7 @@ def test_shipped_model_predicts_the_masks_it_always_did(shipped: Predictor) -> N
     cases = benchmark_cases(len(ref["indices"]))
     assert [c.index for c in cases] == ref["indices"].tolist() and len(cases) >= 20
     for case, packed in zip(cases, ref["masks"], strict=True):
-        s = make_sample(
-            shipped.synthesis,
-            4242,
-            case.index,
-            noisy=case.kind != "clean",
-            noise_types=case.noise_types,
-            severity=case.severity,
-        )
+        s = case.sample(shipped.synthesis, 4242)
         mask = shipped.predict(s.image).mask
         expected = np.unpackbits(packed)[: mask.size].reshape(mask.shape).astype(bool)
         assert np.array_equal(mask, expected), f"{case}: {int((mask != expected).sum())} pixels differ"
