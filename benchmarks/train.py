@@ -14,6 +14,7 @@ start) and, separately, start-up time (everything in fit() that is not an epoch)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -49,23 +50,9 @@ def plain_loop(cfg: Config, steps: int, force_bf16: bool = False) -> float:
 
     def step(i: int) -> None:
         j = (i * bs) % n
-        if force_bf16:
-            # train_step's own autocast would refuse emulated bf16; measure it anyway.
-            with autocast(device, True, force=True):
-                train_step(
-                    model,
-                    images[j : j + bs],
-                    masks[j : j + bs],
-                    loss_fn,
-                    weights,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    device,
-                    False,
-                    cfg.train.grad_clip,
-                )
-        else:
+        # train_step's own autocast would refuse emulated bf16; force_bf16 measures it anyway.
+        forced = autocast(device, True, force=True) if force_bf16 else contextlib.nullcontext()
+        with forced:
             train_step(
                 model,
                 images[j : j + bs],
@@ -76,7 +63,7 @@ def plain_loop(cfg: Config, steps: int, force_bf16: bool = False) -> float:
                 scheduler,
                 scaler,
                 device,
-                cfg.train.amp,
+                False if force_bf16 else cfg.train.amp,
                 cfg.train.grad_clip,
             )
 
