@@ -659,10 +659,12 @@ def save_training_checkpoint(
     scheduler: Any,
     scaler: Any,
     loop: Mapping[str, Any],
+    origin: Mapping[str, str] | None = None,
 ) -> Path:
     """Write everything a run needs to continue exactly where it is into ``directory``.
 
-    ``loop`` is the loop's state in plain types (it is read back with ``weights_only=True``).
+    ``loop`` is the loop's state in plain types (it is read back with ``weights_only=True``);
+    ``origin`` names a sweep trial in the model's provenance (see :func:`save_checkpoint`).
     """
     import torch
 
@@ -674,6 +676,7 @@ def save_training_checkpoint(
         threshold=cfg.train.threshold,
         epoch=epoch,
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        origin=origin,
     )
     torch.save(
         {

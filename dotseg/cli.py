@@ -22,6 +22,8 @@ EPILOG = """examples:
   dotseg train --config configs/quickstart.yaml          # embedded local Ray
   dotseg train --config configs/smoke.yaml --workers 2 # CPU DDP
   dotseg train --resume runs/<run>                      # continue from the last checkpoint
+  dotseg sweep --config configs/sweep-smoke.yaml       # Ray Tune: ASHA, one W&B run per trial
+  dotseg sweep --promote runs/<sweep> --out best.safetensors
   dotseg curriculum --config configs/cpu.yaml           # epoch -> phase, noise, loss weights
   dotseg predict --checkpoint best.safetensors --input scans/ --output masks/ --overlay
   dotseg evaluate --checkpoint best.safetensors --n 1000 --out runs/eval
@@ -315,6 +317,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dotseg sweep -------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dotseg.tuning.sweep import SweepError, sweep, sweep_config
+
+    try:
+        if args.promote:
+            from dotseg.checkpoint import CheckpointError
+            from dotseg.tuning.results import promote
+
+            if not args.out:
+                raise UserError("--promote needs --out PATH.safetensors (where to write the checkpoint)")
+            try:
+                p = promote(Path(args.promote).expanduser().resolve(), Path(args.out))
+            except CheckpointError as e:
+                raise UserError(str(e)) from None
+            params = ", ".join(f"{k}={v}" for k, v in p["params"].items())
+            print(
+                f"[dotseg] promoted {p['trial']} ({params}), epoch {p['epoch']}, val dice "
+                f"{p.get('val_dice', float('nan')):.4f} -> {p['out']}  (model id {p['model_id']})"
+            )
+            print(f"[dotseg] next: dotseg serve --checkpoint {p['out']}   or   dotseg evaluate --checkpoint {p['out']}")
+            return 0
+        if args.report:
+            from dotseg.tuning.results import table_lines, write
+
+            sweep_dir = Path(args.report).expanduser().resolve()
+            cfg = sweep_config(sweep_dir)
+            rows = write(sweep_dir, cfg)
+            print("\n".join(table_lines(rows, [d.key for d in cfg.tune.space])))
+            return 0
+        if args.resume:
+            if args.config or args.overrides:
+                raise UserError("--resume continues a sweep with the config it started with; drop --config/--set")
+            result = sweep(
+                resume=Path(args.resume), address=args.address, quiet=args.quiet, verbose=args.verbose
+            )
+        else:
+            result = sweep(_load(args), address=args.address, quiet=args.quiet, verbose=args.verbose)
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    from dotseg.tuning.results import table_lines
+
+    cfg = sweep_config(result.sweep_dir)
+    d = result.sweep_dir
+    print("\n".join(table_lines(result.rows, [dim.key for dim in cfg.tune.space])))
+    print(f"[dotseg] sweep finished in {result.wall_s / 60:.1f} min: {d / 'results.md'}, {d / 'results.csv'}")
+    print(f"[dotseg] pictures: {d / 'parallel.png'}, {d / 'curves.png'}")
+    print(f"[dotseg] W&B (offline, group {d.name}): wandb sync {d}/trial-*/wandb/offline-run-*")
+    print(f"[dotseg] next: dotseg sweep --promote {d} --out best.safetensors")
+    return 0
+
+
 # -- dotseg serve -------------------------------------------------------------------------------
 
 
@@ -448,6 +504,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="also show Ray's own output (otherwise in RUN_DIR/ray.log and the Ray session's logs)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "sweep",
+        help="sweep loss weights and model variants on Ray Tune (ASHA or FIFO), promote the best trial",
+        description="Run a Ray Tune sweep over the config's tune.space: every trial is a full "
+        "training run (curriculum, checkpoints, blank-mask guard) driven by validation Dice. "
+        "One line per trial event; at the end results.csv/.md, parallel.png and curves.png in "
+        "the sweep directory, and one W&B run per trial in the sweep's group.",
+    )
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="SWEEP_DIR", default=None, help="continue a stopped or killed sweep")
+    p.add_argument(
+        "--promote",
+        metavar="SWEEP_DIR",
+        default=None,
+        help="export the best trial's best checkpoint (with --out) instead of sweeping",
+    )
+    p.add_argument("--out", metavar="FILE", default=None, help="where --promote writes the checkpoint (*.safetensors)")
+    p.add_argument("--report", metavar="SWEEP_DIR", default=None, help="rewrite and print a sweep's results table")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (auto, host:port); default: start an embedded local Ray",
+    )
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", action="store_true", help="only errors and the final table")
+    noise.add_argument("--verbose", action="store_true", help="also show Ray's own output")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "evaluate",

@@ -19,6 +19,7 @@ Two digests identify what a config makes:
 
 from __future__ import annotations
 
+import contextvars
 import copy
 from pathlib import Path
 from typing import Any, Self
@@ -149,6 +150,9 @@ class Config(Section):
                 f"{dim.key!r} is not a config key (use a full path such as loss.boundary.end)",
             )
             check(not dim.key.startswith("tune."), f"tune.space[{i}].key", "a sweep cannot vary tune.* itself")
+            for value in dim.values if not _CHECKING_TRIAL.get() else ():  # each choice / both bounds
+                problem = _trial_problem(self, dim.key, value)
+                check(problem is None, f"tune.space[{i}].values", f"{dim.key}={value!r} is not valid: {problem}")
         return self
 
     @property
@@ -160,6 +164,30 @@ class Config(Section):
     def run_id(self) -> str:
         """Digest of what changes the trained weights (see the module docstring)."""
         return run_identity(self.to_dict())
+
+
+def _trial_problem(cfg: Config, key: str, value: Any) -> str | None:
+    """Why ``cfg`` with ``key`` set to ``value`` is not a valid config (None if it is). The sweep
+    section is left out, so checking a trial does not check the sweep again."""
+    from pydantic import ValidationError
+
+    from dotseg.configbase import describe_error, set_path
+
+    data = {**cfg.to_dict(), "tune": {"space": []}}
+    token = _CHECKING_TRIAL.set(True)  # Config() defaults are built inside from_dict: do not recurse
+    try:
+        set_path(data, key, value, Config)
+        Config.from_dict(data)
+    except ConfigError as e:
+        return str(e)
+    except ValidationError as e:
+        return describe_error(Config, e)
+    finally:
+        _CHECKING_TRIAL.reset(token)
+    return None
+
+
+_CHECKING_TRIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("checking_trial", default=False)
 
 
 def run_identity(data: dict[str, Any]) -> str:

@@ -229,3 +229,79 @@ def heatmap(prob: np.ndarray) -> np.ndarray:
     rgba = (colormaps["inferno"](p) * 255).astype(np.uint8)  # (H, W, 4)
     rgba[..., 3] = (np.sqrt(p) * 255).astype(np.uint8)
     return rgba
+
+
+def plot_parallel(rows: list[dict[str, Any]], keys: list[str], path: Path, metric: str = "best_val_dice") -> Path:
+    """A sweep's parallel-coordinates plot: one axis per swept key and one for the metric, one line
+    per trial coloured by the metric (categorical values spread evenly along their axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    done = [r for r in rows if r.get(metric) is not None]
+    axes = [*keys, metric]
+    cols: list[list[float]] = []
+    ticks: list[tuple[list[float], list[str]]] = []
+    for key in axes:
+        values = [r[metric] if key == metric else r["params"].get(key) for r in done]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and values:
+            lo, hi = min(values), max(values)
+            span = (hi - lo) or 1.0
+            cols.append([(v - lo) / span for v in values])
+            ticks.append(([0.0, 1.0], [f"{lo:.4g}", f"{hi:.4g}"]))
+        else:
+            cats = sorted({str(v) for v in values})
+            pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+            cols.append([pos[str(v)] for v in values])
+            ticks.append((list(pos.values()), cats))
+    fig, ax = plt.subplots(figsize=(2.2 * len(axes) + 1, 4.2))
+    scores = [r[metric] for r in done]
+    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    cmap = colormaps["viridis"]
+    for i, r in enumerate(done):
+        ax.plot(
+            range(len(axes)),
+            [c[i] for c in cols],
+            color=cmap((r[metric] - lo) / ((hi - lo) or 1.0)),
+            alpha=0.8,
+            lw=1.6,
+            ls="-" if "stopped" not in r.get("status", "") else "--",
+        )
+    for j, (pos, labels) in enumerate(ticks):
+        ax.axvline(j, color="0.6", lw=0.8)
+        for p, label in zip(pos, labels, strict=True):
+            ax.text(j + 0.03, p, label, fontsize=7, va="center")
+    ax.set_xticks(range(len(axes)), [a.replace(".", ".\n", 1) for a in axes], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(axes) - 0.6)
+    ax.set_title(f"{len(done)} trials, coloured by {metric} ({lo:.3f}-{hi:.3f}); dashed: stopped early", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_trial_curves(rows: list[dict[str, Any]], path: Path, key: str = "val_dice") -> Path:
+    """Validation Dice per epoch, one line per trial (a sweep's learning curves side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        h = r.get("history") or []
+        if h:
+            ax.plot([e["epoch"] for e in h], [e[key] for e in h], "o-", ms=3, label=f"{r['trial']} ({r['status']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if len(rows) <= 20:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -87,6 +87,27 @@ def start_training_run(cfg: Config, run_dir: Path, run_name: str) -> Any | None:
     )
 
 
+def start_trial_run(cfg: Config, trial_dir: Path, sweep: str, trial: str, params: dict[str, Any]) -> Any | None:
+    """The W&B run of a sweep trial, opened by the sweep's driver (which sees every trial's
+    results): one run per trial, in the sweep's group, its id unique in the project
+    (``<sweep>-<trial>``, so a resumed sweep continues it), the sampled values as top-level config
+    keys too (``loss.boundary.end``), which W&B's parallel-coordinates and parameter-importance
+    panels pick from. The driver, not the trial, logs: Tune ends a trial's process as soon as it
+    stops the trial, which would cut off the trial's own W&B writer."""
+    wcfg = cfg.train.wandb
+    return _init(
+        wcfg.model_copy(update={"group": wcfg.group or sweep}),
+        trial_dir,
+        name=trial,
+        id=f"{sweep}-{trial}",
+        resume="allow",
+        reinit="create_new",  # one driver holds a run per running trial
+        job_type="sweep-trial",
+        config={**cfg.to_dict(), "config_hash": cfg.hash, "run_id": cfg.run_id, "sweep": sweep, "trial": trial}
+        | params,
+    )
+
+
 def log_epoch(
     run: Any | None, epoch: int, metrics: dict[str, Any], panels: list[tuple[np.ndarray, str]] | None = None
 ) -> None:

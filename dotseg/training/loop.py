@@ -18,8 +18,8 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class LoopArgs:
     """The run's directory (shared storage on a multi-node cluster)."""
     stop_after_epoch: int | None = None
     """Pause after this epoch (``--stop-after-epoch``)."""
+    origin: dict[str, Any] = field(default_factory=dict)
+    """A sweep trial's identity: ``sweep``, ``trial`` (recorded in its checkpoints and W&B run) and
+    ``params`` (the sampled values); empty for a plain training run."""
 
     @property
     def run_name(self) -> str:
@@ -51,7 +54,12 @@ class LoopArgs:
         return self.run_dir.name
 
     def to_ray(self) -> dict[str, Any]:
-        return {"cfg": self.cfg.to_dict(), "run_dir": str(self.run_dir), "stop_after_epoch": self.stop_after_epoch}
+        return {
+            "cfg": self.cfg.to_dict(),
+            "run_dir": str(self.run_dir),
+            "stop_after_epoch": self.stop_after_epoch,
+            "origin": self.origin,
+        }
 
     @classmethod
     def from_ray(cls, data: dict[str, Any]) -> LoopArgs:
@@ -59,7 +67,64 @@ class LoopArgs:
             cfg=Config.from_dict(data["cfg"]),
             run_dir=Path(data["run_dir"]),
             stop_after_epoch=data.get("stop_after_epoch"),
+            origin=dict(data.get("origin") or {}),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Where the loop runs: a rank of a Ray Train worker group, or a Ray Tune trial's own process
+    (a single-worker sweep trial, without a Train run around it). The loop only talks to this."""
+
+    rank: int
+    world: int
+    device: torch.device
+    checkpoint: Any | None
+    """The checkpoint to resume from (a ``ray.train.Checkpoint``), or None."""
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+    report: Callable[[dict[str, Any], str | None], None]
+    """``report(metrics, checkpoint_dir)``: hands the epoch's metrics (and checkpoint) to Ray."""
+
+
+def train_session() -> Session:
+    """Inside a Ray Train worker: its rank, its device, DDP wrapping, ``ray.train.report``."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict[str, Any], directory: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None)
+
+    return Session(
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        checkpoint=ray.train.get_checkpoint(),
+        prepare_model=ray.train.torch.prepare_model,
+        report=report,
+    )
+
+
+def tune_session(cfg: Config) -> Session:
+    """Inside a Ray Tune function trial: one process, the GPU Tune assigned it if the config asks for one."""
+    import ray.tune
+
+    from dotseg.device import resolve_device
+
+    device = resolve_device("cuda" if cfg.train.use_gpu else "cpu")
+
+    def report(metrics: dict[str, Any], directory: str | None) -> None:
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory) if directory else None)
+
+    return Session(
+        rank=0,
+        world=1,
+        device=device,
+        checkpoint=ray.tune.get_checkpoint(),
+        prepare_model=lambda model: model.to(device),
+        report=report,
+    )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -167,13 +232,11 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     args = LoopArgs.from_ray(loop_config)
     with records_to_file(args.run_dir / WORKER_LOG):
-        return _run(args)
+        return run_loop(args, train_session())
 
 
-def _run(args: LoopArgs) -> dict[str, Any]:
-    import ray.train
-    import ray.train.torch
-
+def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
+    """The training loop, the same for ``dotseg train`` (every DDP rank) and a sweep trial."""
     from dotseg import tracking
     from dotseg.checkpoint import load_training_checkpoint, save_training_checkpoint
     from dotseg.losses.compound import CompoundLoss, loss_weights
@@ -185,10 +248,8 @@ def _run(args: LoopArgs) -> dict[str, Any]:
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg, tcfg = args.cfg, args.cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     configure_cpu(tcfg.torch_threads or max(int(tcfg.cpus_per_worker), 1))
-    device = ray.train.torch.get_device()
     torch.manual_seed(tcfg.seed)
 
     model = build_model(cfg.model)
@@ -196,114 +257,131 @@ def _run(args: LoopArgs) -> dict[str, Any]:
     optimizer, scheduler = build_optimizer(model, tcfg, steps)
     scaler = grad_scaler(device, tcfg.amp)
     state = LoopState()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
+    if session.checkpoint is not None:
+        with session.checkpoint.as_directory() as d:
             state = LoopState.from_dict(
                 load_training_checkpoint(d, model, optimizer, scheduler, scaler, expect=cfg.model)
             )
         if rank == 0:
             log.info(f"resumed from the checkpoint of epoch {state.epoch}")
 
-    model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
+    model = session.prepare_model(model)  # moves to device; DDP when world > 1
     loss_fn = CompoundLoss(cfg.loss)
     val = _validation(cfg, rank, world)
-    run = tracking.start_training_run(cfg, args.run_dir, args.run_name) if rank == 0 else None
+    # A sweep trial's W&B run is the sweep driver's (tracking.start_trial_run).
+    run = tracking.start_training_run(cfg, args.run_dir, args.run_name) if rank == 0 and not args.origin else None
     epoch_times: list[float] = []
 
     # A run that stopped early stays stopped when resumed; one that ran out of epochs can be
     # extended by resuming with a larger train.epochs.
-    for epoch in range(first_epoch(state), tcfg.epochs + 1):
-        phase = cfg.curriculum.phase_at(epoch)
-        weights = loss_weights(cfg.loss, epoch, tcfg.epochs)
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        n_steps = 0
-        for images, masks in _epoch_batches(cfg, epoch, phase, rank, world, device):
-            out = train_step(
-                model, images, masks, loss_fn, weights, optimizer, scheduler, scaler, device, tcfg.amp, tcfg.grad_clip
-            )
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_steps += 1
-        if n_steps != steps:
-            raise RuntimeError(f"rank {rank} got {n_steps} training batches in epoch {epoch}, expected {steps}")
-        train_time = time.perf_counter() - t0
-        # All-reduced metrics: every rank takes the same stopping decision below.
-        noisy = evaluate(model, _val_batches(val, tcfg.batch_size, "image"), device, tcfg.amp, tcfg.threshold)
-        clean = evaluate(model, _val_batches(val, tcfg.batch_size, "clean"), device, tcfg.amp, tcfg.threshold)
-        epoch_time = time.perf_counter() - t0
-        epoch_times.append(epoch_time)
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "phase": phase.name,
-            "noise_scale": phase.noise_scale,
-            "mixed_prob": phase.mixed_prob,
-            **{k: v / n_steps for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in noisy.items()},
-            "clean_dice": clean["dice"],
-            "clean_fg_ratio": clean["fg_ratio"],
-            "lr": scheduler.get_last_lr()[0],
-            "w_dice": weights.dice,
-            "w_bce": weights.bce,
-            "w_boundary": weights.boundary,
-            "samples_per_s": steps * tcfg.batch_size * world / train_time,
-            "epoch_time_s": epoch_time,
-        }
-        state = after_epoch(
-            state,
-            metrics,
-            early=tcfg.early_stopping,
-            guard=tcfg.collapse,
-            epochs=tcfg.epochs,
-            stop_after=args.stop_after_epoch,
-        )
-        metrics = state.history[-1]
-
-        if rank == 0:
-            eta = (tcfg.epochs - epoch) * (sum(epoch_times) / len(epoch_times))
-            log.info(
-                f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
-                f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
-                f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
-                f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}"
-            )
-            guard = tcfg.collapse
-            if is_collapsed(epoch, clean["dice"], clean["fg_ratio"], guard):
-                log.warning(
-                    f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
-                    f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
-                    f"(min {guard.min_foreground_ratio}); {state.collapsed} epoch(s) in a row"
-                    + (f", stopping after {guard.max_epochs}" if guard.max_epochs else "")
-                )
-            tracking.log_epoch(
-                run, epoch, metrics, _panels(model, val, cfg, device, tcfg.wandb.images_per_epoch) if run else None
-            )
-
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:  # every rank reports (a barrier); rank 0 alone writes
-                save_training_checkpoint(
-                    tmp,
+    # finally: a trial that Ray Tune stops (ASHA) still closes its W&B run.
+    try:
+        for epoch in range(first_epoch(state), tcfg.epochs + 1):
+            phase = cfg.curriculum.phase_at(epoch)
+            weights = loss_weights(cfg.loss, epoch, tcfg.epochs)
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n_steps = 0
+            for images, masks in _epoch_batches(cfg, epoch, phase, rank, world, device):
+                out = train_step(
                     model,
-                    cfg,
-                    metrics=metrics,
-                    epoch=epoch,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    loop=state.to_dict(),
+                    images,
+                    masks,
+                    loss_fn,
+                    weights,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    device,
+                    tcfg.amp,
+                    tcfg.grad_clip,
                 )
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(
-                {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}, checkpoint=checkpoint
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_steps += 1
+            if n_steps != steps:
+                raise RuntimeError(f"rank {rank} got {n_steps} training batches in epoch {epoch}, expected {steps}")
+            train_time = time.perf_counter() - t0
+            # All-reduced metrics: every rank takes the same stopping decision below.
+            noisy = evaluate(model, _val_batches(val, tcfg.batch_size, "image"), device, tcfg.amp, tcfg.threshold)
+            clean = evaluate(model, _val_batches(val, tcfg.batch_size, "clean"), device, tcfg.amp, tcfg.threshold)
+            epoch_time = time.perf_counter() - t0
+            epoch_times.append(epoch_time)
+            metrics: dict[str, Any] = {
+                "epoch": epoch,
+                "phase": phase.name,
+                "noise_scale": phase.noise_scale,
+                "mixed_prob": phase.mixed_prob,
+                **{k: v / n_steps for k, v in sums.items()},
+                **{f"val_{k}": v for k, v in noisy.items()},
+                "clean_dice": clean["dice"],
+                "clean_fg_ratio": clean["fg_ratio"],
+                "lr": scheduler.get_last_lr()[0],
+                "w_dice": weights.dice,
+                "w_bce": weights.bce,
+                "w_boundary": weights.boundary,
+                "samples_per_s": steps * tcfg.batch_size * world / train_time,
+                "epoch_time_s": epoch_time,
+            }
+            state = after_epoch(
+                state,
+                metrics,
+                early=tcfg.early_stopping,
+                guard=tcfg.collapse,
+                epochs=tcfg.epochs,
+                stop_after=args.stop_after_epoch,
             )
-        if state.stop_reason != "completed":
-            if rank == 0:
-                log.info(f"stopping at epoch {epoch}: {state.stop_reason.replace('_', ' ')}")
-            break
+            metrics = state.history[-1]
 
-    tracking.finish(run)
+            if rank == 0:
+                eta = (tcfg.epochs - epoch) * (sum(epoch_times) / len(epoch_times))
+                log.info(
+                    f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
+                    f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
+                    f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
+                    f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}"
+                )
+                guard = tcfg.collapse
+                if is_collapsed(epoch, clean["dice"], clean["fg_ratio"], guard):
+                    log.warning(
+                        f"blank-mask collapse at epoch {epoch}: clean dice {clean['dice']:.3f} "
+                        f"(min {guard.min_clean_dice}), predicted/true foreground {clean['fg_ratio']:.3f} "
+                        f"(min {guard.min_foreground_ratio}); {state.collapsed} epoch(s) in a row"
+                        + (f", stopping after {guard.max_epochs}" if guard.max_epochs else "")
+                    )
+                tracking.log_epoch(
+                    run, epoch, metrics, _panels(model, val, cfg, device, tcfg.wandb.images_per_epoch) if run else None
+                )
+
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:  # every rank reports (a barrier); rank 0 alone writes
+                    save_training_checkpoint(
+                        tmp,
+                        model,
+                        cfg,
+                        metrics=metrics,
+                        epoch=epoch,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        scaler=scaler,
+                        loop=state.to_dict(),
+                        origin={k: args.origin[k] for k in ("sweep", "trial") if k in args.origin},
+                    )
+                    checkpoint = tmp
+                session.report(
+                    {
+                        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+                        "stop_reason": state.stop_reason,
+                    },
+                    checkpoint,
+                )
+            if state.stop_reason != "completed":
+                if rank == 0:
+                    log.info(f"stopping at epoch {epoch}: {state.stop_reason.replace('_', ' ')}")
+                break
+    finally:
+        tracking.finish(run)
     return {"stop_reason": state.stop_reason, "epochs_run": state.epoch, "history": list(state.history)}
 
 

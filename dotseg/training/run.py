@@ -167,7 +167,7 @@ def train(
             address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
         )
         check_resources(cfg, resources)
-        trainer = _trainer(cfg, run_dir, stop_after_epoch)
+        trainer_ = trainer(cfg, run_dir, stop_after_epoch)
         if not quiet:
             log.info(
                 f"run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
@@ -175,7 +175,7 @@ def train(
             )
         try:
             with RecordRelay(run_dir / WORKER_LOG) if not quiet else contextlib.nullcontext():
-                result = trainer.fit()
+                result = trainer_.fit()
         except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
             raise TrainError(
                 f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
@@ -184,7 +184,16 @@ def train(
     return _finish(run_dir, result, time.perf_counter() - t0)
 
 
-def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
+def trainer(
+    cfg: Config,
+    run_dir: Path,
+    stop_after_epoch: int | None,
+    *,
+    origin: dict[str, Any] | None = None,
+    callbacks: list[Any] | tuple[Any, ...] = (),
+) -> Any:
+    """The ``TorchTrainer`` of a run in ``run_dir`` (its name and storage): ``dotseg train``'s, and
+    a trainer-style sweep trial's (``origin`` names the trial, ``callbacks`` report to Tune)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -193,7 +202,9 @@ def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
     t = cfg.train
     return TorchTrainer(
         train_worker,  # type: ignore[arg-type]  # Train V2 returns its value as Result.return_value
-        train_loop_config=LoopArgs(cfg=cfg, run_dir=run_dir, stop_after_epoch=stop_after_epoch).to_ray(),
+        train_loop_config=LoopArgs(
+            cfg=cfg, run_dir=run_dir, stop_after_epoch=stop_after_epoch, origin=dict(origin or {})
+        ).to_ray(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -205,6 +216,7 @@ def _trainer(cfg: Config, run_dir: Path, stop_after_epoch: int | None):
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]  # V2 RunConfig
+            callbacks=list(callbacks),
         ),
         # NCCL for GPUs, gloo for CPU DDP.
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from dotseg.configbase import NONEMPTY, PositiveInt, Section, check
+from dotseg.configbase import NONEMPTY, NonNegInt, PositiveInt, Section, check
 
 
 class SearchDim(Section):
@@ -40,6 +40,8 @@ def _default_space() -> tuple[SearchDim, ...]:
 
 
 class TuneConfig(Section):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+    """Sweep name: its directory under ``train.storage_path`` and its W&B group (default: sweep-<time>-<hash>)."""
     space: tuple[SearchDim, ...] = _default_space()
     """Dimensions of the search space; every key must exist in the config."""
     num_samples: PositiveInt = 1
@@ -56,9 +58,28 @@ class TuneConfig(Section):
     """Reported metric to optimise."""
     mode: Literal["max", "min"] = "max"
     """Whether the metric is maximised or minimised."""
+    seed: NonNegInt = 0
+    """Seeds the sampling of choice/uniform/loguniform values (trial seeds are ``train.seed``, or a grid over it)."""
+    trial_style: Literal["auto", "function", "trainer"] = "auto"
+    """function: the training loop in the trial's own process; trainer: a TorchTrainer per trial
+    (needed for train.num_workers > 1); auto picks function for one worker, trainer otherwise."""
+    max_failures: NonNegInt = 1
+    """Retries of an errored trial, from its last checkpoint (during the sweep and on --resume)."""
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         keys = [d.key for d in self.space]
         check(len(set(keys)) == len(keys), "space", f"a key appears twice: {keys}")
         return self
+
+    @property
+    def num_trials(self) -> int:
+        """Trials the sweep runs: every grid point, ``num_samples`` times each."""
+        n = self.num_samples
+        for d in self.space:
+            n *= len(d.values) if d.kind == "grid" else 1
+        return n
+
+    def candidates(self, dim: SearchDim) -> tuple[Any, ...]:
+        """The values to check a dimension with: every choice, or the two bounds."""
+        return dim.values
