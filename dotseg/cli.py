@@ -352,9 +352,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.resume:
             if args.config or args.overrides:
                 raise UserError("--resume continues a sweep with the config it started with; drop --config/--set")
-            result = sweep(
-                resume=Path(args.resume), address=args.address, quiet=args.quiet, verbose=args.verbose
-            )
+            result = sweep(resume=Path(args.resume), address=args.address, quiet=args.quiet, verbose=args.verbose)
         else:
             result = sweep(_load(args), address=args.address, quiet=args.quiet, verbose=args.verbose)
     except SweepError as e:

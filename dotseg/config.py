@@ -143,6 +143,12 @@ class Config(Section):
                 f"loss.{name}.from_epoch",
                 f"ramp starts at epoch {sched.from_epoch}, after the last epoch (train.epochs={epochs})",
             )
+        check(
+            not (self.tune.trial_style == "function" and self.train.num_workers > 1),
+            "tune.trial_style",
+            f"function trials run in one process, but train.num_workers={self.train.num_workers}; "
+            f"use tune.trial_style=trainer (or auto) for DDP trials",
+        )
         for i, dim in enumerate(self.tune.space):
             check(
                 has_key(Config, dim.key),

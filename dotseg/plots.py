@@ -248,8 +248,11 @@ def plot_parallel(rows: list[dict[str, Any]], keys: list[str], path: Path, metri
         values = [r[metric] if key == metric else r["params"].get(key) for r in done]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and values:
             lo, hi = min(values), max(values)
-            span = (hi - lo) or 1.0
-            cols.append([(v - lo) / span for v in values])
+            if lo > 0 and hi / lo > 100:  # a learning-rate-like axis: log scale
+                scaled = [math.log10(v) for v in values]
+                cols.append([(v - math.log10(lo)) / math.log10(hi / lo) for v in scaled])
+            else:
+                cols.append([(v - lo) / ((hi - lo) or 1.0) for v in values])
             ticks.append(([0.0, 1.0], [f"{lo:.4g}", f"{hi:.4g}"]))
         else:
             cats = sorted({str(v) for v in values})
@@ -269,9 +272,9 @@ def plot_parallel(rows: list[dict[str, Any]], keys: list[str], path: Path, metri
             lw=1.6,
             ls="-" if "stopped" not in r.get("status", "") else "--",
         )
-    for j, (pos, labels) in enumerate(ticks):
+    for j, (where, labels) in enumerate(ticks):
         ax.axvline(j, color="0.6", lw=0.8)
-        for p, label in zip(pos, labels, strict=True):
+        for p, label in zip(where, labels, strict=True):
             ax.text(j + 0.03, p, label, fontsize=7, va="center")
     ax.set_xticks(range(len(axes)), [a.replace(".", ".\n", 1) for a in axes], fontsize=8)
     ax.set_yticks([])

@@ -57,3 +57,22 @@ def wandb_summary(run_dir: Path) -> dict:
         if rec.WhichOneof("record_type") == "summary":
             summary.update({i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
     return summary
+
+
+def wandb_run(run_folder: Path) -> dict:
+    """One offline run folder read back: its id, name, group, job type, config, history rows and summary."""
+    out: dict = {"config": {}, "rows": [], "summary": {}}
+    key = lambda item: item.key or ".".join(item.nested_key)  # noqa: E731
+    for rec in read_wandb_log(next(run_folder.glob("*.wandb"))):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out.update(id=r.run_id, name=r.display_name, group=r.run_group, job_type=r.job_type)
+            out["config"].update({key(i): json.loads(i.value_json) for i in r.config.update})
+        elif kind == "config":
+            out["config"].update({key(i): json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "history":
+            out["rows"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "summary":
+            out["summary"].update({key(i): json.loads(i.value_json) for i in rec.summary.update})
+    return out

@@ -45,7 +45,7 @@ def _status(events: list[dict[str, Any]], history: list[dict[str, Any]]) -> str:
         return "pending" if not history else "interrupted"
     last = final[-1]
     if last["event"] == "stopped":
-        return {"scheduler": "stopped (ASHA)"}.get(last.get("reason", ""), f"stopped ({last.get('reason')})")
+        return str(last.get("status", "stopped"))
     if last["event"] == "started":
         return "running" if not history else "interrupted"
     return str(last["event"])

@@ -57,14 +57,10 @@ class SweepResult:
 
 
 def trial_style(cfg: Config) -> str:
+    """``function`` or ``trainer`` (``auto``: function for one worker; the config refuses function + DDP)."""
     style = cfg.tune.trial_style
     if style == "auto":
         return "function" if cfg.train.num_workers == 1 else "trainer"
-    if style == "function" and cfg.train.num_workers > 1:
-        raise SweepError(
-            f"tune.trial_style=function runs one process per trial, but train.num_workers="
-            f"{cfg.train.num_workers}; use tune.trial_style=trainer (or auto) for DDP trials"
-        )
     return style
 
 
@@ -183,9 +179,12 @@ def _short(v: Any) -> str:
 
 #: Keys Tune adds to every result; the rest is what the loop reported.
 _TUNE_KEYS = frozenset(
-    "timestamp time_this_iter_s time_total_s pid hostname node_ip time_since_restore iterations_since_restore "
-    "training_iteration trial_id date done checkpoint_dir_name should_checkpoint experiment_tag config".split()
-)
+    {
+        "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+        "iterations_since_restore", "training_iteration", "trial_id", "date", "done", "checkpoint_dir_name",
+        "should_checkpoint", "experiment_tag", "config",
+    }
+)  # fmt: skip
 
 
 def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> Any:
@@ -258,19 +257,20 @@ def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> 
             epoch, reason = last.get("epoch", 0), last.get("stop_reason", "completed")
             took = time.time() - self.t0.get(trial.trial_id, time.time())
             if reason == "completed" and epoch < epochs:
-                event, text = "stopped", f"stopped by the scheduler after epoch {epoch}"
+                event, status, text = "stopped", "stopped (ASHA)", f"stopped by ASHA after epoch {epoch}"
             elif reason in ("early_stopping", "collapse"):
-                event, text = "stopped", f"stopped itself after epoch {epoch} ({reason.replace('_', ' ')})"
+                how = reason.replace("_", " ")
+                event, status, text = "stopped", f"stopped ({how})", f"stopped itself after epoch {epoch} ({how})"
             else:
-                event, text = "finished", f"finished {epoch} epochs"
+                event, status, text = "finished", "finished", f"finished {epoch} epochs"
             self._emit(
                 trial,
                 event,
                 f"{text}: val dice {last.get('val_dice', float('nan')):.4f} ({took:.0f} s)",
                 epoch=epoch,
-                reason=reason if event != "stopped" or reason != "completed" else "scheduler",
+                status=status,
             )
-            self._wandb_end(trial, event if reason == "completed" or event == "finished" else reason)
+            self._wandb_end(trial, status)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._emit(trial, "errored", f"errored: {_error_line(trial)}", error=_error_line(trial))
@@ -288,7 +288,7 @@ def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> 
 
 
 def _params(trial: Any) -> dict[str, Any]:
-    return {k: v for k, v in trial.config.items()}
+    return dict(trial.config)
 
 
 def _error_line(trial: Any) -> str:
@@ -418,14 +418,18 @@ def sweep(
                     ),
                 ),
             )
-        # Experiment state every few seconds: a killed driver loses at most that much bookkeeping.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+        # Tune saves its experiment state at most this often (its default: every 10 s or more). A
+        # driver killed within that window of a trial finishing would, on --resume, start that trial
+        # again; it would load its last checkpoint and train nothing, but start nonetheless.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         # Tune's console tables and banners off: the event lines above say what happens.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         try:
             tuner.fit()
         except Exception as e:
-            raise SweepError(f"sweep failed: {str(e).strip().splitlines()[-1]} (resume with --resume {sweep_dir})") from e
+            raise SweepError(
+                f"sweep failed: {str(e).strip().splitlines()[-1]} (resume with --resume {sweep_dir})"
+            ) from e
     rows = results.write(sweep_dir, cfg)
     return SweepResult(sweep_dir=sweep_dir, rows=rows, wall_s=time.perf_counter() - t0)
 
@@ -439,4 +443,3 @@ def _scheduler(cfg: Config, epochs: int) -> Any:
     return ASHAScheduler(
         time_attr="epoch", max_t=epochs, grace_period=min(tc.grace_period, epochs), reduction_factor=tc.reduction_factor
     )
-

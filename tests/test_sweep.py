@@ -1,0 +1,299 @@
+"""`dotseg sweep` on the session's Ray: the 4-trial ASHA smoke sweep (results, pictures, W&B runs
+read back from their .wandb files), promotion to predict and Serve, a driver killed with SIGKILL
+and resumed, DDP trials through a TorchTrainer per trial, and the one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from wandb_log import wandb_run
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _main(*args: str) -> tuple[int, str]:
+    """``dotseg ARGS`` in this process (joins the session's Ray), with everything it printed."""
+    from dotseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    code, out = _main(
+        "sweep", "--config", "sweep-smoke", "--set", f"train.storage_path={root}", "--set", "tune.name=smoke"
+    )
+    assert code == 0, out
+    return root / "smoke", out
+
+
+def test_smoke_sweep_asha_stops_a_trial_and_writes_results_pictures_and_wandb_runs(smoke) -> None:
+    from PIL import Image
+
+    sweep_dir, out = smoke
+    # Deterministic names and grid order; each trial records its params and seed.
+    trials = {t.parent.name: json.loads(t.read_text()) for t in sorted(sweep_dir.glob("trial-*/trial.json"))}
+    assert list(trials) == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    assert [t["params"] for t in trials.values()] == [
+        {"model.variant": v, "train.lr": lr} for lr in (3e-3, 1e-7) for v in ("unet", "attention_unet")
+    ]
+    assert all(t["seed"] == 0 and t["style"] == "function" and t["sweep"] == "smoke" for t in trials.values())
+
+    # One line per event, no Tune tables.
+    assert "stopped by ASHA after epoch" in out and "finished 4 epochs" in out, out
+    assert "Trial status" not in out and "╭" not in out and "Traceback" not in out, out
+    events = [json.loads(line) for line in (sweep_dir / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "started" for e in events) == 4
+
+    with (sweep_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    dice = [float(r["best_val_dice"]) for r in rows]
+    assert dice == sorted(dice, reverse=True)
+    stopped = [r for r in rows if r["status"] == "stopped (ASHA)"]
+    assert stopped and all(int(r["epochs_run"]) < 4 for r in stopped), rows
+    assert all(int(r["epochs_run"]) == 4 for r in rows if r["status"] == "finished"), rows
+    assert "| # | trial | model.variant | train.lr |" in (sweep_dir / "results.md").read_text()
+    for picture in ("parallel.png", "curves.png"):
+        with Image.open(sweep_dir / picture) as im:
+            assert im.format == "PNG" and im.width >= 600
+
+    # Four W&B offline runs, one per trial, in the sweep's group, with the trial's config and curves.
+    by_trial = {r["trial"]: r for r in rows}
+    runs = [wandb_run(p) for p in sorted(sweep_dir.glob("trial-*/wandb/offline-run-*"))]
+    assert len(runs) == 4
+    for run in runs:
+        name = run["name"]
+        assert run["id"] == f"smoke-{name}" and run["group"] == "smoke" and run["job_type"] == "sweep-trial"
+        assert {k: run["config"][k] for k in trials[name]["params"]} == trials[name]["params"]
+        assert run["config"]["model"]["variant"] == trials[name]["params"]["model.variant"]
+        history = [r for r in run["rows"] if "val_dice" in r]
+        assert [int(h["epoch"]) for h in history] == list(range(1, int(by_trial[name]["epochs_run"]) + 1))
+        assert max(h["val_dice"] for h in history) == pytest.approx(float(by_trial[name]["best_val_dice"]))
+        assert run["summary"]["status"] == by_trial[name]["status"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_promoted_checkpoint_predicts_and_serves(smoke, tmp_path: Path) -> None:
+    import requests
+    from PIL import Image
+    from ray import serve
+
+    from dotseg.checkpoint import load_checkpoint
+    from dotseg.serving import run
+    from dotseg.serving.config import ServeConfig
+    from dotseg.synthesis import SynthesisConfig, make_sample
+
+    sweep_dir, _ = smoke
+    best = tmp_path / "best.safetensors"
+    code, out = _main("sweep", "--promote", str(sweep_dir), "--out", str(best))
+    assert code == 0 and "promoted trial-" in out, out
+    with (sweep_dir / "results.csv").open() as f:
+        winner = next(csv.DictReader(f))
+    ckpt = load_checkpoint(best)
+    assert ckpt.provenance.sweep == "smoke" and ckpt.provenance.trial == winner["trial"]
+    assert ckpt.epoch == int(winner["best_epoch"])
+    assert ckpt.metrics["val_dice"] == pytest.approx(float(winner["best_val_dice"]))
+
+    image = make_sample(SynthesisConfig(size=64), 5, 0, noise_scale=0.3).image
+    np.save(tmp_path / "x.npy", image)
+    code, out = _main(
+        "predict", "--checkpoint", str(best), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "m")
+    )
+    assert code == 0, out
+    with Image.open(tmp_path / "m" / "x_mask.png") as im:
+        assert im.size == (64, 64)
+
+    cfg = ServeConfig(checkpoint=str(best), port=_free_port(), min_replicas=1, max_replicas=1)
+    urls = run.start(cfg)
+    try:
+        run.wait_ready(urls["api"])
+        ready = requests.get(f"{urls['api']}/ready", timeout=10).json()
+        assert ready["model"]["model_id"] == ckpt.model_id and ready["model"]["checkpoint"] == "best.safetensors"
+        buf = io.BytesIO()
+        np.save(buf, image)
+        r = requests.post(f"{urls['api']}/predict", data=buf.getvalue(), timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:200]
+    finally:
+        serve.shutdown()
+
+
+def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tmp_path: Path) -> None:
+    """SIGKILL the driver (a second driver on the session's Ray) once a trial has finished and others
+    run; --resume completes every trial; a trial that finished before the kill never starts again,
+    and no trial trains an epoch it had checkpointed."""
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "dotseg.cli", "sweep"]
+    common = ["--address", address]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    start = subprocess.Popen(
+        [
+            *cmd,
+            "--config",
+            "sweep-smoke",
+            "--set",
+            f"train.storage_path={tmp_path}",
+            "--set",
+            "tune.name=killed",
+            "--set",
+            "tune.scheduler=fifo",
+            "--set",
+            "train.samples_per_epoch=96",
+            *common,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    sweep_dir = tmp_path / "killed"
+    events_file = sweep_dir / "events.jsonl"
+    deadline = time.monotonic() + 240
+    finished_before: set[str] = set()
+    while time.monotonic() < deadline and start.poll() is None:
+        events = [json.loads(x) for x in events_file.read_text().splitlines()] if events_file.exists() else []
+        finished_before = {e["trial"] for e in events if e["event"] == "finished"}
+        running = {e["trial"] for e in events if e["event"] == "epoch"} - finished_before
+        if finished_before and running:
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)  # Tune saves its experiment state every second (TUNE_GLOBAL_CHECKPOINT_S)
+    assert start.poll() is None, start.communicate()[0].decode()[-2000:]
+    os.killpg(start.pid, signal.SIGKILL)
+    start.wait(timeout=30)
+    killed_at = time.time()
+    assert finished_before, "no trial finished before the deadline"
+
+    resumed = subprocess.run(
+        [*cmd, "--resume", str(sweep_dir), *common], capture_output=True, text=True, env=env, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with (sweep_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r["status"] == "finished" and r["epochs_run"] == "4" for r in rows), rows
+
+    events = [json.loads(x) for x in events_file.read_text().splitlines() if x.strip()]
+    restarted = {e["trial"] for e in events if e["event"] == "started" and e["time"] > killed_at}
+    assert not (restarted & finished_before), (restarted, finished_before)
+    for trial_dir in sorted(sweep_dir.glob("trial-*")):
+        lines = [json.loads(x)["msg"] for x in (trial_dir / "worker_log.jsonl").read_text().splitlines()]
+        trained = [int(m.split()[1].split("/")[0]) for m in lines if m.startswith("epoch ")]
+        resumed_from = [int(m.rsplit(" ", 1)[1]) for m in lines if m.startswith("resumed from the checkpoint of epoch")]
+        # Epochs after the checkpoint a trial resumed from may run again (they were in flight); none before.
+        allowed_again = set(range(max(resumed_from, default=4) + 1, 5))
+        repeats = {e for e in trained if trained.count(e) > 1}
+        assert repeats <= allowed_again, (trial_dir.name, trained, resumed_from)
+        assert sorted(set(trained)) == [1, 2, 3, 4], (trial_dir.name, trained)
+        if trial_dir.name in finished_before:
+            assert trained == [1, 2, 3, 4] and not resumed_from, (trial_dir.name, lines)
+
+
+def test_ddp_trials_run_a_torch_trainer_each(ray_session, tmp_path: Path) -> None:
+    code, out = _main(
+        "sweep",
+        "--config",
+        "sweep-smoke",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        "--set",
+        "tune.name=ddp",
+        "--set",
+        "tune.space=[{key: model.variant, kind: grid, values: [unet, attention_unet]}]",
+        "--set",
+        "tune.scheduler=fifo",
+        "--set",
+        "train.num_workers=2",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "curriculum.phases=[{name: easy, start_epoch: 1, noise_scale: 0.1, mixed_prob: 0.0}]",
+        "--set",
+        "loss.boundary={start: 0.0, end: 0.5, from_epoch: 1, to_epoch: 2}",
+    )
+    assert code == 0, out
+    assert "trainer trials" in out and out.count("finished 2 epochs") == 2, out
+    sweep_dir = tmp_path / "ddp"
+    for trial in ("trial-000", "trial-001"):
+        assert json.loads((sweep_dir / trial / "trial.json").read_text())["style"] == "trainer"
+        assert list((sweep_dir / trial / "run").glob("checkpoint_*/model.safetensors"))
+    runs = [wandb_run(p) for p in sorted(sweep_dir.glob("trial-*/wandb/offline-run-*"))]
+    assert sorted(r["name"] for r in runs) == ["trial-000", "trial-001"]  # one per trial, never one per rank
+    assert all(len([h for h in r["rows"] if "val_dice" in h]) == 2 for r in runs)
+
+
+# -- errors, without Ray ------------------------------------------------------------------------
+
+
+def test_trials_that_cannot_fit_are_refused_up_front_with_numbers() -> None:
+    from dotseg.config import load_config
+    from dotseg.tuning.sweep import SweepError, concurrency
+
+    cfg = load_config("sweep-smoke")
+    assert concurrency(cfg, "function", {"CPU": 4.0}) == 2  # 1 + 0.5 per trial; max 2 at once
+    assert concurrency(cfg, "function", {"CPU": 2.0}) == 1
+    with pytest.raises(SweepError, match=r"one trial needs 1\.5 CPUs.*the cluster has 1 CPUs"):
+        concurrency(cfg, "function", {"CPU": 1.0})
+    gpu = cfg.replace(**{"train.use_gpu": True})
+    with pytest.raises(SweepError, match="GPU"):
+        concurrency(gpu, "function", {"CPU": 8.0})
+
+
+def test_sweep_config_errors_are_one_line(cli) -> None:
+    r = cli(
+        "sweep",
+        "--config",
+        "sweep-smoke",
+        "--set",
+        "tune.space=[{key: model.variant, kind: grid, values: [unet, unetx]}]",
+    )
+    assert r.returncode == 2 and "tune.space[0].values: model.variant='unetx' is not valid" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli(
+        "sweep", "--config", "sweep-smoke", "--set", "tune.space=[{key: loss.boundry.end, kind: grid, values: [0.5]}]"
+    )
+    assert r.returncode == 2 and "tune.space[0].key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("sweep", "--config", "sweep-smoke", "--set", "tune.trial_style=function", "--set", "train.num_workers=2")
+    assert r.returncode == 2 and "tune.trial_style: function trials run in one process" in r.stderr
+
+
+def test_truncated_or_foreign_sweep_directories_get_one_line(cli, tmp_path: Path) -> None:
+    r = cli("sweep", "--resume", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hi")
+    r = cli("sweep", "--resume", str(tmp_path / "foreign"))
+    assert r.returncode == 2 and "not a dotseg sweep directory" in r.stderr
+    (tmp_path / "foreign" / "sweep.yaml").write_text("synthesis: {size: [oops")
+    r = cli("sweep", "--resume", str(tmp_path / "foreign"))
+    assert r.returncode == 2 and "not a readable sweep config" in r.stderr
+    (tmp_path / "foreign" / "sweep.yaml").write_text("tune: {name: x}\n")
+    r = cli("sweep", "--resume", str(tmp_path / "foreign"))
+    assert r.returncode == 2 and "no Ray Tune experiment state" in r.stderr
+    r = cli("sweep", "--promote", str(tmp_path / "foreign"), "--out", str(tmp_path / "x.safetensors"))
+    assert r.returncode == 2 and "no Ray Tune experiment state" in r.stderr
+    r = cli("sweep", "--resume", str(tmp_path / "foreign"), "--config", "sweep-smoke")
+    assert r.returncode == 2 and "drop --config" in r.stderr
+    assert all("Traceback" not in x for x in (r.stdout, r.stderr))
