@@ -364,7 +364,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print("\n".join(table_lines(result.rows, [dim.key for dim in cfg.tune.space])))
     print(f"[dotseg] sweep finished in {result.wall_s / 60:.1f} min: {d / 'results.md'}, {d / 'results.csv'}")
     print(f"[dotseg] pictures: {d / 'parallel.png'}, {d / 'curves.png'}")
-    print(f"[dotseg] W&B (offline, group {d.name}): wandb sync {d}/trial-*/wandb/offline-run-*")
+    print(f"[dotseg] W&B (offline, one run per trial in group {d.name}): wandb sync {d / 'wandb'}")
     print(f"[dotseg] next: dotseg sweep --promote {d} --out best.safetensors")
     return 0
 

@@ -87,17 +87,18 @@ def start_training_run(cfg: Config, run_dir: Path, run_name: str) -> Any | None:
     )
 
 
-def start_trial_run(cfg: Config, trial_dir: Path, sweep: str, trial: str, params: dict[str, Any]) -> Any | None:
+def start_trial_run(cfg: Config, sweep_dir: Path, sweep: str, trial: str, params: dict[str, Any]) -> Any | None:
     """The W&B run of a sweep trial, opened by the sweep's driver (which sees every trial's
     results): one run per trial, in the sweep's group, its id unique in the project
     (``<sweep>-<trial>``, so a resumed sweep continues it), the sampled values as top-level config
     keys too (``loss.boundary.end``), which W&B's parallel-coordinates and parameter-importance
     panels pick from. The driver, not the trial, logs: Tune ends a trial's process as soon as it
-    stops the trial, which would cut off the trial's own W&B writer."""
+    stops the trial, which would cut off the trial's own W&B writer. Every trial's offline run lands
+    in ``<sweep_dir>/wandb/``, so ``wandb sync <sweep_dir>/wandb`` uploads the whole sweep."""
     wcfg = cfg.train.wandb
     return _init(
         wcfg.model_copy(update={"group": wcfg.group or sweep}),
-        trial_dir,
+        sweep_dir,
         name=trial,
         id=f"{sweep}-{trial}",
         resume="allow",

@@ -78,7 +78,7 @@ def test_smoke_sweep_asha_stops_a_trial_and_writes_results_pictures_and_wandb_ru
 
     # Four W&B offline runs, one per trial, in the sweep's group, with the trial's config and curves.
     by_trial = {r["trial"]: r for r in rows}
-    runs = [wandb_run(p) for p in sorted(sweep_dir.glob("trial-*/wandb/offline-run-*"))]
+    runs = [wandb_run(p) for p in sorted((sweep_dir / "wandb").glob("offline-run-*"))]
     assert len(runs) == 4
     for run in runs:
         name = run["name"]
@@ -89,6 +89,12 @@ def test_smoke_sweep_asha_stops_a_trial_and_writes_results_pictures_and_wandb_ru
         assert [int(h["epoch"]) for h in history] == list(range(1, int(by_trial[name]["epochs_run"]) + 1))
         assert max(h["val_dice"] for h in history) == pytest.approx(float(by_trial[name]["best_val_dice"]))
         assert run["summary"]["status"] == by_trial[name]["status"]
+    # ...and one `wandb sync` of the sweep's wandb/ folder would upload all four (dry run: no network here).
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    dry = subprocess.run(
+        [str(wandb_cli), "sync", "--dry-run", str(sweep_dir / "wandb")], capture_output=True, text=True
+    )
+    assert "Would sync 4 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
 def _free_port() -> int:
@@ -239,7 +245,7 @@ def test_ddp_trials_run_a_torch_trainer_each(ray_session, tmp_path: Path) -> Non
     for trial in ("trial-000", "trial-001"):
         assert json.loads((sweep_dir / trial / "trial.json").read_text())["style"] == "trainer"
         assert list((sweep_dir / trial / "run").glob("checkpoint_*/model.safetensors"))
-    runs = [wandb_run(p) for p in sorted(sweep_dir.glob("trial-*/wandb/offline-run-*"))]
+    runs = [wandb_run(p) for p in sorted((sweep_dir / "wandb").glob("offline-run-*"))]
     assert sorted(r["name"] for r in runs) == ["trial-000", "trial-001"]  # one per trial, never one per rank
     assert all(len([h for h in r["rows"] if "val_dice" in h]) == 2 for r in runs)
 

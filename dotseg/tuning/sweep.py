@@ -207,7 +207,7 @@ def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> 
             name, params = trial.custom_trial_name or str(trial), _params(trial)
             try:
                 self.runs[trial.trial_id] = tracking.start_trial_run(
-                    base.replace(**params), sweep_dir / name, sweep_dir.name, name, params
+                    base.replace(**params), sweep_dir, sweep_dir.name, name, params
                 )
             except Exception as e:  # W&B trouble must not stop the sweep
                 log.warning(f"{name}: W&B run not started ({str(e).splitlines()[0]}); the trial still runs")
