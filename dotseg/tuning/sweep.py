@@ -163,6 +163,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
 
     from dotseg.training.run import trainer
 
+    (run_dir / "run").mkdir(exist_ok=True)
     trainer(cfg, run_dir / "run", None, origin=origin, callbacks=[TuneReportCallback()]).fit()
 
 
@@ -182,7 +183,7 @@ _TUNE_KEYS = frozenset(
     {
         "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
         "iterations_since_restore", "training_iteration", "trial_id", "date", "done", "checkpoint_dir_name",
-        "should_checkpoint", "experiment_tag", "config",
+        "should_checkpoint", "experiment_tag", "config", "checkpoint_path",
     }
 )  # fmt: skip
 
