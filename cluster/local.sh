@@ -5,6 +5,9 @@
 #   cluster/local.sh start [WORKERS=1] [CPUS_PER_NODE=2]   # prints the address to use
 #   cluster/local.sh stop                                  # stops exactly the processes it started
 #
+# Token auth is on (RAY_AUTH_MODE=token): start generates a random token into $STATE/token (mode
+# 600) unless RAY_AUTH_TOKEN is set, and every node and client uses it; clients need
+#   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/token
 # It never runs `ray stop` (which kills every Ray process on the machine, other people's too):
 # stop kills the process groups recorded at start, TERM then KILL.
 set -euo pipefail
@@ -19,20 +22,28 @@ start() {
   mkdir -p "$STATE"
   if [ -s "$STATE/pids" ]; then echo "already running (state in $STATE); run: $0 stop" >&2; exit 1; fi
   export PATH="$PWD/$VENV/bin:$PATH"
+  if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/token")
+    RAY_AUTH_TOKEN=$(cat "$STATE/token")
+  else
+    (umask 077; printf '%s\n' "$RAY_AUTH_TOKEN" > "$STATE/token")
+  fi
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
   setsid ray start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus="$cpus" \
       --dashboard-host=127.0.0.1 --dashboard-port="$DASH" --temp-dir="$STATE/ray" \
       --disable-usage-stats --block > "$STATE/head.log" 2>&1 &
   echo $! >> "$STATE/pids"
   for _ in $(seq 60); do grep -q "Ray runtime started" "$STATE/head.log" 2>/dev/null && break; sleep 1; done
   for i in $(seq "$workers"); do
-    setsid env RAY_AUTH_MODE=token ray start --address="127.0.0.1:$PORT" --num-cpus="$cpus" \
+    setsid ray start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus="$cpus" \
         --dashboard-agent-listen-port=$((52400 + i)) --block > "$STATE/worker$i.log" 2>&1 &
     echo $! >> "$STATE/pids"
   done
   sleep 5
   echo "head: 127.0.0.1:$PORT  dashboard/jobs: http://127.0.0.1:$DASH  ($workers worker node(s), $cpus CPUs each)"
-  echo "  RAY_AUTH_MODE=token $VENV/bin/dotseg train --config configs/smoke.yaml --workers 2 --address 127.0.0.1:$PORT"
-  echo "  RAY_AUTH_MODE=token $VENV/bin/ray job submit --address http://127.0.0.1:$DASH --working-dir . --runtime-env-json '{\"excludes\": [\".venv\", \"runs\", \".git\"]}' -- python jobs/train.py --config configs/smoke.yaml"
+  echo "clients: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$STATE/token"
+  echo "  $VENV/bin/dotseg train --config configs/smoke.yaml --workers 2 --address 127.0.0.1:$PORT"
+  echo "  $VENV/bin/ray job submit --address http://127.0.0.1:$DASH --working-dir . --runtime-env-json '{\"excludes\": [\".venv\", \"runs\", \".git\"]}' -- python jobs/train.py --config configs/smoke.yaml"
 }
 
 stop() {

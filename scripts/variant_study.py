@@ -73,9 +73,14 @@ def main() -> None:
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
+    events = [json.loads(x) for x in (args.sweep_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+    finished = {e["trial"] for e in events if e["event"] == "finished"}
     trials = []
     for tf in sorted(args.sweep_dir.glob("trial-*/trial.json")):
         info = json.loads(tf.read_text())
+        if info["trial"] not in finished:
+            print(f"{info['trial']}: not finished, left out", flush=True)
+            continue
         ckpt = best_checkpoint(tf.parent)
         report = evaluate(ckpt, args.sweep_dir / "eval" / info["trial"], args.n)
         by_bin = report["by_snr_bin"]
