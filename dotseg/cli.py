@@ -376,6 +376,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if errored else 0
 
 
+# -- dotseg submit / dotseg jobs ---------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from dotseg import submit as jobs
+
+    extra = list(getattr(args, "passthrough", []))
+    try:
+        _, status = jobs.submit(args.address, args.job, args.config, args.overrides, extra, wait=not args.no_wait)
+    except jobs.SubmitError as e:
+        raise UserError(str(e)) from None
+    return jobs.exit_status(status)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from dotseg import submit as jobs
+
+    try:
+        if args.action == "list":
+            rows = jobs.list_jobs(args.address)
+            for r in rows:
+                print(f"{r['id']:<44} {r['status']:<10} {r['start']}  {r['entrypoint']}")
+            if not rows:
+                print("no jobs")
+            return 0
+        if not args.id:
+            raise UserError(f"dotseg jobs {args.action} needs a submission id (see: dotseg jobs list)")
+        if args.action == "status":
+            return jobs.exit_status(jobs.finish_line(args.address, args.id))
+        if args.action == "logs":
+            if args.follow:
+                jobs.follow(args.address, args.id)
+                return jobs.exit_status(jobs.finish_line(args.address, args.id))
+            print(jobs.logs(args.address, args.id), end="")
+            return 0
+        stopped = jobs.stop_job(args.address, args.id)
+        print(f"[dotseg] {args.id}: {'stop requested' if stopped else 'not running (nothing to stop)'}")
+        return 0
+    except jobs.SubmitError as e:
+        raise UserError(str(e)) from None
+
+
 # -- dotseg serve -------------------------------------------------------------------------------
 
 
@@ -612,6 +654,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
+        "submit",
+        help="run train / sweep / evaluate / serve as a Ray job on a cluster (Jobs API)",
+        description="Submit `dotseg JOB` to a Ray cluster's Jobs API: the project directory is uploaded "
+        "as the job's working_dir (without .git, virtual environments, runs, W&B and checkpoint "
+        "folders), W&B settings travel with it, logs stream back until it ends, and the exit status "
+        "is the job's (0 SUCCEEDED, 1 FAILED, 130 STOPPED). Arguments after -- go to the command "
+        "(e.g. dotseg submit evaluate --address URL -- --checkpoint /shared/best.safetensors). "
+        "Token-auth clusters need RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.",
+    )
+    p.add_argument("job", choices=("train", "sweep", "evaluate", "serve"), help="the dotseg command to run")
+    p.add_argument(
+        "--address",
+        required=True,
+        help="the cluster's Jobs API (its dashboard), e.g. http://127.0.0.1:8265 through an SSH tunnel",
+    )
+    _add_config_args(p)
+    p.add_argument("--no-wait", action="store_true", help="submit, print the id and return")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "jobs",
+        help="list, inspect, follow or stop Ray jobs on a cluster",
+        description="Look at the cluster's Ray jobs through its Jobs API.",
+    )
+    p.add_argument("action", choices=("list", "status", "logs", "stop"))
+    p.add_argument("id", nargs="?", default=None, help="submission id (dotseg-train-...)")
+    p.add_argument("--address", required=True, help="the cluster's Jobs API, e.g. http://127.0.0.1:8265")
+    p.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser(
         "predict",
         help="segment image files with a trained model",
         description="Predict the shape mask of each input image (.png 8/16-bit, .tif/.tiff, "
@@ -661,8 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:  # `dotseg submit JOB ... -- ARGS`: ARGS are the job's
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     try:
         args = parser.parse_args(argv)
+        args.passthrough = passthrough
     except SystemExit as e:  # --help (0) or a usage error (2, already printed): a status, not an exit
         return int(e.code or 0)
     import logging
