@@ -433,6 +433,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"serve.{key}={flag}")
     cfg = _load(argparse.Namespace(config=args.config, overrides=overrides)).serve
+    if args.detach and not args.address:
+        raise UserError(
+            "--detach leaves the app running on a cluster: it needs --address (an embedded Ray ends with us)"
+        )
     try:
         urls = run.start(cfg, address=args.address, quiet=not args.verbose)
         model = run.wait_ready(urls["api"])["model"]
@@ -446,6 +450,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  API        {urls['api']}  (POST /predict, /predict/json; GET /demo, /health, /ready)")
     print(f"  docs       {urls['docs']}")
     print(f"  dashboard  {urls['dashboard']}")
+    if args.detach:
+        print("detached: the app keeps running on the cluster (stop it with `serve shutdown`)", flush=True)
+        return 0
     print("Ctrl-C stops it.", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -651,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray cluster to join (auto, host:port); default: an embedded local Ray"
     )
     p.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    p.add_argument(
+        "--detach", action="store_true", help="with --address: return once the app is ready, leaving it running"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
