@@ -83,7 +83,7 @@ def _excluded(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(p, pat) for p in parts for pat in patterns)
 
 
-def measure_upload(root: Path, excludes: tuple[str, ...] = EXCLUDES) -> Upload:
+def measure_upload(root: Path, excludes: tuple[str, ...] = EXCLUDES, limit: int = UPLOAD_LIMIT) -> Upload:
     """What the working_dir upload would hold; a :class:`SubmitError` naming the largest files if
     it is over Ray's limit."""
     total, count, sizes = 0, 0, []
@@ -102,11 +102,11 @@ def measure_upload(root: Path, excludes: tuple[str, ...] = EXCLUDES) -> Upload:
             total, count = total + size, count + 1
             sizes.append((size, rel))
     largest = sorted(sizes, reverse=True)[:5]
-    if total > UPLOAD_LIMIT:
+    if total > limit:
         shown = ", ".join(f"{rel} ({size / 2**20:.1f} MiB)" for size, rel in largest)
         raise SubmitError(
             f"the job's working directory {root} would upload {total / 2**20:.0f} MiB, over Ray's "
-            f"{UPLOAD_LIMIT // 2**20} MiB limit; the largest files: {shown}. Move them out of the "
+            f"{limit // 2**20} MiB limit; the largest files: {shown}. Move them out of the "
             f"project or into one of the excluded folders ({', '.join(EXCLUDES[:6])}, ...)"
         )
     return Upload(root, count, total, largest)

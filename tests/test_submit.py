@@ -1,0 +1,84 @@
+"""`dotseg submit` / `dotseg jobs` without a cluster: what a job would upload, its entry point and
+environment, the line a failed job's log is summed up by, and the one-line client errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dotseg import submit as jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_upload_leaves_out_environments_runs_and_history_and_fits_rays_limit(tmp_path: Path) -> None:
+    for rel, size in {
+        "jobs/train.py": 10,
+        "dotseg/__init__.py": 0,
+        "configs/x.yaml": 20,
+        ".venv/lib/big.so": 5000,
+        "runs/r/checkpoint_000001/model.safetensors": 5000,
+        ".git/objects/pack": 5000,
+        "sub/wandb/offline-run/x.wandb": 5000,
+        "dotseg/__pycache__/a.pyc": 5000,
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * size)
+    up = jobs.measure_upload(tmp_path)
+    assert (up.files, up.bytes) == (3, 30), up
+    with pytest.raises(jobs.SubmitError, match=r"over Ray's 0 MiB limit; the largest files: configs/x\.yaml"):
+        jobs.measure_upload(tmp_path, limit=25)
+    assert jobs.measure_upload(ROOT).bytes < jobs.UPLOAD_LIMIT  # this project, as a user would submit it
+
+
+def test_entrypoint_config_names_paths_and_overrides() -> None:
+    ep = jobs.entrypoint("train", "smoke", ["train.lr=3e-4", "tune.name=a b"], [], ROOT)
+    assert ep == "python jobs/train.py --config smoke --set train.lr=3e-4 --set 'tune.name=a b'"
+    ep = jobs.entrypoint("sweep", str(ROOT / "configs" / "sweep-smoke.yaml"), [], ["--quiet"], ROOT)
+    assert ep == "python jobs/sweep.py --config configs/sweep-smoke.yaml --quiet"
+    with pytest.raises(jobs.SubmitError, match="outside the project directory"):
+        jobs.entrypoint("train", "/etc/hostname", [], [], ROOT)
+    with pytest.raises(jobs.SubmitError, match="unknown job"):
+        jobs.entrypoint("destroy", None, [], [], ROOT)
+    for command in jobs.COMMANDS:
+        assert (ROOT / "jobs" / f"{command}.py").is_file()
+
+
+def test_job_env_carries_wandb_mode_and_the_key_only_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert jobs.job_env() == {"WANDB_MODE": "offline"}
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert jobs.job_env() == {"WANDB_MODE": "online", "WANDB_API_KEY": "k" * 40}
+
+
+@pytest.mark.parametrize(
+    ("log", "line"),
+    [
+        (
+            "[dotseg] run x\ndotseg train: error: train.lr: must be > 0, got -1\n",
+            "dotseg train: error: train.lr: must be > 0, got -1",
+        ),
+        (
+            'start\nTraceback (most recent call last):\n  File "x.py", line 1\n    boom()\nValueError: boom\n',
+            "ValueError: boom",
+        ),
+        ("all good\nERROR something broke here\nbye\n", "ERROR something broke here"),
+        ("nothing to see\n", None),
+    ],
+)
+def test_a_failed_job_is_summed_up_by_its_failing_line(log: str, line: str | None) -> None:
+    assert jobs.failing_line(log) == line
+
+
+def test_client_errors_are_one_line(cli) -> None:
+    r = cli("submit", "train", "--address", "127.0.0.1:8265")
+    assert r.returncode == 2 and "the Jobs API address is the dashboard's" in r.stderr
+    r = cli("jobs", "list", "--address", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert r.returncode == 2 and "cannot reach the Jobs API" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("jobs", "status", "--address", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "needs a submission id" in r.stderr
+    r = cli("serve", "--detach")
+    assert r.returncode == 2 and "needs --address" in r.stderr
