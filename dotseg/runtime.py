@@ -267,3 +267,60 @@ class RecordRelay:
             logger = logging.getLogger(fields.get("name", "dotseg"))
             if logger.isEnabledFor(fields.get("levelno", logging.INFO)):
                 logger.handle(logging.makeLogRecord({**fields, "relayed": True}))
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+#: Filesystem types (as /proc/mounts names them) that every node of a cluster can share.
+SHARED_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "glusterfs", "ceph", "9p", "virtiofs"}
+)
+
+
+class StorageError(ValueError):
+    """A storage path the cluster's nodes cannot all reach; the message says why and what to do."""
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding ``path`` (the longest matching mount point in /proc/mounts)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "unknown"
+    target = os.path.realpath(os.path.expanduser(str(path)))
+    best, kind = "", "unknown"
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def check_shared_storage(path: str, node_hosts: list[str], fs_type: str | None = None) -> None:
+    """Refuse a node-local ``path`` on a cluster whose nodes are on several machines: checkpoints
+    written by a worker on one node would be missing on the others (ray#37177). Nodes on one
+    machine (the same address) share its files; network filesystems and FUSE mounts are trusted."""
+    hosts = sorted(set(node_hosts))
+    if len(hosts) <= 1:
+        return
+    kind = fs_type or filesystem_type(path)
+    if kind in SHARED_FILESYSTEMS or kind.startswith("fuse"):
+        return
+    raise StorageError(
+        f"train.storage_path {path!r} is on a node-local filesystem ({kind}) but the cluster's nodes are on "
+        f"{len(hosts)} machines ({', '.join(hosts[:4])}{', ...' if len(hosts) > 4 else ''}): checkpoints "
+        f"written on one node would be missing on the others. Set train.storage_path to a shared mount "
+        f"(NFS, EFS, Lustre, a FUSE bucket mount) present at the same path on every node"
+    )
+
+
+def cluster_hosts() -> list[str]:
+    """The addresses of the alive nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return [str(n["NodeManagerAddress"]) for n in ray.nodes() if n.get("Alive")]

@@ -82,3 +82,24 @@ def test_client_errors_are_one_line(cli) -> None:
     assert r.returncode == 2 and "needs a submission id" in r.stderr
     r = cli("serve", "--detach")
     assert r.returncode == 2 and "needs --address" in r.stderr
+
+
+MOUNTS = """/dev/sda1 / ext4 rw 0 0
+server:/export /mnt/shared nfs4 rw 0 0
+bucket /mnt/bucket fuse.gcsfuse rw 0 0
+tmpfs /mnt/shared/tmp tmpfs rw 0 0
+"""
+
+
+def test_a_node_local_storage_path_is_refused_only_on_a_multi_machine_cluster() -> None:
+    from dotseg.runtime import StorageError, check_shared_storage, filesystem_type
+
+    assert filesystem_type("/mnt/shared/runs", MOUNTS) == "nfs4"
+    assert filesystem_type("/mnt/shared/tmp/x", MOUNTS) == "tmpfs"  # the longest mount point wins
+    assert filesystem_type("/mnt/bucket", MOUNTS) == "fuse.gcsfuse"
+    assert filesystem_type("/home/me/runs", MOUNTS) == "ext4"
+    check_shared_storage("runs", ["127.0.0.1", "127.0.0.1"], "ext4")  # nodes on one machine share its disk
+    check_shared_storage("/mnt/shared/runs", ["10.0.0.1", "10.0.0.2"], "nfs4")
+    check_shared_storage("/mnt/bucket/runs", ["10.0.0.1", "10.0.0.2"], "fuse.gcsfuse")
+    with pytest.raises(StorageError, match=r"node-local filesystem \(ext4\).*2 machines \(10\.0\.0\.1, 10\.0\.0\.2\)"):
+        check_shared_storage("runs", ["10.0.0.1", "10.0.0.2", "10.0.0.2"], "ext4")

@@ -249,6 +249,10 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     cfg, tcfg = args.cfg, args.cfg.train
     rank, world, device = session.rank, session.world, session.device
+    if world > 1:  # where each DDP rank landed: a user checks a multi-node run spans the nodes
+        import ray
+
+        log.info(f"rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()[:12]}, {device}")
     configure_cpu(tcfg.torch_threads or max(int(tcfg.cpus_per_worker), 1))
     torch.manual_seed(tcfg.seed)
 

@@ -150,7 +150,7 @@ def train(
     ``stop_after_epoch`` pauses the run after that epoch (its checkpoint written); resuming it
     continues exactly as if it had not stopped — for training in time slices.
     """
-    from dotseg.runtime import RecordRelay, init_ray, ray_logs_to
+    from dotseg.runtime import RecordRelay, StorageError, check_shared_storage, cluster_hosts, init_ray, ray_logs_to
     from dotseg.training.loop import WORKER_LOG
 
     t0 = time.perf_counter()
@@ -167,6 +167,10 @@ def train(
             address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
         )
         check_resources(cfg, resources)
+        try:
+            check_shared_storage(cfg.train.storage_path, cluster_hosts())
+        except StorageError as e:
+            raise TrainError(str(e)) from None
         trainer_ = trainer(cfg, run_dir, stop_after_epoch)
         if not quiet:
             log.info(

@@ -349,7 +349,7 @@ def sweep(
     """Run the sweep ``cfg`` describes (or continue ``resume``) and summarise it."""
     from ray import tune
 
-    from dotseg.runtime import init_ray, ray_logs_to
+    from dotseg.runtime import StorageError, check_shared_storage, cluster_hosts, init_ray, ray_logs_to
     from dotseg.tuning import results
 
     t0 = time.perf_counter()
@@ -373,6 +373,10 @@ def sweep(
             logging_level=logging.INFO,
         )
         at_once = concurrency(cfg, style, resources)
+        try:
+            check_shared_storage(cfg.train.storage_path, cluster_hosts())
+        except StorageError as e:
+            raise SweepError(str(e)) from None
         if not quiet:
             log.info(
                 f"sweep {sweep_dir}  ({tc.num_trials} trials, {at_once} at a time, {style} trials, "
