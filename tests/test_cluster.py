@@ -1,0 +1,166 @@
+"""A real 2-node Ray cluster on this machine (cluster/local.sh: head and worker on loopback, own
+temp dir and ports, token auth on), driven as a user would: `dotseg submit` over the Jobs API.
+
+Runs before the session's Ray instance exists (this file sorts before every test that starts it)
+and skips otherwise: two Ray instances on one 2-core machine must never run side by side. Only
+the processes local.sh started are stopped (`local.sh stop` kills their process groups; never
+`ray stop`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance already runs in this test process; this test starts its own cluster")
+    state = Path(tempfile.mkdtemp(prefix="dsc-", dir="/tmp"))  # short: Ray's socket paths live under it
+    gcs, dash = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DOTSEG_CLUSTER_DIR": str(state),
+        "DOTSEG_GCS_PORT": str(gcs),
+        "DOTSEG_DASHBOARD_PORT": str(dash),
+        "VENV": str(Path(sys.executable).parent.parent),
+    }
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run(
+        ["bash", str(ROOT / "cluster" / "local.sh"), "start", "1", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(state / "token")}
+        probe = (
+            "import ray, time\n"
+            f"ray.init(address='127.0.0.1:{gcs}', log_to_driver=False)\n"
+            "for _ in range(120):\n"
+            "    if len([n for n in ray.nodes() if n['Alive']]) == 2: break\n"
+            "    time.sleep(0.5)\n"
+            "print(len([n for n in ray.nodes() if n['Alive']]))\n"
+        )
+        nodes = subprocess.run(
+            [sys.executable, "-c", probe], env=client_env, capture_output=True, text=True, timeout=120
+        )
+        assert nodes.stdout.strip().endswith("2"), nodes.stdout[-2000:] + nodes.stderr[-2000:]
+        yield {"jobs": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": client_env, "state": state}
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "local.sh"), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def _dotseg(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dotseg.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_training_job_runs_ddp_on_both_nodes_and_writes_its_checkpoint(cluster, tmp_path_factory) -> None:
+    runs = tmp_path_factory.mktemp("cluster-runs")
+    r = _dotseg(
+        cluster["env"],
+        "submit",
+        "train",
+        "--address",
+        cluster["jobs"],
+        "--config",
+        "smoke",
+        "--set",
+        "train.num_workers=2",
+        "--set",
+        "train.cpus_per_worker=2",  # 3 CPUs a node: one rank per node, a CPU left for synthesis
+        "--set",
+        f"train.storage_path={runs}",
+        "--set",
+        "train.wandb.mode=disabled",
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    nodes = {line.split(" on node ")[1].split(",")[0] for line in out.splitlines() if " on node " in line}
+    assert len(nodes) == 2, out[-4000:]  # rank 0 and rank 1 on different nodes
+    (run_dir,) = runs.iterdir()
+    assert (run_dir / "best.safetensors").is_file()
+    cluster["checkpoint"] = run_dir / "best.safetensors"
+
+
+def test_a_job_with_a_bad_config_fails_with_its_error_line(cluster) -> None:
+    r = _dotseg(
+        cluster["env"], "submit", "train", "--address", cluster["jobs"], "--config", "smoke", "--set", "train.lr=-1"
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    assert "FAILED: dotseg train: error: train.lr" in out, out[-3000:]  # the failing line, not just FAILED
+
+
+def test_a_missing_or_wrong_token_is_one_clear_line(cluster) -> None:
+    no_token = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")}
+    wrong = {**cluster["env"], "RAY_AUTH_TOKEN": "0" * 64}
+    wrong.pop("RAY_AUTH_TOKEN_PATH")
+    for env in (no_token, wrong):
+        r = _dotseg(env, "jobs", "list", "--address", cluster["jobs"], timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "RAY_AUTH_TOKEN" in lines[0] and "RAY_AUTH_TOKEN_PATH" in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_serve_job_answers_predictions_over_http(cluster) -> None:
+    import io
+
+    import requests
+
+    from dotseg.synthesis import SynthesisConfig, make_sample
+
+    port = _free_port()
+    ckpt = cluster.get("checkpoint")
+    extra = ["--checkpoint", str(ckpt)] if ckpt else []
+    r = _dotseg(
+        cluster["env"],
+        "submit",
+        "serve",
+        "--address",
+        cluster["jobs"],
+        "--set",
+        f"serve.port={port}",
+        "--set",
+        "serve.max_replicas=1",
+        "--",
+        *extra,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    buf = io.BytesIO()
+    np.save(buf, make_sample(SynthesisConfig(size=64), 3, 0, noise_scale=0.3).image)
+    for _ in range(60):
+        try:
+            resp = requests.post(f"http://127.0.0.1:{port}/predict", data=buf.getvalue(), timeout=30)
+            break
+        except requests.ConnectionError:
+            time.sleep(1)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", resp.text[:300]
