@@ -89,6 +89,7 @@ def main() -> None:
             **{b: by_bin[b]["model"]["dice"] for b in ("clean", "0-10 dB", "< 0 dB")},
         }
         curve = {b: v["model"]["dice"] for b, v in by_bin.items() if v["model"]["n"]}
+        counts = {b: v["model"]["n"] for b, v in by_bin.items()}
         trials.append(
             {
                 "trial": info["trial"],
@@ -100,6 +101,7 @@ def main() -> None:
                 "parameters": report["about"]["parameters"],
                 "dice": dice,
                 "curve": curve,
+                "counts": counts,
                 "baseline_overall": report["overall"]["baseline"]["dice"],
                 "latency_ms": latency_ms(ckpt),
             }
@@ -151,10 +153,16 @@ def main() -> None:
             verdicts.append(f"{k}: {'yes' if abs(d) > noise else 'no'} (spread {noise:.4f})")
         comparisons.append(f"| {v} | {LOSSES[b]} | " + " | ".join(deltas) + " | " + "; ".join(verdicts) + " |")
     n_eval = args.n
+    counts = trials[0]["counts"] if trials else {}
+    per_bin = ", ".join(f"{b}: {k}" for b, k in counts.items())
     text = (
         f"Benchmark: `dotseg evaluate --n {n_eval}` (the same {n_eval} images for every model, 256 px, every "
-        f"noise kind from clean to the harshest). Mean ± half the range over seeds (with 2 seeds: "
-        f"the two values are mean ± that).\n\n" + "\n".join(lines) + "\n" + "\n".join(comparisons) + "\n"
+        f"noise kind from clean to the harshest; images per SNR bin: {per_bin}). Mean ± half the range "
+        f"over seeds (with 2 seeds: the two values are mean ± that).\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + "\n".join(comparisons)
+        + "\n"
     )
     (args.out_dir / "results.md").write_text(text)
     (args.out_dir / "results.json").write_text(json.dumps({"trials": trials}, indent=1))
