@@ -437,11 +437,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(
             "--detach leaves the app running on a cluster: it needs --address (an embedded Ray ends with us)"
         )
+    rolled = False
     try:
-        urls = run.start(cfg, address=args.address, quiet=not args.verbose)
+        if args.detach:  # a job on a cluster: start the app, or roll the checkpoint out to the running one
+            urls, rolled = run.start_or_roll_out(cfg, address=args.address, quiet=not args.verbose)
+        else:
+            urls = run.start(cfg, address=args.address, quiet=not args.verbose)
         model = run.wait_ready(urls["api"])["model"]
     except (CheckpointError, run.ServeError) as e:
-        run.stop()
+        if not args.detach:  # a detached job leaves the cluster's app as it was
+            run.stop()
         raise UserError(str(e)) from None
     print(
         f"dotseg serve: {model.get('checkpoint')} (model {model.get('model_id')}, {model.get('variant')}, "
@@ -451,7 +456,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  docs       {urls['docs']}")
     print(f"  dashboard  {urls['dashboard']}")
     if args.detach:
-        print("detached: the app keeps running on the cluster (stop it with `serve shutdown`)", flush=True)
+        what = "rolled out to the running app" if rolled else "started"
+        print(f"detached ({what}): the app keeps running on the cluster (stop it with `serve shutdown`)", flush=True)
         return 0
     print("Ctrl-C stops it.", flush=True)
     done = threading.Event()

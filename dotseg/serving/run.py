@@ -63,6 +63,47 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     return urls(cfg)
 
 
+def running_checkpoint() -> tuple[bool, str | None]:
+    """(whether the dotseg app runs on the connected cluster, the checkpoint it serves)."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client()
+        details = client.get_serve_details() if client is not None else {}
+    except Exception:  # no Serve controller yet
+        return False, None
+    app = (details.get("applications") or {}).get(APP_NAME)
+    if not app or app.get("status") not in ("RUNNING", "DEPLOYING"):
+        return False, None
+    for deployment in (app.get("deployments") or {}).values():
+        user_config = (deployment.get("deployment_config") or {}).get("user_config") or {}
+        if "checkpoint" in user_config:
+            return True, user_config["checkpoint"]
+    return True, None
+
+
+def start_or_roll_out(cfg: ServeConfig, address: str, quiet: bool = True) -> tuple[dict[str, str], bool]:
+    """On a cluster: start the app, or, when it already runs there, roll ``cfg.checkpoint`` out to
+    it (no request fails; a checkpoint that fails on the replicas leaves the old one serving).
+    Returns the URLs and whether it was a rollout."""
+    from ray import serve
+
+    from dotseg.runtime import init_ray
+
+    check_checkpoint(cfg.checkpoint)
+    init_ray(address, num_cpus=None, quiet=quiet)
+    running, current = False, None
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
+        running, current = running_checkpoint()
+    except Exception:
+        pass
+    if not running:
+        return start(cfg, address=address, quiet=quiet), False
+    roll_out(cfg.replace(checkpoint=current), cfg.checkpoint)
+    return urls(cfg), True
+
+
 def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
     """Serve ``checkpoint`` from now on: checked here first, then every replica loads and warms it up
     before swapping (``reconfigure``), so no request fails. Returns the new config."""
