@@ -130,37 +130,50 @@ def test_a_missing_or_wrong_token_is_one_clear_line(cluster) -> None:
         assert "Traceback" not in r.stderr
 
 
-def test_serve_job_answers_predictions_over_http(cluster) -> None:
+def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request(cluster) -> None:
     import io
+    import threading
 
     import requests
 
     from dotseg.synthesis import SynthesisConfig, make_sample
 
     port = _free_port()
+    common = ["--address", cluster["jobs"], "--set", f"serve.port={port}", "--set", "serve.max_replicas=1"]
     ckpt = cluster.get("checkpoint")
-    extra = ["--checkpoint", str(ckpt)] if ckpt else []
-    r = _dotseg(
-        cluster["env"],
-        "submit",
-        "serve",
-        "--address",
-        cluster["jobs"],
-        "--set",
-        f"serve.port={port}",
-        "--set",
-        "serve.max_replicas=1",
-        "--",
-        *extra,
-    )
+    r = _dotseg(cluster["env"], "submit", "serve", *common, "--", *(["--checkpoint", str(ckpt)] if ckpt else []))
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    assert r.returncode == 0 and "SUCCEEDED" in out and "detached (started)" in out, out[-4000:]
+    api = f"http://127.0.0.1:{port}"
+    before = requests.get(f"{api}/ready", timeout=10).json()["model"]
     buf = io.BytesIO()
-    np.save(buf, make_sample(SynthesisConfig(size=64), 3, 0, noise_scale=0.3).image)
-    for _ in range(60):
-        try:
-            resp = requests.post(f"http://127.0.0.1:{port}/predict", data=buf.getvalue(), timeout=30)
-            break
-        except requests.ConnectionError:
-            time.sleep(1)
-    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", resp.text[:300]
+    np.save(buf, make_sample(SynthesisConfig(size=128), 3, 0, noise_scale=0.3).image)
+    body = buf.getvalue()
+    first = requests.post(f"{api}/predict", data=body, timeout=60)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png", first.text[:300]
+
+    # Promote another model to the running endpoint (the shipped one) under load: no request fails.
+    stop, codes = threading.Event(), []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                codes.append(requests.post(f"{api}/predict", data=body, timeout=60).status_code)
+            except requests.RequestException:
+                codes.append(-1)
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        r = _dotseg(cluster["env"], "submit", "serve", *common)
+    finally:
+        time.sleep(2)
+        stop.set()
+        for w in workers:
+            w.join(timeout=90)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "detached (rolled out to the running app)" in out, out[-4000:]
+    after = requests.get(f"{api}/ready", timeout=10).json()["model"]
+    assert after["model_id"] != before["model_id"], (before, after)
+    assert len(codes) > 5 and all(c == 200 for c in codes), {c: codes.count(c) for c in set(codes)}
