@@ -21,7 +21,8 @@ start() {
   local workers=${1:-1} cpus=${2:-2}
   mkdir -p "$STATE"
   if [ -s "$STATE/pids" ]; then echo "already running (state in $STATE); run: $0 stop" >&2; exit 1; fi
-  export PATH="$PWD/$VENV/bin:$PATH"
+  case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute, or relative to the project
+  export PATH="$VENV/bin:$PATH"
   if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
     (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/token")
     RAY_AUTH_TOKEN=$(cat "$STATE/token")
