@@ -69,6 +69,11 @@ def init_ray(
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": worker_env(env)}
+    # Inside a Ray job (dotseg submit), the job's runtime_env already sets some of these variables
+    # (WANDB_MODE, ...) and Ray refuses a driver env that names the same keys; the job's win.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    runtime_env["env_vars"] = {k: v for k, v in runtime_env["env_vars"].items() if k not in taken}
     settings: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING if quiet else logging.INFO}
     settings.update(kwargs)
     if address:

@@ -106,7 +106,6 @@ def test_training_job_runs_ddp_on_both_nodes_and_writes_its_checkpoint(cluster, 
     assert len(nodes) == 2, out[-4000:]  # rank 0 and rank 1 on different nodes
     (run_dir,) = runs.iterdir()
     assert (run_dir / "best.safetensors").is_file()
-    cluster["checkpoint"] = run_dir / "best.safetensors"
 
 
 def test_a_job_with_a_bad_config_fails_with_its_error_line(cluster) -> None:
@@ -136,12 +135,13 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
 
     import requests
 
+    from dotseg.checkpoint import build_from_checkpoint, save_checkpoint
+    from dotseg.inference.predictor import shipped_checkpoint
     from dotseg.synthesis import SynthesisConfig, make_sample
 
     port = _free_port()
     common = ["--address", cluster["jobs"], "--set", f"serve.port={port}", "--set", "serve.max_replicas=1"]
-    ckpt = cluster.get("checkpoint")
-    r = _dotseg(cluster["env"], "submit", "serve", *common, "--", *(["--checkpoint", str(ckpt)] if ckpt else []))
+    r = _dotseg(cluster["env"], "submit", "serve", *common)  # the shipped model
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "SUCCEEDED" in out and "detached (started)" in out, out[-4000:]
     api = f"http://127.0.0.1:{port}"
@@ -152,6 +152,17 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     first = requests.post(f"{api}/predict", data=body, timeout=60)
     assert first.status_code == 200 and first.headers["content-type"] == "image/png", first.text[:300]
 
+    # A promoted model (the shipped weights under another run identity, so another model id), in
+    # storage every node reads (the nodes share this machine's disk).
+    model, ckpt = build_from_checkpoint(shipped_checkpoint())
+    promoted = save_checkpoint(
+        cluster["state"] / "promoted.safetensors",
+        model,
+        ckpt.cfg.replace(**{"train.seed": ckpt.cfg.train.seed + 1}),
+        threshold=0.5,
+        metrics={},
+        epoch=24,
+    )
     # Promote another model to the running endpoint (the shipped one) under load: no request fails.
     stop, codes = threading.Event(), []
 
@@ -166,7 +177,7 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     for w in workers:
         w.start()
     try:
-        r = _dotseg(cluster["env"], "submit", "serve", *common)
+        r = _dotseg(cluster["env"], "submit", "serve", *common, "--", "--checkpoint", str(promoted))
     finally:
         time.sleep(2)
         stop.set()
@@ -175,5 +186,5 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "detached (rolled out to the running app)" in out, out[-4000:]
     after = requests.get(f"{api}/ready", timeout=10).json()["model"]
-    assert after["model_id"] != before["model_id"], (before, after)
+    assert after["model_id"] != before["model_id"] and after["checkpoint"] == "promoted.safetensors", (before, after)
     assert len(codes) > 5 and all(c == 200 for c in codes), {c: codes.count(c) for c in set(codes)}

@@ -59,7 +59,12 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
         proxy_location="HeadOnly",
         http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s},
     )
-    serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    try:
+        serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
+    except RuntimeError:  # the replicas failed to start: say why, in one line
+        raise ServeError(
+            f"the app did not start: {_replica_error()} (checkpoint {cfg.checkpoint or 'shipped model'})"
+        ) from None
     return urls(cfg)
 
 
