@@ -120,7 +120,7 @@ def test_promoted_checkpoint_predicts_and_serves(smoke, tmp_path: Path) -> None:
     with (sweep_dir / "results.csv").open() as f:
         winner = next(csv.DictReader(f))
     ckpt = load_checkpoint(best)
-    assert ckpt.provenance.sweep == "smoke" and ckpt.provenance.trial == winner["trial"]
+    assert ckpt.meta.provenance.sweep == "smoke" and ckpt.meta.provenance.trial == winner["trial"]
     assert ckpt.epoch == int(winner["best_epoch"])
     assert ckpt.metrics["val_dice"] == pytest.approx(float(winner["best_val_dice"]))
 
