@@ -694,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list, inspect, follow or stop Ray jobs on a cluster",
         description="Look at the cluster's Ray jobs through its Jobs API.",
     )
-    p.add_argument("action", choices=("list", "status", "logs", "stop"))
+    p.add_argument(
+        "action", choices=("list", "status", "logs", "stop"), help="list jobs, or one job's status, logs or stop"
+    )
     p.add_argument("id", nargs="?", default=None, help="submission id (dotseg-train-...)")
     p.add_argument("--address", required=True, help="the cluster's Jobs API, e.g. http://127.0.0.1:8265")
     p.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")

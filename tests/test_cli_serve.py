@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -51,8 +52,15 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
         assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["status"] == "ready"
         started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert started, "no Ray processes under dotseg serve"
+        # Keep reading its output, so a chatty shutdown can never block on a full pipe.
+        drain = threading.Thread(target=lambda: lines.extend(x.rstrip() for x in proc.stdout), daemon=True)
+        drain.start()
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        proc.wait(timeout=90)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("dotseg serve did not stop within 120 s of Ctrl-C; its last output:\n" + "\n".join(lines[-40:]))
+        drain.join(timeout=10)
         assert proc.returncode == 0, "\n".join(lines[-20:])
         deadline = time.monotonic() + 30
         alive = started
