@@ -52,13 +52,14 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     if address is None and cfg.ingress == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)
-    serve.start(
-        # One proxy, on the head (as configs/serve.yaml says): the address users were given. With
-        # Serve's default (a proxy on every node with a replica), nodes sharing a machine would race
-        # for the same host:port.
-        proxy_location="HeadOnly",
-        http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s},
-    )
+    http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
+    if address is None:
+        serve.start(http_options=http)
+    else:
+        # On a cluster, one proxy on the head (as configs/serve.yaml says): the address users were
+        # given. With Serve's default (a proxy on every node with a replica), nodes that share a
+        # machine would race for the same host:port.
+        serve.start(proxy_location="HeadOnly", http_options=http)
     try:
         serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
     except RuntimeError:  # the replicas failed to start: say why, in one line
