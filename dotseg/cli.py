@@ -462,6 +462,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print("Ctrl-C stops it.", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # Ctrl-C must stop it even when we were started with SIGINT ignored (a parent that ignores it,
+    # nohup-like launchers, a test runner): Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while not done.wait(1.0):
             pass
