@@ -79,7 +79,3 @@ class TuneConfig(Section):
         for d in self.space:
             n *= len(d.values) if d.kind == "grid" else 1
         return n
-
-    def candidates(self, dim: SearchDim) -> tuple[Any, ...]:
-        """The values to check a dimension with: every choice, or the two bounds."""
-        return dim.values

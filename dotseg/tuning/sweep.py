@@ -72,12 +72,21 @@ def trial_resources(cfg: Config, style: str) -> dict[str, float]:
     return {"CPU": DRIVER_CPU}  # the Train run's workers reserve their own placement group
 
 
+def trial_cpus(cfg: Config, style: str) -> float:
+    """CPUs one running trial takes: its workers, its Ray Data synthesis tasks, a trainer's driver."""
+    t, d = cfg.train, cfg.data
+    return (
+        t.num_workers * t.cpus_per_worker
+        + d.synth_tasks * d.cpus_per_task
+        + (DRIVER_CPU if style == "trainer" else 0.0)
+    )
+
+
 def concurrency(cfg: Config, style: str, resources: dict[str, float]) -> int:
     """Trials that can run at once on a cluster with ``resources``: at most
     ``tune.max_concurrent_trials``, never more than fit; an error with the numbers if none fits."""
     t, d = cfg.train, cfg.data
-    per_trial = t.num_workers * t.cpus_per_worker + d.synth_tasks * d.cpus_per_task
-    per_trial += DRIVER_CPU if style == "trainer" else 0.0
+    per_trial = trial_cpus(cfg, style)
     cpus = resources.get("CPU", 0.0)
     fit = math.floor(cpus / per_trial + 1e-9)
     if t.use_gpu:
@@ -96,10 +105,7 @@ def concurrency(cfg: Config, style: str, resources: dict[str, float]) -> int:
 def local_cpus(cfg: Config, style: str) -> int:
     """Logical CPUs for an embedded local Ray: room for ``tune.max_concurrent_trials`` trials (they
     share the machine's cores; the limit is what the user asked to run at once)."""
-    t, d = cfg.train, cfg.data
-    per_trial = t.num_workers * t.cpus_per_worker + d.synth_tasks * d.cpus_per_task
-    per_trial += DRIVER_CPU if style == "trainer" else 0.0
-    want = min(cfg.tune.max_concurrent_trials, cfg.tune.num_trials) * per_trial
+    want = min(cfg.tune.max_concurrent_trials, cfg.tune.num_trials) * trial_cpus(cfg, style)
     return max(os.cpu_count() or 1, math.ceil(want - 1e-9))
 
 
