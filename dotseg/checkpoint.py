@@ -52,6 +52,7 @@ from dotseg.config import Config, run_identity
 from dotseg.configbase import ConfigError, Section, config_hash, describe_error, diff_keys, get_path
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import NORMALIZATION
+from dotseg.storage import StorageError, is_uri, local_copy, local_copy_path
 from dotseg.synthesis.config import SynthesisConfig
 
 if TYPE_CHECKING:
@@ -326,7 +327,7 @@ def load_checkpoint(
     """Read and validate a checkpoint; nothing in it is executed.
 
     Args:
-        path: the ``.safetensors`` file.
+        path: the ``.safetensors`` file, or its URI in a bucket (``s3://``, ``gs://``; see :mod:`dotseg.storage`).
         map_location: device the tensors are loaded onto.
         expect: if given, the checkpoint's model config must equal it (variant, widths, ...).
 
@@ -337,6 +338,11 @@ def load_checkpoint(
             contract, edited metadata, a model other than ``expect``, or tensors that do not fit
             the model the contract builds. Provenance (the run's config, metrics, ...) never fails a load.
     """
+    if is_uri(path):  # s3://, gs://: read from a local copy, errors still name the URI
+        try:
+            return load_checkpoint(local_copy(str(path)), map_location, expect=expect)
+        except (CheckpointError, StorageError) as e:
+            raise CheckpointError(str(e).replace(str(local_copy_path(str(path))), str(path))) from None
     path = Path(path)
     header, data_bytes = _read_header(path)
     meta = _decode_meta(path, header.pop("__metadata__", None))

@@ -274,11 +274,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("train.use_gpu=true")
     try:
         if args.resume:
-            run_dir = Path(args.resume).expanduser().resolve()
-            cfg = resume_config(run_dir, args.config, overrides)
+            cfg = resume_config(args.resume, args.config, overrides)
             result = train(
                 cfg,
-                resume=run_dir,
+                resume=args.resume,
                 address=args.address,
                 quiet=args.quiet,
                 verbose=args.verbose,
@@ -304,16 +303,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"in {result.wall_s / 60:.1f} min"
     )
     if result.best_checkpoint:
+        best = result.where("best.safetensors")
         print(
-            f"[dotseg] best checkpoint: {result.best_checkpoint}  (epoch {m.get('epoch')}, "
+            f"[dotseg] best checkpoint: {best}  (epoch {m.get('epoch')}, "
             f"val dice {m.get('val_dice', float('nan')):.4f}, clean dice {m.get('clean_dice', float('nan')):.4f}, "
             f"val iou {m.get('val_iou', float('nan')):.4f})"
         )
         print(
-            f"[dotseg] learning curves: {result.run_dir / 'curves.png'}; history: {result.run_dir / 'history.json'}; "
+            f"[dotseg] learning curves: {result.where('curves.png')}; history: {result.where('history.json')}; "
             f"W&B (offline): wandb sync {result.run_dir / 'wandb'}"
+            + (f" (also uploaded to {result.where('wandb')})" if result.remote else "")
         )
-        print(f"[dotseg] next: dotseg predict --checkpoint {result.best_checkpoint} --input IMAGES --output OUT")
+        print(f"[dotseg] next: dotseg predict --checkpoint {best} --input IMAGES --output OUT")
     return 0
 
 
@@ -547,9 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume",
-        metavar="RUN_DIR",
+        metavar="RUN",
         default=None,
-        help="continue a run from its last checkpoint (synthesis/model config must not change)",
+        help="continue a run (its directory, or its URI for a bucket run) from its last checkpoint "
+        "(synthesis/model config must not change)",
     )
     p.add_argument("--name", default=None, help="run directory name under train.storage_path (default: timestamped)")
     p.add_argument(

@@ -10,8 +10,9 @@ Logging: dotseg's own lines are ``logging`` records of the ``dotseg`` loggers (t
 with ``configure_console``). Ray's chatter stays out of the console: ``init_ray(quiet=True)`` keeps
 worker, Train controller and C++ core-worker output in the Ray session's log files, and
 ``ray_logs_to`` sends the driver's own Ray log records to a file. Records that dotseg code logs
-inside Ray workers reach the driver through a file, not through worker stdout: ``records_to_file``
-in the worker, ``RecordRelay`` on the driver.
+inside Ray workers reach the driver through a file, not through worker stdout: ``records_to`` in
+the worker, ``RecordRelay`` on the driver; where the file is not on storage every node shares, a
+``RecordSink`` actor on the driver's node writes it for them.
 """
 
 from __future__ import annotations
@@ -191,29 +192,78 @@ class _JsonLinesHandler(logging.Handler):
         if getattr(record, "relayed", False):
             return  # relayed here from this very file (driver and worker in one process): no loop
         try:
-            line = json.dumps(
-                {
-                    "name": record.name,
-                    "levelno": record.levelno,
-                    "levelname": record.levelname,
-                    "msg": self.format(record),
-                    "created": record.created,
-                    "process": record.process,
-                }
+            self.write(
+                json.dumps(
+                    {
+                        "name": record.name,
+                        "levelno": record.levelno,
+                        "levelname": record.levelname,
+                        "msg": self.format(record),
+                        "created": record.created,
+                        "process": record.process,
+                    }
+                )
             )
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
         except Exception:
             self.handleError(record)
 
+    def write(self, line: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+class _SinkHandler(_JsonLinesHandler):
+    """Sends each record's line to a :class:`RecordSink` actor, which appends it on the driver's node."""
+
+    def __init__(self, sink: str) -> None:
+        import ray
+
+        super().__init__(Path(os.devnull))
+        self.sink = ray.get_actor(sink)
+
+    def write(self, line: str) -> None:
+        import ray
+
+        # Waited for: a rank's last lines must be in the file before the run's fit() returns.
+        ray.get(self.sink.append.remote(line), timeout=60)
+
+
+class RecordSink:
+    """A Ray actor on the driver's node that appends the lines workers on any node send it to the
+    file the driver's :class:`RecordRelay` reads. Runs whose directory is not on storage every node
+    shares (a bucket) relay their workers' records through it; see :func:`start_record_sink`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def append(self, line: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def start_record_sink(path: Path) -> tuple[str, Any]:
+    """Start a :class:`RecordSink` for ``path`` on this process's node: its name (for the workers'
+    :func:`records_to`) and its handle (keep it: the actor lives while the handle does)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = f"dotseg-records-{uuid.uuid4().hex[:12]}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    actor = ray.remote(num_cpus=0)(RecordSink).options(name=name, scheduling_strategy=here).remote(str(path))
+    ray.get(actor.__ray_ready__.remote())  # type: ignore[union-attr]
+    return name, actor
+
 
 @contextlib.contextmanager
-def records_to_file(path: Path, logger_name: str = "dotseg") -> Iterator[None]:
-    """In a Ray worker: records of ``logger_name`` and its children, INFO and above, go to ``path``
-    (JSON lines) for a ``RecordRelay`` on the driver, and not to the worker's stdout/stderr, which
-    holds Ray's chatter and stays in the session's log files."""
+def records_to(target: Path | str, logger_name: str = "dotseg") -> Iterator[None]:
+    """In a Ray worker: records of ``logger_name`` and its children, INFO and above, go to the file
+    ``target`` (JSON lines; a Path) or to the :class:`RecordSink` actor named ``target`` (a str), for
+    a ``RecordRelay`` on the driver, and not to the worker's stdout/stderr, which holds Ray's
+    chatter and stays in the session's log files."""
     logger = logging.getLogger(logger_name)
-    handler = _JsonLinesHandler(path)
+    handler = _SinkHandler(target) if isinstance(target, str) else _JsonLinesHandler(target)
     level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -228,7 +278,7 @@ def records_to_file(path: Path, logger_name: str = "dotseg") -> Iterator[None]:
 
 class RecordRelay:
     """On the driver, while inside: re-emits the records that workers append to ``path``
-    (``records_to_file``) through this process's loggers of the same names, in order, so that
+    (``records_to``) through this process's loggers of the same names, in order, so that
     whatever handles dotseg's records here (the CLI's console, a Tune trial's log) shows them.
     Only records written after entering are relayed (a resumed run's file has older ones)."""
 
@@ -272,60 +322,3 @@ class RecordRelay:
             logger = logging.getLogger(fields.get("name", "dotseg"))
             if logger.isEnabledFor(fields.get("levelno", logging.INFO)):
                 logger.handle(logging.makeLogRecord({**fields, "relayed": True}))
-
-
-# -- storage ---------------------------------------------------------------------------------------
-
-#: Filesystem types (as /proc/mounts names them) that every node of a cluster can share.
-SHARED_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "glusterfs", "ceph", "9p", "virtiofs"}
-)
-
-
-class StorageError(ValueError):
-    """A storage path the cluster's nodes cannot all reach; the message says why and what to do."""
-
-
-def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
-    """The type of the filesystem holding ``path`` (the longest matching mount point in /proc/mounts)."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return "unknown"
-    target = os.path.realpath(os.path.expanduser(str(path)))
-    best, kind = "", "unknown"
-    for line in mounts.splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        point = parts[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, parts[2]
-    return kind
-
-
-def check_shared_storage(path: str, node_hosts: list[str], fs_type: str | None = None) -> None:
-    """Refuse a node-local ``path`` on a cluster whose nodes are on several machines: checkpoints
-    written by a worker on one node would be missing on the others (ray#37177). Nodes on one
-    machine (the same address) share its files; network filesystems and FUSE mounts are trusted."""
-    hosts = sorted(set(node_hosts))
-    if len(hosts) <= 1:
-        return
-    kind = fs_type or filesystem_type(path)
-    if kind in SHARED_FILESYSTEMS or kind.startswith("fuse"):
-        return
-    raise StorageError(
-        f"train.storage_path {path!r} is on a node-local filesystem ({kind}) but the cluster's nodes are on "
-        f"{len(hosts)} machines ({', '.join(hosts[:4])}{', ...' if len(hosts) > 4 else ''}): checkpoints "
-        f"written on one node would be missing on the others. Set train.storage_path to a shared mount "
-        f"(NFS, EFS, Lustre, a FUSE bucket mount) present at the same path on every node"
-    )
-
-
-def cluster_hosts() -> list[str]:
-    """The addresses of the alive nodes of the Ray cluster this process is connected to."""
-    import ray
-
-    return [str(n["NodeManagerAddress"]) for n in ray.nodes() if n.get("Alive")]

@@ -9,6 +9,7 @@ the processes local.sh started are stopped (`local.sh stop` kills their process 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from s3_server import keys, put, read, s3_server
+from wandb_log import wandb_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -32,7 +36,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def bucket():
+    """An S3 bucket on loopback that every node of the cluster reaches (its nodes get the endpoint
+    and credentials in their environment, as cloud nodes get them from their instance role)."""
+    with s3_server("dotseg-runs") as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def cluster(bucket):
     import ray
 
     if ray.is_initialized():
@@ -41,6 +53,7 @@ def cluster():
     gcs, dash = _free_port(), _free_port()
     env = {
         **os.environ,
+        **bucket,
         "DOTSEG_CLUSTER_DIR": str(state),
         "DOTSEG_GCS_PORT": str(gcs),
         "DOTSEG_DASHBOARD_PORT": str(dash),
@@ -81,8 +94,8 @@ def _dotseg(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
     )
 
 
-def test_training_job_runs_ddp_on_both_nodes_and_writes_its_checkpoint(cluster, tmp_path_factory) -> None:
-    runs = tmp_path_factory.mktemp("cluster-runs")
+def test_training_job_runs_ddp_on_both_nodes_into_a_bucket_and_resumes_from_it(cluster, bucket) -> None:
+    run = "s3://dotseg-runs/runs/ddp"
     r = _dotseg(
         cluster["env"],
         "submit",
@@ -96,16 +109,66 @@ def test_training_job_runs_ddp_on_both_nodes_and_writes_its_checkpoint(cluster, 
         "--set",
         "train.cpus_per_worker=2",  # 3 CPUs a node: one rank per node, a CPU left for synthesis
         "--set",
-        f"train.storage_path={runs}",
+        "train.storage_path=s3://dotseg-runs/runs",
         "--set",
         "train.wandb.mode=disabled",
+        "--",
+        "--name",
+        "ddp",
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
     nodes = {line.split(" on node ")[1].split(",")[0] for line in out.splitlines() if " on node " in line}
-    assert len(nodes) == 2, out[-4000:]  # rank 0 and rank 1 on different nodes
-    (run_dir,) = runs.iterdir()
-    assert (run_dir / "best.safetensors").is_file()
+    assert len(nodes) == 2, out[-4000:]  # rank 0 and rank 1 on different nodes, both relayed to the job log
+    assert "epoch 2/2" in out and f"best checkpoint: {run}/best.safetensors" in out, out[-4000:]
+    stored = keys(bucket, "dotseg-runs", "runs/ddp/")
+    for f in ("config.yaml", "best.safetensors", "history.json", "curves.png", "worker_log.jsonl", "ray.log"):
+        assert f"runs/ddp/{f}" in stored, stored
+    assert any(k.startswith("runs/ddp/checkpoint_") and k.endswith("/model.safetensors") for k in stored), stored
+
+    # Resumed from the bucket alone (nothing local is needed), one epoch longer.
+    r = _dotseg(
+        cluster["env"],
+        "submit",
+        "train",
+        "--address",
+        cluster["jobs"],
+        "--set",
+        "train.epochs=3",
+        "--",
+        "--resume",
+        run,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    assert "resumed from the checkpoint of epoch 2" in out and "epoch 3/3" in out, out[-4000:]
+    history = json.loads(read(bucket, "dotseg-runs", "runs/ddp/history.json"))
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_a_sweep_job_runs_its_trials_on_the_cluster_with_a_wandb_run_each(cluster, tmp_path_factory) -> None:
+    runs = tmp_path_factory.mktemp("cluster-sweeps")  # the nodes share this machine's disk
+    r = _dotseg(
+        cluster["env"],
+        "submit",
+        "sweep",
+        "--address",
+        cluster["jobs"],
+        "--config",
+        "sweep-smoke",
+        "--set",
+        f"train.storage_path={runs}",
+        "--set",
+        "tune.name=on-cluster",
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    assert "trial-003" in out and "val Dice (best)" in out, out[-4000:]  # the per-trial lines and the table
+    sweep_dir = runs / "on-cluster"
+    assert (sweep_dir / "results.csv").is_file() and (sweep_dir / "parallel.png").is_file()
+    wandb_runs = [wandb_run(p) for p in sorted((sweep_dir / "wandb").glob("offline-run-*"))]
+    assert sorted(w["id"] for w in wandb_runs) == [f"on-cluster-trial-00{i}" for i in range(4)]
+    assert all(w["group"] == "on-cluster" and any("val_dice" in row for row in w["rows"]) for w in wandb_runs)
 
 
 def test_a_job_with_a_bad_config_fails_with_its_error_line(cluster) -> None:
@@ -129,7 +192,7 @@ def test_a_missing_or_wrong_token_is_one_clear_line(cluster) -> None:
         assert "Traceback" not in r.stderr
 
 
-def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request(cluster) -> None:
+def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request(cluster, bucket) -> None:
     import io
     import threading
 
@@ -153,9 +216,9 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     assert first.status_code == 200 and first.headers["content-type"] == "image/png", first.text[:300]
 
     # A promoted model (the shipped weights under another run identity, so another model id), in
-    # storage every node reads (the nodes share this machine's disk).
+    # the bucket every node reads.
     model, ckpt = build_from_checkpoint(shipped_checkpoint())
-    promoted = save_checkpoint(
+    local = save_checkpoint(
         cluster["state"] / "promoted.safetensors",
         model,
         ckpt.cfg.replace(**{"train.seed": ckpt.cfg.train.seed + 1}),
@@ -163,6 +226,8 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
         metrics={},
         epoch=24,
     )
+    promoted = "s3://dotseg-runs/promoted/promoted.safetensors"
+    put(bucket, "dotseg-runs", "promoted/promoted.safetensors", local.read_bytes())
     # Promote another model to the running endpoint (the shipped one) under load: no request fails.
     stop, codes = threading.Event(), []
 
@@ -177,7 +242,7 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     for w in workers:
         w.start()
     try:
-        r = _dotseg(cluster["env"], "submit", "serve", *common, "--", "--checkpoint", str(promoted))
+        r = _dotseg(cluster["env"], "submit", "serve", *common, "--", "--checkpoint", promoted)
     finally:
         time.sleep(2)
         stop.set()

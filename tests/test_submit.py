@@ -92,7 +92,7 @@ tmpfs /mnt/shared/tmp tmpfs rw 0 0
 
 
 def test_a_node_local_storage_path_is_refused_only_on_a_multi_machine_cluster() -> None:
-    from dotseg.runtime import StorageError, check_shared_storage, filesystem_type
+    from dotseg.storage import StorageError, check_shared_storage, filesystem_type
 
     assert filesystem_type("/mnt/shared/runs", MOUNTS) == "nfs4"
     assert filesystem_type("/mnt/shared/tmp/x", MOUNTS) == "tmpfs"  # the longest mount point wins

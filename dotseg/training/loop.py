@@ -47,6 +47,12 @@ class LoopArgs:
     origin: dict[str, Any] = field(default_factory=dict)
     """A sweep trial's identity: ``sweep``, ``trial`` (recorded in its checkpoints and W&B run) and
     ``params`` (the sampled values); empty for a plain training run."""
+    records: str | None = None
+    """The driver's :class:`~dotseg.runtime.RecordSink` actor that dotseg's log records go to;
+    None: straight to ``run_dir/worker_log.jsonl``."""
+    remote: str | None = None
+    """The run's bucket URI when ``train.storage_path`` is one (``run_dir`` is then a staging
+    directory on each node, and rank 0 uploads its W&B run there at the end)."""
 
     @property
     def run_name(self) -> str:
@@ -59,6 +65,8 @@ class LoopArgs:
             "run_dir": str(self.run_dir),
             "stop_after_epoch": self.stop_after_epoch,
             "origin": self.origin,
+            "records": self.records,
+            "remote": self.remote,
         }
 
     @classmethod
@@ -68,6 +76,8 @@ class LoopArgs:
             run_dir=Path(data["run_dir"]),
             stop_after_epoch=data.get("stop_after_epoch"),
             origin=dict(data.get("origin") or {}),
+            records=data.get("records"),
+            remote=data.get("remote"),
         )
 
 
@@ -227,11 +237,13 @@ def _panels(
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point, run on every rank; dotseg's log records go to the run's
-    ``worker_log.jsonl``, which the driver relays to its console."""
-    from dotseg.runtime import records_to_file
+    ``worker_log.jsonl`` (through the driver's record sink, if it has one), which the driver
+    relays to its console."""
+    from dotseg.runtime import records_to
 
     args = LoopArgs.from_ray(loop_config)
-    with records_to_file(args.run_dir / WORKER_LOG):
+    args.run_dir.mkdir(parents=True, exist_ok=True)  # a bucket run's staging directory, on this node
+    with records_to(args.records or args.run_dir / WORKER_LOG):
         return run_loop(args, train_session())
 
 
@@ -386,7 +398,19 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
                 break
     finally:
         tracking.finish(run)
+        if run is not None and args.remote:  # the W&B run is on this node's disk, not the bucket's
+            _upload_wandb(args)
     return {"stop_reason": state.stop_reason, "epochs_run": state.epoch, "history": list(state.history)}
+
+
+def _upload_wandb(args: LoopArgs) -> None:
+    from dotseg import storage
+
+    assert args.remote is not None
+    try:
+        storage.upload(args.run_dir / "wandb", storage.join(args.remote, "wandb"))
+    except storage.StorageError as e:
+        log.warning(f"W&B run not uploaded to the bucket (it stays in {args.run_dir / 'wandb'} on this node): {e}")
 
 
 def _fmt(seconds: float) -> str:

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dotseg import storage
 from dotseg.config import (
     CHANGEABLE_ON_RESUME,
     NOT_IN_RUN_IDENTITY,
@@ -58,25 +59,70 @@ class TrainResult:
     history: list[dict[str, Any]]
     stop_reason: str
     wall_s: float
+    remote: str | None = None
+    """The run's bucket URI (``run_dir`` is then its local staging copy); None for a directory."""
+
+    def where(self, file: str) -> str:
+        """A file of the run, where a user finds it (in the bucket for a bucket run)."""
+        return storage.join(self.remote, file) if self.remote else str(self.run_dir / file)
 
 
 def new_run_dir(cfg: Config, name: str | None = None) -> Path:
-    root = Path(cfg.train.storage_path).expanduser().resolve()
+    """The directory of a new run (not created yet): under ``train.storage_path``, or for a bucket
+    its local staging directory (:func:`run_uri` says where in the bucket)."""
     name = name or f"train-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.hash[:6]}"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise TrainError(f"run name {name!r} may only contain letters, digits, '.', '_' and '-'")
-    path = root / name
+    if storage.is_uri(cfg.train.storage_path):
+        uri = storage.join(cfg.train.storage_path, name)
+        if _storage(storage.exists, uri):
+            raise TrainError(f"{uri} already exists; pick another --name or resume it with --resume {uri}")
+        path = storage.staging_dir(uri)
+        shutil.rmtree(path, ignore_errors=True)  # what an attempt that never reached the bucket left
+        return path
+    path = Path(cfg.train.storage_path).expanduser().resolve() / name
     if path.exists():
         raise TrainError(f"{path} already exists; pick another --name or resume it with --resume {path}")
     return path
 
 
+def run_uri(cfg: Config, run_dir: Path) -> str | None:
+    """Where a new run of ``cfg`` lives in its bucket; None when ``train.storage_path`` is a directory."""
+    root = cfg.train.storage_path
+    return storage.join(root, run_dir.name) if storage.is_uri(root) else None
+
+
+def locate_run(location: str | Path) -> tuple[Path, str | None]:
+    """A run given as a directory or a bucket URI: its local directory and its URI (None for a
+    directory). A bucket run's ``config.yaml`` is fetched into its staging directory."""
+    if not storage.is_uri(location):
+        return Path(location).expanduser().resolve(), None
+    uri = str(location).rstrip("/")
+    run_dir = storage.staging_dir(uri)
+    if not _storage(storage.exists, storage.join(uri, "config.yaml")):
+        raise TrainError(
+            f"{uri} is not a dotseg run (no config.yaml there); "
+            f"pass the URI `dotseg train` printed when the run started"
+        )
+    _storage(storage.download, storage.join(uri, "config.yaml"), run_dir / "config.yaml")
+    return run_dir, uri
+
+
+def _storage(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except storage.StorageError as e:
+        raise TrainError(str(e)) from None
+
+
 def resume_config(
-    run_dir: Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    location: str | Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """The config to resume ``run_dir`` with: its saved ``config.yaml``, or ``config`` if given, with
-    ``overrides`` on top. Refused, naming the keys, if the run identity would change (anything that
-    shapes the weights but :data:`~dotseg.config.CHANGEABLE_ON_RESUME`)."""
+    """The config to resume the run at ``location`` (a directory or a bucket URI) with: its saved
+    ``config.yaml``, or ``config`` if given, with ``overrides`` on top. Refused, naming the keys, if
+    the run identity would change (anything that shapes the weights but
+    :data:`~dotseg.config.CHANGEABLE_ON_RESUME`)."""
+    run_dir, _ = locate_run(location)
     saved_file = run_dir / "config.yaml"
     if not saved_file.exists():
         raise TrainError(
@@ -136,7 +182,7 @@ def train(
     cfg: Config,
     *,
     run_dir: Path | None = None,
-    resume: Path | None = None,
+    resume: str | Path | None = None,
     address: str | None = None,
     quiet: bool = False,
     verbose: bool = False,
@@ -148,44 +194,60 @@ def train(
     the ``dotseg`` loggers unless ``quiet``. Ray's own output goes to ``<run_dir>/ray.log`` and the
     Ray session's log files; ``verbose`` echoes it on the console too (when this call starts Ray).
     ``stop_after_epoch`` pauses the run after that epoch (its checkpoint written); resuming it
-    continues exactly as if it had not stopped — for training in time slices.
+    continues exactly as if it had not stopped — for training in time slices. ``resume`` is a run
+    directory or a bucket run's URI.
     """
-    from dotseg.runtime import RecordRelay, StorageError, check_shared_storage, cluster_hosts, init_ray, ray_logs_to
+    import ray
+
+    from dotseg.runtime import RecordRelay, init_ray, ray_logs_to, start_record_sink
     from dotseg.training.loop import WORKER_LOG
 
     t0 = time.perf_counter()
     if resume is not None:
-        run_dir = Path(resume).expanduser().resolve()
+        run_dir, remote = locate_run(resume)
     else:
         run_dir = run_dir or new_run_dir(cfg)
         run_dir.mkdir(parents=True)
+        remote = run_uri(cfg, run_dir)
     # On resume too: a run extended with --set train.epochs=N must stay extended on the next resume.
     (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
+    where = remote or str(run_dir)
+    if remote:  # first: a wrong bucket or missing credentials fail here, and the run can be resumed from it
+        _storage(storage.check_writable, remote)
+        _storage(storage.upload, run_dir / "config.yaml", storage.join(remote, "config.yaml"))
 
-    with ray_logs_to(run_dir / RAY_LOG, console=verbose):
-        resources = init_ray(
-            address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
-        )
-        check_resources(cfg, resources)
-        try:
-            check_shared_storage(cfg.train.storage_path, cluster_hosts())
-        except StorageError as e:
-            raise TrainError(str(e)) from None
-        trainer_ = trainer(cfg, run_dir, stop_after_epoch)
-        if not quiet:
-            log.info(
-                f"run {run_dir}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
-                f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)"
+    try:
+        with ray_logs_to(run_dir / RAY_LOG, console=verbose):
+            resources = init_ray(
+                address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
             )
-        try:
-            with RecordRelay(run_dir / WORKER_LOG) if not quiet else contextlib.nullcontext():
-                result = trainer_.fit()
-        except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
-            raise TrainError(
-                f"training failed: {str(e).strip().splitlines()[-1]} (run directory {run_dir}; "
-                f"fix the cause and resume with --resume {run_dir})"
-            ) from e
-    return _finish(run_dir, result, time.perf_counter() - t0)
+            check_resources(cfg, resources)
+            _storage(storage.check_shared_storage, cfg.train.storage_path, storage.cluster_hosts())
+            # Workers' log records reach this process through an actor on its node: no shared disk needed.
+            records, sink = start_record_sink(run_dir / WORKER_LOG)
+            trainer_ = trainer(cfg, run_dir, stop_after_epoch, records=records, remote=remote)
+            if not quiet:
+                log.info(
+                    f"run {where}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
+                    f"{'GPU' if cfg.train.use_gpu else 'CPU'}, {int(resources.get('CPU', 0))} CPUs in the cluster)"
+                )
+            try:
+                with RecordRelay(run_dir / WORKER_LOG) if not quiet else contextlib.nullcontext():
+                    result = trainer_.fit()
+            except Exception as e:  # TrainingFailedError carries the worker's traceback in its message
+                raise TrainError(
+                    f"training failed: {str(e).strip().splitlines()[-1]} (run {where}; "
+                    f"fix the cause and resume with --resume {where})"
+                ) from e
+            finally:
+                ray.kill(sink)
+        return _finish(run_dir, result, time.perf_counter() - t0, remote)
+    finally:
+        if remote:  # the driver's files (logs, and on success best.safetensors, history, curves)
+            try:
+                storage.upload(run_dir, remote)
+            except storage.StorageError as e:
+                log.warning(f"the run's files were not uploaded (they are in {run_dir}): {e}")
 
 
 def trainer(
@@ -195,9 +257,12 @@ def trainer(
     *,
     origin: dict[str, Any] | None = None,
     callbacks: list[Any] | tuple[Any, ...] = (),
+    records: str | None = None,
+    remote: str | None = None,
 ) -> Any:
-    """The ``TorchTrainer`` of a run in ``run_dir`` (its name and storage): ``dotseg train``'s, and
-    a trainer-style sweep trial's (``origin`` names the trial, ``callbacks`` report to Tune)."""
+    """The ``TorchTrainer`` of a run in ``run_dir`` (its name and storage; ``remote``, the run's
+    bucket URI, if it has one): ``dotseg train``'s, and a trainer-style sweep trial's (``origin``
+    names the trial, ``callbacks`` report to Tune). ``records`` names the driver's record sink."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -207,14 +272,19 @@ def trainer(
     return TorchTrainer(
         train_worker,  # type: ignore[arg-type]  # Train V2 returns its value as Result.return_value
         train_loop_config=LoopArgs(
-            cfg=cfg, run_dir=run_dir, stop_after_epoch=stop_after_epoch, origin=dict(origin or {})
+            cfg=cfg,
+            run_dir=run_dir,
+            stop_after_epoch=stop_after_epoch,
+            origin=dict(origin or {}),
+            records=records,
+            remote=remote,
         ).to_ray(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage.parent(remote) if remote else str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_dice", checkpoint_score_order="max"
             ),
@@ -227,17 +297,19 @@ def trainer(
     )
 
 
-def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
+def _finish(run_dir: Path, result: Any, wall_s: float, remote: str | None = None) -> TrainResult:
     from dotseg.checkpoint import HISTORY_FILE, MODEL_FILE
 
     best_path, best_metrics = None, {}
     if result.best_checkpoints:
         ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -1.0))
         best_path = run_dir / "best.safetensors"
-        shutil.copyfile(Path(ckpt.path) / MODEL_FILE, best_path)
+        with ckpt.as_directory() as d:  # a bucket's checkpoint is downloaded; a directory's is read in place
+            shutil.copyfile(Path(d) / MODEL_FILE, best_path)
     history: list[dict[str, Any]] = []
     if result.checkpoint is not None:
-        history = json.loads((Path(result.checkpoint.path) / HISTORY_FILE).read_text())
+        with result.checkpoint.as_directory() as d:
+            history = json.loads((Path(d) / HISTORY_FILE).read_text())
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         if history:
             plot_history(history, run_dir / "curves.png")
@@ -249,4 +321,5 @@ def _finish(run_dir: Path, result: Any, wall_s: float) -> TrainResult:
         history=history,
         stop_reason=ret.get("stop_reason", "completed"),
         wall_s=wall_s,
+        remote=remote,
     )

@@ -139,7 +139,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     trained in the trial's directory by the same loop as ``dotseg train``."""
     import ray.tune
 
-    from dotseg.runtime import records_to_file
+    from dotseg.runtime import records_to
     from dotseg.training.loop import WORKER_LOG, LoopArgs, run_loop, tune_session
 
     name = ray.tune.get_context().get_trial_name()
@@ -160,7 +160,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     origin = {"sweep": sweep, "trial": name, "params": params}
     if style == "function":
         args = LoopArgs(cfg=cfg, run_dir=run_dir, origin=origin)
-        with records_to_file(run_dir / WORKER_LOG):
+        with records_to(run_dir / WORKER_LOG):
             run_loop(args, tune_session(cfg))
         return
     # trainer: a Train run inside the trial directory; Train V2 resumes it from its own latest
@@ -355,10 +355,18 @@ def sweep(
     """Run the sweep ``cfg`` describes (or continue ``resume``) and summarise it."""
     from ray import tune
 
-    from dotseg.runtime import StorageError, check_shared_storage, cluster_hosts, init_ray, ray_logs_to
+    from dotseg import storage
+    from dotseg.runtime import init_ray, ray_logs_to
     from dotseg.tuning import results
 
     t0 = time.perf_counter()
+    if cfg is not None and storage.is_uri(cfg.train.storage_path):
+        raise SweepError(
+            f"train.storage_path {cfg.train.storage_path!r}: a sweep's files (Tune's state, every trial's "
+            f"records, the results) live in a directory; on a cluster, use a mount every node shares (NFS, "
+            f"EFS, or the bucket through a FUSE mount such as mountpoint-s3 or gcsfuse). Bucket URIs work "
+            f"for dotseg train"
+        )
     if resume is not None:
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
@@ -380,8 +388,8 @@ def sweep(
         )
         at_once = concurrency(cfg, style, resources)
         try:
-            check_shared_storage(cfg.train.storage_path, cluster_hosts())
-        except StorageError as e:
+            storage.check_shared_storage(cfg.train.storage_path, storage.cluster_hosts())
+        except storage.StorageError as e:
             raise SweepError(str(e)) from None
         if not quiet:
             log.info(

@@ -1,0 +1,100 @@
+"""Storage locations: bucket URIs through pyarrow against a real S3 API on loopback (moto's server),
+and the up-front refusals. A whole training run into a bucket, on a 2-node cluster, is in
+tests/test_cluster.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from dotseg import storage
+from s3_server import keys, s3_server
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server("dotseg-runs") as env:
+        yield env
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch, tmp_path):
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(storage, "CACHE_DIR", tmp_path / "cache")
+    return s3
+
+
+def test_uri_helpers_and_where_a_bucket_run_is_staged(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "CACHE_DIR", tmp_path)
+    assert storage.is_uri("s3://b/runs") and storage.is_uri("gs://b/runs")
+    assert not storage.is_uri("runs") and not storage.is_uri("/mnt/x") and not storage.is_uri("file:///tmp/x")
+    assert storage.join("s3://b/runs/", "/x/", "config.yaml") == "s3://b/runs/x/config.yaml"
+    assert storage.parent("s3://b/runs/x/") == "s3://b/runs" and storage.name("s3://b/runs/x") == "x"
+    assert storage.staging_dir("gs://b/runs/x") == tmp_path / "staging" / "gs" / "b" / "runs" / "x"
+    # A bucket is shared by every node, wherever they are; a node-local disk is not.
+    storage.check_shared_storage("s3://b/runs", ["10.0.0.1", "10.0.0.2"], "ext4")
+    with pytest.raises(storage.StorageError, match=r"s3://bucket/runs"):
+        storage.check_shared_storage("runs", ["10.0.0.1", "10.0.0.2"], "ext4")
+
+
+def test_bucket_round_trip_and_one_line_errors(s3_env, tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "config.yaml").write_text("a: 1\n")
+    (run / "sub" / "x.bin").write_bytes(b"\0" * 10)
+    uri = "s3://dotseg-runs/runs/r1"
+    storage.check_writable(uri)
+    storage.upload(run, uri)
+    assert keys(s3_env, "dotseg-runs") == ["runs/r1/config.yaml", "runs/r1/sub/x.bin"]  # no probe left behind
+    assert storage.exists(uri + "/config.yaml") and not storage.exists(uri + "/nope")
+    assert storage.read_text(uri + "/config.yaml") == "a: 1\n"
+    assert storage.local_copy(uri + "/sub/x.bin").read_bytes() == b"\0" * 10
+
+    with pytest.raises(storage.StorageError) as e:
+        storage.read_text(uri + "/nope")
+    assert str(e.value) == f"{uri}/nope does not exist"
+    with pytest.raises(storage.StorageError) as e:  # no such bucket: says what to check
+        storage.check_writable("s3://no-such-bucket/runs")
+    (line,) = str(e.value).splitlines()
+    assert "s3://no-such-bucket/runs" in line and "AWS_ENDPOINT_URL" in line and "bucket exists" in line
+    with pytest.raises(storage.StorageError, match="not a storage location pyarrow can open"):
+        storage.exists("nosuchscheme://x/y")
+
+
+def test_a_checkpoint_loads_from_a_bucket_and_its_errors_name_the_uri(s3_env, tmp_path) -> None:
+    from dotseg.checkpoint import CheckpointError, load_checkpoint
+    from dotseg.inference.predictor import Predictor, shipped_checkpoint
+
+    uri = "s3://dotseg-runs/models/best.safetensors"
+    storage.upload(shipped_checkpoint(), uri)
+    loaded = load_checkpoint(uri)
+    assert loaded.model_id == load_checkpoint(shipped_checkpoint()).model_id
+    assert Predictor.from_checkpoint(uri, engine="eager").checkpoint.model_id == loaded.model_id  # serve, predict
+
+    bad = tmp_path / "page.safetensors"
+    bad.write_text("<html>AccessDenied</html>")
+    storage.upload(bad, "s3://dotseg-runs/models/page.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint("s3://dotseg-runs/models/page.safetensors")
+    assert str(e.value).startswith("s3://dotseg-runs/models/page.safetensors: ") and "cache" not in str(e.value)
+    with pytest.raises(CheckpointError, match=r"^s3://dotseg-runs/models/none.safetensors does not exist$"):
+        load_checkpoint("s3://dotseg-runs/models/none.safetensors")
+
+
+def test_bucket_runs_are_refused_up_front_where_they_cannot_work(s3_env) -> None:
+    from dotseg.config import load_config
+    from dotseg.training.run import TrainError, new_run_dir, resume_config
+    from dotseg.tuning.sweep import SweepError, sweep
+
+    with pytest.raises(TrainError, match=r"s3://dotseg-runs/runs/ghost is not a dotseg run \(no config.yaml"):
+        resume_config("s3://dotseg-runs/runs/ghost")
+    cfg = load_config("smoke", ["train.storage_path=s3://dotseg-runs/runs"])
+    storage.check_writable("s3://dotseg-runs/runs/taken")
+    (staged := storage.staging_dir("s3://dotseg-runs/runs/taken")).mkdir(parents=True)
+    (staged / "config.yaml").write_text("x: 1\n")
+    storage.upload(staged / "config.yaml", "s3://dotseg-runs/runs/taken/config.yaml")
+    with pytest.raises(TrainError, match=r"s3://dotseg-runs/runs/taken already exists.*--resume s3://"):
+        new_run_dir(cfg, "taken")
+    assert new_run_dir(cfg, "fresh") == storage.staging_dir("s3://dotseg-runs/runs/fresh")
+    with pytest.raises(SweepError, match=r"a sweep's files .* live in a directory"):
+        sweep(load_config("sweep-smoke", ["train.storage_path=s3://dotseg-runs/sweeps"]))
