@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import os
 import re
 import secrets
@@ -161,6 +162,10 @@ def client(address: str) -> Any:
         raise SubmitError(f"--address {address}: the Jobs API address is the dashboard's, e.g. http://127.0.0.1:8265")
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # The client's own Ray lines (packaging notes per ignored file, "WebSocket closed") would bury
+    # the job's; dotseg says what it uploads and how the job ended. Errors still show.
+    for name in ("ray", "ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the last two set their own level
     try:
         return JobSubmissionClient(address)
     except Exception as e:
