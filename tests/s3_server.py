@@ -1,4 +1,5 @@
 """A real S3 API on loopback (moto's server, in this process's threads) for bucket-storage tests.
+Moto keeps its buckets per process, not per server: each test module uses buckets of its own.
 
 ``s3_env(server)`` is the environment a client (pyarrow, Ray workers) reaches it with: endpoint,
 dummy credentials, and no instance-metadata lookups (there is no cloud here to ask).

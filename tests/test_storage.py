@@ -12,7 +12,7 @@ from s3_server import keys, s3_server
 
 @pytest.fixture(scope="module")
 def s3():
-    with s3_server("dotseg-runs") as env:
+    with s3_server("dotseg-storage-test") as env:
         yield env
 
 
@@ -42,10 +42,10 @@ def test_bucket_round_trip_and_one_line_errors(s3_env, tmp_path) -> None:
     (run / "sub").mkdir(parents=True)
     (run / "config.yaml").write_text("a: 1\n")
     (run / "sub" / "x.bin").write_bytes(b"\0" * 10)
-    uri = "s3://dotseg-runs/runs/r1"
+    uri = "s3://dotseg-storage-test/runs/r1"
     storage.check_writable(uri)
     storage.upload(run, uri)
-    assert keys(s3_env, "dotseg-runs") == ["runs/r1/config.yaml", "runs/r1/sub/x.bin"]  # no probe left behind
+    assert keys(s3_env, "dotseg-storage-test", "runs/") == ["runs/r1/config.yaml", "runs/r1/sub/x.bin"]  # no probe left
     assert storage.exists(uri + "/config.yaml") and not storage.exists(uri + "/nope")
     assert storage.read_text(uri + "/config.yaml") == "a: 1\n"
     assert storage.local_copy(uri + "/sub/x.bin").read_bytes() == b"\0" * 10
@@ -65,7 +65,7 @@ def test_a_checkpoint_loads_from_a_bucket_and_its_errors_name_the_uri(s3_env, tm
     from dotseg.checkpoint import CheckpointError, load_checkpoint
     from dotseg.inference.predictor import Predictor, shipped_checkpoint
 
-    uri = "s3://dotseg-runs/models/best.safetensors"
+    uri = "s3://dotseg-storage-test/models/best.safetensors"
     storage.upload(shipped_checkpoint(), uri)
     loaded = load_checkpoint(uri)
     assert loaded.model_id == load_checkpoint(shipped_checkpoint()).model_id
@@ -73,12 +73,12 @@ def test_a_checkpoint_loads_from_a_bucket_and_its_errors_name_the_uri(s3_env, tm
 
     bad = tmp_path / "page.safetensors"
     bad.write_text("<html>AccessDenied</html>")
-    storage.upload(bad, "s3://dotseg-runs/models/page.safetensors")
+    storage.upload(bad, "s3://dotseg-storage-test/models/page.safetensors")
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint("s3://dotseg-runs/models/page.safetensors")
-    assert str(e.value).startswith("s3://dotseg-runs/models/page.safetensors: ") and "cache" not in str(e.value)
-    with pytest.raises(CheckpointError, match=r"^s3://dotseg-runs/models/none.safetensors does not exist$"):
-        load_checkpoint("s3://dotseg-runs/models/none.safetensors")
+        load_checkpoint("s3://dotseg-storage-test/models/page.safetensors")
+    assert str(e.value).startswith("s3://dotseg-storage-test/models/page.safetensors: ") and "cache" not in str(e.value)
+    with pytest.raises(CheckpointError, match=r"^s3://dotseg-storage-test/models/none.safetensors does not exist$"):
+        load_checkpoint("s3://dotseg-storage-test/models/none.safetensors")
 
 
 def test_bucket_runs_are_refused_up_front_where_they_cannot_work(s3_env) -> None:
@@ -86,15 +86,15 @@ def test_bucket_runs_are_refused_up_front_where_they_cannot_work(s3_env) -> None
     from dotseg.training.run import TrainError, new_run_dir, resume_config
     from dotseg.tuning.sweep import SweepError, sweep
 
-    with pytest.raises(TrainError, match=r"s3://dotseg-runs/runs/ghost is not a dotseg run \(no config.yaml"):
-        resume_config("s3://dotseg-runs/runs/ghost")
-    cfg = load_config("smoke", ["train.storage_path=s3://dotseg-runs/runs"])
-    storage.check_writable("s3://dotseg-runs/runs/taken")
-    (staged := storage.staging_dir("s3://dotseg-runs/runs/taken")).mkdir(parents=True)
+    with pytest.raises(TrainError, match=r"s3://dotseg-storage-test/runs/ghost is not a dotseg run \(no config.yaml"):
+        resume_config("s3://dotseg-storage-test/runs/ghost")
+    cfg = load_config("smoke", ["train.storage_path=s3://dotseg-storage-test/runs"])
+    storage.check_writable("s3://dotseg-storage-test/runs/taken")
+    (staged := storage.staging_dir("s3://dotseg-storage-test/runs/taken")).mkdir(parents=True)
     (staged / "config.yaml").write_text("x: 1\n")
-    storage.upload(staged / "config.yaml", "s3://dotseg-runs/runs/taken/config.yaml")
-    with pytest.raises(TrainError, match=r"s3://dotseg-runs/runs/taken already exists.*--resume s3://"):
+    storage.upload(staged / "config.yaml", "s3://dotseg-storage-test/runs/taken/config.yaml")
+    with pytest.raises(TrainError, match=r"s3://dotseg-storage-test/runs/taken already exists.*--resume s3://"):
         new_run_dir(cfg, "taken")
-    assert new_run_dir(cfg, "fresh") == storage.staging_dir("s3://dotseg-runs/runs/fresh")
+    assert new_run_dir(cfg, "fresh") == storage.staging_dir("s3://dotseg-storage-test/runs/fresh")
     with pytest.raises(SweepError, match=r"a sweep's files .* live in a directory"):
-        sweep(load_config("sweep-smoke", ["train.storage_path=s3://dotseg-runs/sweeps"]))
+        sweep(load_config("sweep-smoke", ["train.storage_path=s3://dotseg-storage-test/sweeps"]))
