@@ -430,8 +430,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dotseg.serving import run
 
     overrides = list(args.overrides)
+    # On a running app, no checkpoint given keeps its model (a rollout of new replica counts only);
+    # `--checkpoint shipped` names the shipped model explicitly.
+    keep_model = args.checkpoint is None and not any(o.startswith("serve.checkpoint=") for o in overrides)
+    if args.checkpoint == "shipped":
+        overrides.append("serve.checkpoint=null")
     for flag, key in ((args.checkpoint, "checkpoint"), (args.host, "host"), (args.port, "port")):
-        if flag is not None:
+        if flag is not None and flag != "shipped":
             overrides.append(f"serve.{key}={flag}")
     cfg = _load(argparse.Namespace(config=args.config, overrides=overrides)).serve
     if args.detach and not args.address:
@@ -441,7 +446,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rolled = False
     try:
         if args.detach:  # a job on a cluster: start the app, or roll the checkpoint out to the running one
-            urls, rolled = run.start_or_roll_out(cfg, address=args.address, quiet=not args.verbose)
+            urls, rolled = run.start_or_roll_out(cfg, args.address, not args.verbose, keep_model)
         else:
             urls = run.start(cfg, address=args.address, quiet=not args.verbose)
         model = run.wait_ready(urls["api"])["model"]
@@ -457,7 +462,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  docs       {urls['docs']}")
     print(f"  dashboard  {urls['dashboard']}")
     if args.detach:
-        what = "rolled out to the running app" if rolled else "started"
+        what = (
+            ("updated the running app, same model" if keep_model else "rolled out to the running app")
+            if rolled
+            else "started"
+        )
         print(f"detached ({what}): the app keeps running on the cluster (stop it with `serve shutdown`)", flush=True)
         return 0
     print("Ctrl-C stops it.", flush=True)
@@ -661,7 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument(
-        "--checkpoint", default=None, help="checkpoint to serve (default: serve.checkpoint, else the shipped model)"
+        "--checkpoint",
+        default=None,
+        help="checkpoint to serve, a path or s3:// / gs:// URI, or 'shipped' (default: serve.checkpoint, else the "
+        "shipped model; with --detach on a running app: the model it serves)",
     )
     p.add_argument("--host", default=None, help="interface to bind (default: serve.host = 127.0.0.1)")
     p.add_argument("--port", type=_ranged(int, 1, 65535), default=None, help="HTTP port (default: serve.port = 8000)")

@@ -144,6 +144,8 @@ def test_training_job_runs_ddp_on_both_nodes_into_a_bucket_and_resumes_from_it(c
     assert "resumed from the checkpoint of epoch 2" in out and "epoch 3/3" in out, out[-4000:]
     history = json.loads(read(bucket, "dotseg-runs", "runs/ddp/history.json"))
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    logged = [json.loads(line)["msg"] for line in read(bucket, "dotseg-runs", "runs/ddp/worker_log.jsonl").splitlines()]
+    assert [m.split(" ")[1] for m in logged if m.startswith("epoch ")] == ["1/2", "2/2", "3/3"]  # both attempts kept
 
 
 def test_a_sweep_job_runs_its_trials_on_the_cluster_with_a_wandb_run_each(cluster, tmp_path_factory) -> None:
@@ -253,3 +255,15 @@ def test_serve_job_serves_then_rolls_a_new_checkpoint_out_with_no_failed_request
     after = requests.get(f"{api}/ready", timeout=10).json()["model"]
     assert after["model_id"] != before["model_id"] and after["checkpoint"] == "promoted.safetensors", (before, after)
     assert len(codes) > 5 and all(c == 200 for c in codes), {c: codes.count(c) for c in set(codes)}
+
+    # Scaling the endpoint: the same job without --checkpoint keeps the model it serves.
+    r = _dotseg(cluster["env"], "submit", "serve", *common[:-1], "serve.max_replicas=3")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "updated the running app, same model" in out and "1-3 replica(s)" in out, out[-3000:]
+    assert requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] == after["model_id"]
+    token = (cluster["state"] / "token").read_text().strip()
+    details = requests.get(
+        f"{cluster['jobs']}/api/serve/applications/", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ).json()
+    (deployment,) = details["applications"]["dotseg"]["deployments"].values()
+    assert deployment["deployment_config"]["autoscaling_config"]["max_replicas"] == 3

@@ -88,10 +88,13 @@ def running_checkpoint() -> tuple[bool, str | None]:
     return True, None
 
 
-def start_or_roll_out(cfg: ServeConfig, address: str, quiet: bool = True) -> tuple[dict[str, str], bool]:
-    """On a cluster: start the app, or, when it already runs there, roll ``cfg.checkpoint`` out to
-    it (no request fails; a checkpoint that fails on the replicas leaves the old one serving).
-    Returns the URLs and whether it was a rollout."""
+def start_or_roll_out(
+    cfg: ServeConfig, address: str, quiet: bool = True, keep_model: bool = False
+) -> tuple[dict[str, str], bool]:
+    """On a cluster: start the app, or, when it already runs there, roll ``cfg`` out to it: its
+    checkpoint (``keep_model``: the one it serves now, e.g. to change only the replica counts) and
+    its settings. No request fails; a checkpoint that fails on the replicas leaves the old one
+    serving. Returns the URLs and whether it was a rollout."""
     from ray import serve
 
     from dotseg.runtime import init_ray
@@ -106,7 +109,7 @@ def start_or_roll_out(cfg: ServeConfig, address: str, quiet: bool = True) -> tup
         pass
     if not running:
         return start(cfg, address=address, quiet=quiet), False
-    roll_out(cfg.replace(checkpoint=current), cfg.checkpoint)
+    roll_out(cfg.replace(checkpoint=current), current if keep_model else cfg.checkpoint)
     return urls(cfg), True
 
 

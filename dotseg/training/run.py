@@ -105,6 +105,11 @@ def locate_run(location: str | Path) -> tuple[Path, str | None]:
             f"pass the URI `dotseg train` printed when the run started"
         )
     _storage(storage.download, storage.join(uri, "config.yaml"), run_dir / "config.yaml")
+    from dotseg.training.loop import WORKER_LOG
+
+    for log_file in (WORKER_LOG, RAY_LOG):  # appended to, then uploaded again: keep what earlier attempts wrote
+        if _storage(storage.exists, storage.join(uri, log_file)):
+            _storage(storage.download, storage.join(uri, log_file), run_dir / log_file)
     return run_dir, uri
 
 
