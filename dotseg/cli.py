@@ -433,10 +433,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # On a running app, no checkpoint given keeps its model (a rollout of new replica counts only);
     # `--checkpoint shipped` names the shipped model explicitly.
     keep_model = args.checkpoint is None and not any(o.startswith("serve.checkpoint=") for o in overrides)
-    if args.checkpoint == "shipped":
-        overrides.append("serve.checkpoint=null")
-    for flag, key in ((args.checkpoint, "checkpoint"), (args.host, "host"), (args.port, "port")):
-        if flag is not None and flag != "shipped":
+    checkpoint = "null" if args.checkpoint == "shipped" else args.checkpoint
+    for flag, key in ((checkpoint, "checkpoint"), (args.host, "host"), (args.port, "port")):
+        if flag is not None:
             overrides.append(f"serve.{key}={flag}")
     cfg = _load(argparse.Namespace(config=args.config, overrides=overrides)).serve
     if args.detach and not args.address:

@@ -11,19 +11,20 @@ with ``configure_console``). Ray's chatter stays out of the console: ``init_ray(
 worker, Train controller and C++ core-worker output in the Ray session's log files, and
 ``ray_logs_to`` sends the driver's own Ray log records to a file. Records that dotseg code logs
 inside Ray workers reach the driver through a file, not through worker stdout: ``records_to`` in
-the worker, ``RecordRelay`` on the driver; where the file is not on storage every node shares, a
-``RecordSink`` actor on the driver's node writes it for them.
+the worker, ``RecordRelay`` on the driver; for ``dotseg train``, whose workers may be on nodes
+that do not share the driver's disk, a ``RecordSink`` actor on the driver's node writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +179,20 @@ def configure_console(level: int = logging.INFO) -> logging.Handler:
     return handler
 
 
-class _JsonLinesHandler(logging.Handler):
-    """Appends each record to ``path`` as one JSON line (logger name, level, message, time, pid).
-    The file is opened per record: ranks on one node append to it side by side, and a driver on
-    another node of a shared filesystem sees each line once it is closed."""
+def _append(path: str | Path, line: str) -> None:
+    # Opened per line: ranks on one node append side by side, and a reader on another node of a
+    # shared filesystem sees each line once it is closed.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
-    def __init__(self, path: Path) -> None:
+
+class _JsonLinesHandler(logging.Handler):
+    """Hands each record as one JSON line (logger name, level, message, time, pid) to ``write``:
+    appending it to a file, or sending it to a :class:`RecordSink`."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
         super().__init__()
-        self.path = Path(path)
+        self.write = write
         self.setFormatter(logging.Formatter("%(message)s"))  # plus the traceback, if any
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -207,38 +214,29 @@ class _JsonLinesHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def write(self, line: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
 
+def _sink_writer(name: str) -> Callable[[str], None]:
+    import ray
 
-class _SinkHandler(_JsonLinesHandler):
-    """Sends each record's line to a :class:`RecordSink` actor, which appends it on the driver's node."""
+    sink = ray.get_actor(name)
 
-    def __init__(self, sink: str) -> None:
-        import ray
-
-        super().__init__(Path(os.devnull))
-        self.sink = ray.get_actor(sink)
-
-    def write(self, line: str) -> None:
-        import ray
-
+    def write(line: str) -> None:
         # Waited for: a rank's last lines must be in the file before the run's fit() returns.
-        ray.get(self.sink.append.remote(line), timeout=60)
+        ray.get(sink.append.remote(line), timeout=60)
+
+    return write
 
 
 class RecordSink:
     """A Ray actor on the driver's node that appends the lines workers on any node send it to the
-    file the driver's :class:`RecordRelay` reads. Runs whose directory is not on storage every node
-    shares (a bucket) relay their workers' records through it; see :func:`start_record_sink`."""
+    file the driver's :class:`RecordRelay` reads, so that no disk needs to be shared between them
+    (a bucket run's is not); see :func:`start_record_sink`."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def append(self, line: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        _append(self.path, line)
 
 
 def start_record_sink(path: Path) -> tuple[str, Any]:
@@ -263,7 +261,8 @@ def records_to(target: Path | str, logger_name: str = "dotseg") -> Iterator[None
     a ``RecordRelay`` on the driver, and not to the worker's stdout/stderr, which holds Ray's
     chatter and stays in the session's log files."""
     logger = logging.getLogger(logger_name)
-    handler = _SinkHandler(target) if isinstance(target, str) else _JsonLinesHandler(target)
+    write = _sink_writer(target) if isinstance(target, str) else functools.partial(_append, target)
+    handler = _JsonLinesHandler(write)
     level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
