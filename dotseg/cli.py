@@ -367,12 +367,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"[dotseg] pictures: {d / 'parallel.png'}, {d / 'curves.png'}")
     print(f"[dotseg] W&B (offline, one run per trial in group {d.name}): wandb sync {d / 'wandb'}")
     unfinished = [r["trial"] for r in result.rows if r["status"] in ("running", "interrupted", "pending")]
-    errored = [r["trial"] for r in result.rows if r["status"] == "errored"]
+    errored = [r for r in result.rows if r["status"] == "errored"]
     if unfinished:
         print(f"[dotseg] {len(unfinished)} trial(s) unfinished; continue with: dotseg sweep --resume {d}")
         return 130
     if errored:
-        print(f"[dotseg] {len(errored)} trial(s) errored ({', '.join(errored)}): see {d}/<trial>/error.txt")
+        where = ", ".join(str(d / r["dir"] / "error.txt") for r in errored)
+        print(f"[dotseg] {len(errored)} trial(s) errored: see {where}")
     print(f"[dotseg] next: dotseg sweep --promote {d} --out best.safetensors")
     return 1 if errored else 0
 

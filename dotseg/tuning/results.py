@@ -16,8 +16,12 @@ from typing import Any
 from dotseg.checkpoint import HISTORY_FILE, MODEL_FILE
 from dotseg.config import Config
 
-#: Columns of results.csv after the parameters.
-COLUMNS = ("rank", "trial", "status", "best_val_dice", "best_epoch", "epochs_run", "last_val_dice", "time_s", "seed")
+TRIAL_FILE = "trial.json"
+
+#: Columns of results.csv before the parameters; ``dir`` is the trial's directory in the sweep.
+COLUMNS = (
+    "rank", "trial", "status", "best_val_dice", "best_epoch", "epochs_run", "last_val_dice", "time_s", "seed", "dir"
+)  # fmt: skip
 
 
 def _checkpoints(trial_dir: Path) -> list[Path]:
@@ -64,13 +68,22 @@ def collect(sweep_dir: Path, cfg: Config) -> list[dict[str, Any]]:
             events.setdefault(e["trial"], []).append(e)
     metric = cfg.tune.metric
     sign = 1.0 if cfg.tune.mode == "max" else -1.0
+    # A trial's directory is usually its name; after a --resume it can be a suffixed one
+    # (trial-002_51d6, see run_trial), next to what the killed driver left of the name's.
+    # The trial is the directory that got further.
+    trials: dict[str, tuple[Path, dict[str, Any], list[dict[str, Any]]]] = {}
+    for trial_file in sorted(sweep_dir.glob(f"trial-*/{TRIAL_FILE}")):
+        info, history = json.loads(trial_file.read_text()), _history(trial_file.parent)
+        seen = trials.get(info["trial"])
+        further = (len(history), trial_file.stat().st_mtime)
+        if seen is None or further > (len(seen[2]), (seen[0] / TRIAL_FILE).stat().st_mtime):
+            trials[info["trial"]] = (trial_file.parent, info, history)
     rows = []
-    for trial_file in sorted(sweep_dir.glob("trial-*/trial.json")):
-        info = json.loads(trial_file.read_text())
-        history = _history(trial_file.parent)
+    for trial_dir, info, history in trials.values():
         best = max(history, key=lambda h: sign * h.get(metric, -sign * float("inf")), default={})
         rows.append(
             {
+                "dir": trial_dir.name,
                 "trial": info["trial"],
                 "params": info["params"],
                 "seed": info["seed"],
@@ -146,7 +159,7 @@ def promote(sweep_dir: Path, out: Path) -> dict[str, Any]:
     best = rows[0]
     metric, sign = cfg.tune.metric, 1.0 if cfg.tune.mode == "max" else -1.0
     candidates = []
-    for ckpt in _checkpoints(sweep_dir / best["trial"]):
+    for ckpt in _checkpoints(sweep_dir / best["dir"]):
         loaded = load_checkpoint(ckpt / MODEL_FILE)
         if metric in loaded.metrics:
             candidates.append((sign * loaded.metrics[metric], loaded.epoch, ckpt / MODEL_FILE))

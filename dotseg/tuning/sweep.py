@@ -21,10 +21,12 @@ Data synthesis tasks must fit).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import pickletools
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,10 +35,11 @@ from typing import Any
 
 from dotseg.config import Config, config_from_dict, dump_yaml, load_yaml
 from dotseg.tuning.config import SearchDim
+from dotseg.tuning.results import TRIAL_FILE
 
 log = logging.getLogger("dotseg.sweep")
 
-SWEEP_FILE, EVENTS_FILE, TRIAL_FILE = "sweep.yaml", "events.jsonl", "trial.json"
+SWEEP_FILE, EVENTS_FILE = "sweep.yaml", "events.jsonl"
 #: CPU a trainer-style trial's driver reserves: it only waits on its Train run. Tune refuses {"CPU": 0}.
 DRIVER_CPU = 0.01
 
@@ -142,8 +145,13 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     from dotseg.runtime import records_to
     from dotseg.training.loop import WORKER_LOG, LoopArgs, run_loop, tune_session
 
-    name = ray.tune.get_context().get_trial_name()
-    run_dir = Path(sweep_dir) / name
+    context = ray.tune.get_context()
+    name = context.get_trial_name()
+    # Tune's directory name, not always the trial's name: a driver killed just after it made a
+    # trial's directory (before its state was saved) leaves that behind, and on --resume Tune gives
+    # the trial a suffixed one (trial-002_51d6). Its checkpoints go there, so everything else must.
+    # (get_trial_dir() is the driver's staging copy; only its name is the same in sweep_dir.)
+    run_dir = Path(sweep_dir) / Path(context.get_trial_dir()).name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_from_dict(base).replace(**params)
     (run_dir / "config.yaml").write_text(f"# dotseg sweep trial config, hash {cfg.hash}\n" + dump_yaml(cfg))
@@ -206,6 +214,8 @@ def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> 
             self.t0: dict[str, float] = {}
             self.last: dict[str, dict[str, Any]] = {}
             self.runs: dict[str, Any] = {}
+            self.state_seen: dict[str, int] = {}
+            self.state_look = 0.0
 
         def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
             return {**self.__dict__, "runs": {}}
@@ -234,6 +244,12 @@ def _event_callback(base: Config, sweep_dir: Path, epochs: int, quiet: bool) -> 
                 f.write(json.dumps(line) + "\n")
             if not quiet or event in ("errored",):
                 (log.warning if event == "errored" else log.info)(f"{name} {text}")
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            # After Tune's (background) copy of its state; a few looks a second are plenty.
+            if time.monotonic() >= self.state_look:
+                self.state_look = time.monotonic() + 0.2
+                back_up_state(sweep_dir, self.state_seen)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.t0[trial.trial_id] = time.time()
@@ -308,6 +324,75 @@ def _error_line(trial: Any) -> str:
         return "unknown error (no error file)"
 
 
+# -- Tune's state files -----------------------------------------------------------------------------
+
+#: Tune's state files in the sweep directory, per driver session. Tune rewrites them in place (a
+#: copy from its staging directory, every second here), so a driver killed mid-copy leaves one cut
+#: short, and Tune, failing to read it, would restart the sweep from nothing: new trials with the
+#: base config, over the finished trials' directories. The driver keeps the last whole copy of each.
+STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json")
+STATE_BACKUP = ".state-backup"
+
+
+def _whole(path: Path) -> bytes | None:
+    """The file's bytes if they are complete (a cut copy is not), else None. The searcher's state
+    is a pickle despite its name: its opcodes are walked to the end, nothing is unpickled."""
+    try:
+        data = path.read_bytes()
+        if data[:1] == b"\x80":  # a pickle's protocol opcode
+            ops = list(pickletools.genops(data))
+            if not ops or ops[-1][0].name != "STOP":
+                return None
+        else:
+            json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def back_up_state(sweep_dir: Path, seen: dict[str, int]) -> None:
+    """Copy each state file that changed since ``seen`` (name -> mtime) and reads whole into
+    ``.state-backup/`` (write, then rename: the copy itself is never cut)."""
+    for pattern in STATE_FILES:
+        for path in sweep_dir.glob(pattern):
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if seen.get(path.name) == mtime:
+                continue
+            data = _whole(path)
+            if data is None:  # being copied right now; the next look gets it
+                continue
+            backup = sweep_dir / STATE_BACKUP / path.name
+            backup.parent.mkdir(exist_ok=True)
+            tmp = backup.with_suffix(f".{os.getpid()}.part")
+            tmp.write_bytes(data)
+            os.replace(tmp, backup)
+            seen[path.name] = mtime
+
+
+def repair_state(sweep_dir: Path) -> list[str]:
+    """Before --resume: put back the last whole copy of any state file a kill cut short; returns
+    the names repaired. A cut file with no whole copy is an error (Tune would start over)."""
+    repaired = []
+    for pattern in STATE_FILES:
+        for path in sorted(sweep_dir.glob(pattern)):
+            if _whole(path) is not None:
+                continue
+            data = _whole(sweep_dir / STATE_BACKUP / path.name)
+            if data is None:
+                raise SweepError(
+                    f"{path} was cut short when the sweep's driver was killed and no whole copy of it was "
+                    f"kept; delete it to resume from the state before it (trials since then run again)"
+                )
+            tmp = path.with_suffix(f".{os.getpid()}.part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            repaired.append(path.name)
+    return repaired
+
+
 # -- driving ----------------------------------------------------------------------------------------
 
 
@@ -370,6 +455,8 @@ def sweep(
     if resume is not None:
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
+        for name in repair_state(sweep_dir):
+            log.warning(f"{name} was cut short by the kill; resuming from its last whole copy")
     else:
         assert cfg is not None
         sweep_dir = new_sweep_dir(cfg)
@@ -449,6 +536,10 @@ def sweep(
             raise SweepError(
                 f"sweep failed: {str(e).strip().splitlines()[-1]} (resume with --resume {sweep_dir})"
             ) from e
+        finally:
+            for d in sweep_dir.glob("trial-*"):  # the empty directory a killed driver left behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()
     rows = results.write(sweep_dir, cfg)
     return SweepResult(sweep_dir=sweep_dir, rows=rows, wall_s=time.perf_counter() - t0)
 
