@@ -185,28 +185,42 @@ def test_a_trial_in_a_suffixed_directory_is_read_and_promoted_from_there(smoke, 
 
 
 def test_a_state_file_cut_short_is_put_back_from_its_whole_copy_or_named(tmp_path: Path) -> None:
+    """Tune's experiment state (JSON) and its searcher's (a pickle) are kept and put back as a set."""
     import pickle
 
     from dotseg.tuning.sweep import STATE_BACKUP, SweepError, back_up_state, repair_state
 
     state = tmp_path / "experiment_state-2026-11-30_23-04-04.json"
-    state.write_text('{"trial_data": [1, 2]}')
     searcher = tmp_path / "basic-variant-state-2026-11-30_23-04-04.json"  # a pickle, despite its name
-    whole = pickle.dumps({"iterators": list(range(100))})
+    state.write_text('{"trial_data": [1, 2]}')
+    whole = pickle.dumps({"generated": 2})
     searcher.write_bytes(whole)
     seen: dict[str, int] = {}
-    back_up_state(tmp_path, seen)
-    state.write_text('{"trial_data": [1,')  # the copies the kill interrupted
-    searcher.write_bytes(whole[:-5])
-    back_up_state(tmp_path, seen)  # never replaces a whole copy with a cut one
+    back_up_state(tmp_path, seen, settle_s=0)
+    state.write_text('{"trial_data": [1,')  # the copy the kill interrupted...
+    searcher.write_bytes(pickle.dumps({"generated": 3}))  # ...after the searcher's newer one
+    back_up_state(tmp_path, seen, settle_s=0)  # a set with a cut file is never kept
     assert sorted(repair_state(tmp_path)) == [searcher.name, state.name]
     assert json.loads(state.read_text()) == {"trial_data": [1, 2]} and searcher.read_bytes() == whole
     assert repair_state(tmp_path) == []
+    searcher.write_bytes(whole[:-5])
+    assert repair_state(tmp_path) == [searcher.name] and searcher.read_bytes() == whole
 
     (tmp_path / STATE_BACKUP / state.name).unlink()
     state.write_text("")
     with pytest.raises(SweepError, match=f"{state.name} was cut short .* delete it to resume"):
         repair_state(tmp_path)
+
+
+def _state_kept(sweep_dir: Path) -> bool:
+    """Every Tune state file in the sweep directory is whole and the same as the driver's copy."""
+    from dotseg.tuning.sweep import STATE_BACKUP, STATE_FILES
+
+    files = [p for pattern in STATE_FILES for p in sweep_dir.glob(pattern)]
+    kept = sweep_dir / STATE_BACKUP
+    return bool(files) and all(
+        (kept / p.name).is_file() and (kept / p.name).read_bytes() == p.read_bytes() for p in files
+    )
 
 
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tmp_path: Path) -> None:
@@ -248,10 +262,18 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, 
         if finished_before and running:
             break
         time.sleep(0.2)
-    # Tune saves its experiment state every second (TUNE_GLOBAL_CHECKPOINT_S) and the driver keeps a
-    # whole copy within 0.2 s of that; the state the kill leaves then knows the finished trials.
-    time.sleep(3.0)
+    time.sleep(1.5)  # Tune saves its experiment state every second (TUNE_GLOBAL_CHECKPOINT_S)
     assert start.poll() is None, start.communicate()[0].decode()[-2000:]
+    # The kill below cuts Tune's state file short on purpose; freeze the driver at a moment its
+    # whole copy of that state is current, so the resume starts from the state at the kill.
+    os.killpg(start.pid, signal.SIGSTOP)
+    for _ in range(100):
+        if _state_kept(sweep_dir):
+            break
+        os.killpg(start.pid, signal.SIGCONT)
+        time.sleep(0.05)
+        os.killpg(start.pid, signal.SIGSTOP)
+    assert _state_kept(sweep_dir), "the driver kept no current copy of Tune's state"
     os.killpg(start.pid, signal.SIGKILL)
     start.wait(timeout=30)
     killed_at = time.time()
@@ -264,7 +286,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, 
         [*cmd, "--resume", str(sweep_dir), *common], capture_output=True, text=True, env=env, timeout=400
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "cut short by the kill; resuming from its last whole copy" in resumed.stdout + resumed.stderr
+    assert "state was cut short by the kill; resuming from the last whole copy" in resumed.stdout + resumed.stderr
     with (sweep_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(r["status"] == "finished" and r["epochs_run"] == "4" for r in rows), rows

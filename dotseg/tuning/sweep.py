@@ -326,12 +326,17 @@ def _error_line(trial: Any) -> str:
 
 # -- Tune's state files -----------------------------------------------------------------------------
 
-#: Tune's state files in the sweep directory, per driver session. Tune rewrites them in place (a
-#: copy from its staging directory, every second here), so a driver killed mid-copy leaves one cut
-#: short, and Tune, failing to read it, would restart the sweep from nothing: new trials with the
-#: base config, over the finished trials' directories. The driver keeps the last whole copy of each.
+#: Tune's state files in the sweep directory, per driver session: the experiment state (JSON) and
+#: the searcher's (a pickle). Tune rewrites them in place (a copy from its staging directory, every
+#: second here), so a driver killed mid-copy leaves one cut short, and Tune, failing to read it,
+#: would restart the sweep from nothing: new trials with the base config, over the finished trials'
+#: directories. The driver keeps the last whole set of them; --resume puts it back.
 STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json")
 STATE_BACKUP = ".state-backup"
+
+
+def _state_files(directory: Path) -> list[Path]:
+    return sorted(p for pattern in STATE_FILES for p in directory.glob(pattern))
 
 
 def _whole(path: Path) -> bytes | None:
@@ -350,47 +355,56 @@ def _whole(path: Path) -> bytes | None:
     return data
 
 
-def back_up_state(sweep_dir: Path, seen: dict[str, int]) -> None:
-    """Copy each state file that changed since ``seen`` (name -> mtime) and reads whole into
-    ``.state-backup/`` (write, then rename: the copy itself is never cut)."""
-    for pattern in STATE_FILES:
-        for path in sweep_dir.glob(pattern):
-            try:
-                mtime = path.stat().st_mtime_ns
-            except OSError:
-                continue
-            if seen.get(path.name) == mtime:
-                continue
-            data = _whole(path)
-            if data is None:  # being copied right now; the next look gets it
-                continue
-            backup = sweep_dir / STATE_BACKUP / path.name
-            backup.parent.mkdir(exist_ok=True)
-            tmp = backup.with_suffix(f".{os.getpid()}.part")
-            tmp.write_bytes(data)
-            os.replace(tmp, backup)
-            seen[path.name] = mtime
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def back_up_state(sweep_dir: Path, seen: dict[str, int], settle_s: float = 0.05) -> None:
+    """Copy Tune's state files into ``.state-backup/`` when they changed since ``seen`` (name ->
+    mtime), all together and only as a set that is whole and at rest: the experiment state and the
+    searcher's must be from the same save, or a resumed sweep could lose or repeat a trial."""
+    try:
+        paths = _state_files(sweep_dir)
+        before = {p.name: p.stat().st_mtime_ns for p in paths}
+        if not paths or all(seen.get(n) == m for n, m in before.items()):
+            return
+        if time.time_ns() - max(before.values()) < settle_s * 1e9:  # Tune may be copying them now
+            return
+        data = {p.name: _whole(p) for p in paths}
+        if any(d is None for d in data.values()) or before != {p.name: p.stat().st_mtime_ns for p in paths}:
+            return  # the next look gets a whole set
+    except OSError:
+        return
+    backup = sweep_dir / STATE_BACKUP
+    backup.mkdir(exist_ok=True)
+    for name, d in data.items():
+        if seen.get(name) != before[name]:
+            assert d is not None
+            _write_atomically(backup / name, d)
+    seen.update(before)
 
 
 def repair_state(sweep_dir: Path) -> list[str]:
-    """Before --resume: put back the last whole copy of any state file a kill cut short; returns
-    the names repaired. A cut file with no whole copy is an error (Tune would start over)."""
-    repaired = []
-    for pattern in STATE_FILES:
-        for path in sorted(sweep_dir.glob(pattern)):
-            if _whole(path) is not None:
-                continue
-            data = _whole(sweep_dir / STATE_BACKUP / path.name)
-            if data is None:
-                raise SweepError(
-                    f"{path} was cut short when the sweep's driver was killed and no whole copy of it was "
-                    f"kept; delete it to resume from the state before it (trials since then run again)"
-                )
-            tmp = path.with_suffix(f".{os.getpid()}.part")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-            repaired.append(path.name)
-    return repaired
+    """Before --resume: if a kill cut any state file short, put back the whole last set the driver
+    kept (the cut file and its partners); returns the names put back. A cut file with no copy is
+    an error: Tune would start over."""
+    if all(_whole(p) is not None for p in _state_files(sweep_dir)):
+        return []
+    kept = {p.name: _whole(p) for p in _state_files(sweep_dir / STATE_BACKUP)}
+    for path in _state_files(sweep_dir):
+        if _whole(path) is None and kept.get(path.name) is None:
+            raise SweepError(
+                f"{path} was cut short when the sweep's driver was killed and no whole copy of it was "
+                f"kept; delete it to resume from the state before it (trials since then run again)"
+            )
+    restored = []
+    for name, data in kept.items():
+        if data is not None and _whole(sweep_dir / name) != data:
+            _write_atomically(sweep_dir / name, data)
+            restored.append(name)
+    return restored
 
 
 # -- driving ----------------------------------------------------------------------------------------
@@ -455,8 +469,11 @@ def sweep(
     if resume is not None:
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
-        for name in repair_state(sweep_dir):
-            log.warning(f"{name} was cut short by the kill; resuming from its last whole copy")
+        restored = repair_state(sweep_dir)
+        if restored:
+            log.warning(
+                f"Tune's state was cut short by the kill; resuming from the last whole copy ({', '.join(restored)})"
+            )
     else:
         assert cfg is not None
         sweep_dir = new_sweep_dir(cfg)
