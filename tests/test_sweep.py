@@ -200,27 +200,16 @@ def test_a_state_file_cut_short_is_put_back_from_its_whole_copy_or_named(tmp_pat
     state.write_text('{"trial_data": [1,')  # the copy the kill interrupted...
     searcher.write_bytes(pickle.dumps({"generated": 3}))  # ...after the searcher's newer one
     back_up_state(tmp_path, seen, settle_s=0)  # a set with a cut file is never kept
-    assert sorted(repair_state(tmp_path)) == [searcher.name, state.name]
+    assert repair_state(tmp_path) == ([searcher.name, state.name], "the last whole copy the driver kept")
     assert json.loads(state.read_text()) == {"trial_data": [1, 2]} and searcher.read_bytes() == whole
-    assert repair_state(tmp_path) == []
+    assert repair_state(tmp_path) == ([], "")
     searcher.write_bytes(whole[:-5])
-    assert repair_state(tmp_path) == [searcher.name] and searcher.read_bytes() == whole
+    assert repair_state(tmp_path)[0] == [searcher.name] and searcher.read_bytes() == whole
 
     (tmp_path / STATE_BACKUP / state.name).unlink()
     state.write_text("")
     with pytest.raises(SweepError, match=f"{state.name} was cut short .* delete it to resume"):
         repair_state(tmp_path)
-
-
-def _state_kept(sweep_dir: Path) -> bool:
-    """Every Tune state file in the sweep directory is whole and the same as the driver's copy."""
-    from dotseg.tuning.sweep import STATE_BACKUP, STATE_FILES
-
-    files = [p for pattern in STATE_FILES for p in sweep_dir.glob(pattern)]
-    kept = sweep_dir / STATE_BACKUP
-    return bool(files) and all(
-        (kept / p.name).is_file() and (kept / p.name).read_bytes() == p.read_bytes() for p in files
-    )
 
 
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tmp_path: Path) -> None:
@@ -264,29 +253,19 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(ray_session, 
         time.sleep(0.2)
     time.sleep(1.5)  # Tune saves its experiment state every second (TUNE_GLOBAL_CHECKPOINT_S)
     assert start.poll() is None, start.communicate()[0].decode()[-2000:]
-    # The kill below cuts Tune's state file short on purpose; freeze the driver at a moment its
-    # whole copy of that state is current, so the resume starts from the state at the kill.
-    os.killpg(start.pid, signal.SIGSTOP)
-    for _ in range(100):
-        if _state_kept(sweep_dir):
-            break
-        os.killpg(start.pid, signal.SIGCONT)
-        time.sleep(0.05)
-        os.killpg(start.pid, signal.SIGSTOP)
-    assert _state_kept(sweep_dir), "the driver kept no current copy of Tune's state"
     os.killpg(start.pid, signal.SIGKILL)
     start.wait(timeout=30)
     killed_at = time.time()
     assert finished_before, "no trial finished before the deadline"
-    # A kill during Tune's in-place copy of its state file leaves it empty (seen in CI, where Tune then
-    # started the sweep over with the base config): the worst case, every time.
+    # A kill during Tune's in-place copy of its state file leaves it empty (seen in the stress runs,
+    # where Tune then started the sweep over with the base config): the worst case, every time.
     max(sweep_dir.glob("experiment_state-*.json")).write_text("")
 
     resumed = subprocess.run(
         [*cmd, "--resume", str(sweep_dir), *common], capture_output=True, text=True, env=env, timeout=400
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "state was cut short by the kill; resuming from the last whole copy" in resumed.stdout + resumed.stderr
+    assert "cut short by the kill; resuming from Ray's staging copy on this machine" in resumed.stdout + resumed.stderr
     with (sweep_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(r["status"] == "finished" and r["epochs_run"] == "4" for r in rows), rows

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pickletools
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -330,7 +331,7 @@ def _error_line(trial: Any) -> str:
 #: the searcher's (a pickle). Tune rewrites them in place (a copy from its staging directory, every
 #: second here), so a driver killed mid-copy leaves one cut short, and Tune, failing to read it,
 #: would restart the sweep from nothing: new trials with the base config, over the finished trials'
-#: directories. The driver keeps the last whole set of them; --resume puts it back.
+#: directories. --resume puts back a whole set: Tune's staging copy, or the set the driver kept.
 STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json")
 STATE_BACKUP = ".state-backup"
 
@@ -386,25 +387,40 @@ def back_up_state(sweep_dir: Path, seen: dict[str, int], settle_s: float = 0.05)
     seen.update(before)
 
 
-def repair_state(sweep_dir: Path) -> list[str]:
-    """Before --resume: if a kill cut any state file short, put back the whole last set the driver
-    kept (the cut file and its partners); returns the names put back. A cut file with no copy is
-    an error: Tune would start over."""
-    if all(_whole(p) is not None for p in _state_files(sweep_dir)):
-        return []
-    kept = {p.name: _whole(p) for p in _state_files(sweep_dir / STATE_BACKUP)}
-    for path in _state_files(sweep_dir):
-        if _whole(path) is None and kept.get(path.name) is None:
-            raise SweepError(
-                f"{path} was cut short when the sweep's driver was killed and no whole copy of it was "
-                f"kept; delete it to resume from the state before it (trials since then run again)"
-            )
-    restored = []
-    for name, data in kept.items():
-        if data is not None and _whole(sweep_dir / name) != data:
-            _write_atomically(sweep_dir / name, data)
-            restored.append(name)
-    return restored
+def _staging_copies(sweep_dir: Path) -> list[Path]:
+    """Tune's own staging directories for a sweep of this name on this machine, newest first
+    (``<ray temp>/session_*/artifacts/<time>/<name>/driver_artifacts``): the driver writes its state
+    there before copying it to the sweep directory, so a copy cut by a kill is whole there."""
+    roots = {Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray", Path("/tmp/ray")}
+    found = [d for root in roots for d in root.glob(f"session_*/artifacts/*/{sweep_dir.name}/driver_artifacts")]
+    return sorted(found, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def repair_state(sweep_dir: Path) -> tuple[list[str], str]:
+    """Before --resume: if a kill cut any of Tune's state files short, put back a whole set of them
+    (the cut file and its partners from the same save); returns the names put back and where they
+    came from. First choice: Tune's staging copy on this machine (its latest state); else the set
+    the driver kept. A cut file with neither is an error: Tune would start over."""
+    cut = [p.name for p in _state_files(sweep_dir) if _whole(p) is None]
+    if not cut:
+        return [], ""
+    sources = [(d, "Ray's staging copy on this machine") for d in _staging_copies(sweep_dir)]
+    sources.append((sweep_dir / STATE_BACKUP, "the last whole copy the driver kept"))
+    for source, what in sources:
+        kept = {p.name: _whole(p) for p in _state_files(source)}
+        if any(d is None for d in kept.values()) or any(name not in kept for name in cut):
+            continue
+        restored = []
+        for name, data in kept.items():
+            assert data is not None
+            if _whole(sweep_dir / name) != data:
+                _write_atomically(sweep_dir / name, data)
+                restored.append(name)
+        return restored, what
+    raise SweepError(
+        f"{sweep_dir / cut[0]} was cut short when the sweep's driver was killed and no whole copy of it was "
+        f"kept; delete it to resume from the state before it (trials since then run again)"
+    )
 
 
 # -- driving ----------------------------------------------------------------------------------------
@@ -469,11 +485,9 @@ def sweep(
     if resume is not None:
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
-        restored = repair_state(sweep_dir)
+        restored, source = repair_state(sweep_dir)
         if restored:
-            log.warning(
-                f"Tune's state was cut short by the kill; resuming from the last whole copy ({', '.join(restored)})"
-            )
+            log.warning(f"Tune's state was cut short by the kill; resuming from {source} ({', '.join(restored)})")
     else:
         assert cfg is not None
         sweep_dir = new_sweep_dir(cfg)
