@@ -71,15 +71,14 @@ def collect(sweep_dir: Path, cfg: Config) -> list[dict[str, Any]]:
     # A trial's directory is usually its name; after a --resume it can be a suffixed one
     # (trial-002_51d6, see run_trial), next to what the killed driver left of the name's.
     # The trial is the directory that got further.
-    trials: dict[str, tuple[Path, dict[str, Any], list[dict[str, Any]]]] = {}
+    trials: dict[str, tuple[tuple[int, float], Path, dict[str, Any], list[dict[str, Any]]]] = {}
     for trial_file in sorted(sweep_dir.glob(f"trial-*/{TRIAL_FILE}")):
         info, history = json.loads(trial_file.read_text()), _history(trial_file.parent)
-        seen = trials.get(info["trial"])
         further = (len(history), trial_file.stat().st_mtime)
-        if seen is None or further > (len(seen[2]), (seen[0] / TRIAL_FILE).stat().st_mtime):
-            trials[info["trial"]] = (trial_file.parent, info, history)
+        if info["trial"] not in trials or further > trials[info["trial"]][0]:
+            trials[info["trial"]] = (further, trial_file.parent, info, history)
     rows = []
-    for trial_dir, info, history in trials.values():
+    for _, trial_dir, info, history in trials.values():
         best = max(history, key=lambda h: sign * h.get(metric, -sign * float("inf")), default={})
         rows.append(
             {

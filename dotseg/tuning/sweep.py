@@ -401,7 +401,8 @@ def repair_state(sweep_dir: Path) -> tuple[list[str], str]:
     (the cut file and its partners from the same save); returns the names put back and where they
     came from. First choice: Tune's staging copy on this machine (its latest state); else the set
     the driver kept. A cut file with neither is an error: Tune would start over."""
-    cut = [p.name for p in _state_files(sweep_dir) if _whole(p) is None]
+    current = {p.name: _whole(p) for p in _state_files(sweep_dir)}
+    cut = [name for name, data in current.items() if data is None]
     if not cut:
         return [], ""
     sources = [(d, "Ray's staging copy on this machine") for d in _staging_copies(sweep_dir)]
@@ -413,7 +414,7 @@ def repair_state(sweep_dir: Path) -> tuple[list[str], str]:
         restored = []
         for name, data in kept.items():
             assert data is not None
-            if _whole(sweep_dir / name) != data:
+            if current.get(name) != data:
                 _write_atomically(sweep_dir / name, data)
                 restored.append(name)
         return restored, what
