@@ -234,15 +234,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from dotseg import tracking
     from dotseg.checkpoint import CheckpointError
-    from dotseg.evaluation import EVAL_SEED, evaluate, summary_lines
+    from dotseg.evaluation import EVAL_SEED, SUITE_N, evaluate, summary_lines
 
     cfg = _load(args)  # the baseline's settings and W&B's
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    # The benchmark is the seed's generator unless the user names another with --config / --set.
+    own_generator = args.config is not None or any(o.startswith("synthesis.") for o in args.overrides)
     try:
         report = evaluate(
             None if args.baseline else args.checkpoint,
-            args.n,
+            SUITE_N[args.suite] if args.n is None else args.n,
             out,
+            suite=args.suite,
             baseline=cfg.baseline,
             baseline_only=args.baseline,
             size=args.size,
@@ -250,12 +253,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             threads=args.threads,
             progress=not args.quiet,
-            synthesis=cfg.synthesis,
+            synthesis=cfg.synthesis if own_generator else None,
         )
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    print("\n".join(summary_lines(report)))
-    print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
+    if args.suite == "shift":
+        from dotseg.shift import summary_lines as shift_lines
+
+        print("\n".join(shift_lines(report)))
+        print(f"report: {out / 'report.md'} (and report.json, shift_drop.png, gallery.png)")
+    else:
+        print("\n".join(summary_lines(report)))
+        print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
     if args.wandb:
         tracking.log_evaluation(report, out, cfg.train.wandb)
     return 0
@@ -620,7 +629,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
     _add_config_args(p)
-    p.add_argument("--n", type=_ranged(int, 1), default=1000, help="benchmark images (default 1000)")
+    p.add_argument(
+        "--suite",
+        choices=("standard", "stratified", "shift"),
+        default="standard",
+        help="standard: the benchmark mix; stratified: --n images in every SNR bin (< 0 dB included); "
+        "shift: the benchmark with one generator axis moved at a time, --n images per level",
+    )
+    p.add_argument(
+        "--n",
+        type=_ranged(int, 1),
+        default=None,
+        help="images: in all (standard, default 1000), per SNR bin (stratified, default 150) or per level "
+        "(shift, default 150)",
+    )
     p.add_argument(
         "--size",
         type=_ranged(int, 32, 4096),

@@ -31,6 +31,24 @@ class DataConfig(Section):
     """Logical CPUs each synthesis task reserves; keep the total below the cluster's free CPUs."""
     prefetch_batches: int = Field(2, ge=0, le=64)
     """Batches each training worker prefetches."""
+    augment: bool = False
+    """Training samples get one of the 8 flips / 90-degree rotations (drawn per sample from its seed
+    and index, so a resumed run sees the same images); validation never does."""
+
+
+#: Stream of a sample's augmentation draw (the generator uses 0-2, see dotseg.synthesis.generate).
+_AUGMENT_STREAM = 3
+
+
+def dihedral(out: dict[str, np.ndarray], seed: int, ids: np.ndarray, keys: Sequence[str]) -> None:
+    """In place: sample ``i`` of every ``keys`` array (B, H, W) gets the flip / 90-degree rotation
+    drawn from ``(seed, ids[i])``, the same one for all keys (image, mask and clean stay aligned)."""
+    for i, index in enumerate(ids):
+        k = int(np.random.default_rng([int(seed), int(index), _AUGMENT_STREAM]).integers(8))
+        for key in keys:
+            x = out[key][i]
+            y = np.rot90(x, k % 4)
+            out[key][i] = y[:, ::-1] if k >= 4 else y
 
 
 def _synthesize(
@@ -44,11 +62,14 @@ def _synthesize(
     noisy: bool,
     columns: Sequence[str] | None,
     model_input: bool,
+    augment: bool = False,
 ) -> dict[str, np.ndarray]:
     ids = batch["id"] + offset
     out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
     if columns is not None and "clean" in columns:  # the noise-free copies of the same samples
         out["clean"] = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=False)["image"]
+    if augment:
+        dihedral(out, seed, ids, [k for k in ("image", "mask", "clean") if k in out])
     if model_input:  # in the worker: the trainer receives model input
         for key in ("image", "clean"):
             if key in out:
@@ -67,13 +88,14 @@ def synthesis_dataset(
     noisy: bool = True,
     columns: Sequence[str] | None = None,
     model_input: bool = False,
+    augment: bool = False,
 ) -> Any:
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
     ``columns`` keeps only those keys of :func:`make_batch`'s output (e.g. ``("image", "mask")``
     for training, which saves moving metadata through the object store); ``clean`` among them adds
     each sample's noise-free copy. ``model_input`` applies :func:`dotseg.normalize.normalize` to the
-    images in the synthesis tasks.
+    images in the synthesis tasks; ``augment`` flips / rotates each sample (:func:`dihedral`).
     """
     import ray.data
 
@@ -92,6 +114,7 @@ def synthesis_dataset(
             "noisy": noisy,
             "columns": tuple(columns) if columns is not None else None,
             "model_input": model_input,
+            "augment": augment,
         },
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,

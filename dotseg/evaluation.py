@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dotseg.baseline.config import BaselineConfig
-from dotseg.inference.segmenter import Segmenter
+from dotseg.inference.segmenter import Prediction, Segmenter
 from dotseg.metrics import segmentation_metrics
 from dotseg.plots import plot_dice_vs_snr, plot_gallery
 from dotseg.synthesis import Sample, SynthesisConfig, make_sample
@@ -106,11 +106,47 @@ def snr_bin(snr: float) -> str:
     return SNR_BINS[0][0]
 
 
+#: The report suites of ``dotseg evaluate --suite``.
+SUITES = ("standard", "stratified", "shift")
+#: Default image counts: in all, per SNR bin, per shift level.
+SUITE_N = {"standard": 1000, "stratified": 150, "shift": 150}
+
+
+def stratified_cases(synthesis: SynthesisConfig, per_bin: int, seed: int = EVAL_SEED) -> list[Case]:
+    """At least ``per_bin`` recipes in every :data:`SNR_BINS` bin (exactly ``per_bin`` each): the
+    noise kinds cycle as in :func:`benchmark_cases`, severities follow a golden-ratio sequence over
+    [0, 1], and each candidate is rendered to read its SNR; candidates whose bin is full are skipped.
+    Deterministic: the same scan always keeps the same cases."""
+    import itertools
+
+    combos = [c for k in (2, 3) for c in itertools.combinations(ORDER, k)]
+    counts = dict.fromkeys((b[0] for b in SNR_BINS), 0)
+    cases: list[Case] = []
+    golden = (math.sqrt(5) - 1) / 2
+    limit = 200 * per_bin * len(SNR_BINS)  # a generator that cannot reach a bin must not loop forever
+    for i in range(limit):
+        kind, j = KINDS[i % len(KINDS)], i // len(KINDS)
+        if kind == "clean":
+            case = Case(i, kind, None, None)
+        else:
+            types = combos[j % len(combos)] if kind == "mixed" else (kind,)
+            case = Case(i, kind, types, (j * golden) % 1.0)
+        label = "clean" if kind == "clean" else snr_bin(case.sample(synthesis, seed).snr_db)
+        if counts[label] < per_bin:
+            counts[label] += 1
+            cases.append(case)
+        if all(c >= per_bin for c in counts.values()):
+            return cases
+    short = {k: v for k, v in counts.items() if v < per_bin}
+    raise ValueError(f"the generator reached only {short} images in these SNR bins after {limit} candidates")
+
+
 def evaluate(
     checkpoint: str | Path | None,
     n: int,
     out_dir: Path,
     *,
+    suite: str = "standard",
     baseline: BaselineConfig | None = None,
     baseline_only: bool = False,
     size: int | None = None,
@@ -120,32 +156,60 @@ def evaluate(
     progress: bool = True,
     synthesis: SynthesisConfig | None = None,
 ) -> dict[str, Any]:
-    """``dotseg evaluate``: a checkpoint (None: the shipped model) and the classical baseline on the
-    benchmark drawn from the distribution the model was trained on (at ``size`` if given);
-    ``baseline_only`` evaluates the baseline alone, on ``synthesis`` (default: the seed's).
+    """``dotseg evaluate``: a checkpoint (None: the shipped model) and the classical baseline on one
+    of the :data:`SUITES`, written to ``out_dir``; ``baseline_only`` evaluates the baseline alone.
+
+    ``standard``: ``n`` images of the benchmark. ``stratified``: ``n`` images in *every* SNR bin
+    (the < 0 dB bin included). ``shift``: ``n`` images per level of :mod:`dotseg.shift`.
+
+    The images come from the project's benchmark generator, the seed's, at the model's image size
+    (``size`` overrides it); ``synthesis`` replaces that generator (the CLI passes the one of
+    ``--config`` / ``--set`` when the user gives them). The model's own training generator may be
+    wider (domain randomization): the benchmark stays the same for every model.
 
     Raises :class:`~dotseg.checkpoint.CheckpointError` for an unusable checkpoint.
     """
     from dotseg.baseline import ClassicalBaseline
 
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     segmenters: list[Segmenter] = []
     about: dict[str, Any] = {}
-    synthesis = synthesis or SynthesisConfig()
+    trained: SynthesisConfig | None = None
+    bench = synthesis or SynthesisConfig()
     if not baseline_only:
         from dotseg.inference.predictor import Predictor
 
         model = Predictor.from_checkpoint(checkpoint, threads=threads)
         segmenters.append(model)
-        synthesis = model.synthesis
+        trained = model.synthesis
+        if synthesis is None:
+            bench = bench.replace(size=trained.size)
         assert model.checkpoint is not None
         about = {**model.checkpoint.about(), "parameters": sum(p.numel() for p in model.model.parameters())}
         if checkpoint is None:
             about["checkpoint"] = "shipped model"
     segmenters.append(ClassicalBaseline(baseline))
     if size is not None:
-        synthesis = synthesis.replace(size=size)
+        bench = bench.replace(size=size)
+    if suite == "shift":
+        from dotseg.shift import run_shift
+
+        return run_shift(
+            segmenters, bench, trained, n, out_dir, seed=seed, tolerance=tolerance, progress=progress, about=about
+        )
+    cases = stratified_cases(bench, n, seed) if suite == "stratified" else None
     return run_evaluation(
-        segmenters, synthesis, n, out_dir, seed=seed, tolerance=tolerance, progress=progress, about=about
+        segmenters,
+        bench,
+        n,
+        out_dir,
+        seed=seed,
+        tolerance=tolerance,
+        progress=progress,
+        about=about,
+        cases=cases,
+        suite=suite,
     )
 
 
@@ -175,8 +239,11 @@ def run_evaluation(
     worst_k: int = 8,
     progress: bool = True,
     about: dict[str, Any] | None = None,
+    cases: Sequence[Case] | None = None,
+    suite: str = "standard",
 ) -> dict[str, Any]:
-    """Evaluate every segmenter on the same ``n`` benchmark samples and write the report to ``out_dir``.
+    """Evaluate every segmenter on the same ``n`` benchmark samples (or on ``cases``, e.g. the
+    stratified suite's) and write the report to ``out_dir``.
 
     ``about`` (e.g. the checkpoint's name, config hash and epoch) is stored in the report as is.
     Returns the report dict (also written as report.json); writes report.md, dice_vs_snr.png and
@@ -187,36 +254,22 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     worst: dict[str, list] = {s.name: [] for s in segmenters}
-    for case in tqdm(benchmark_cases(n), desc="evaluate", unit="image", disable=not progress):
+    cases = benchmark_cases(n) if cases is None else cases
+    for case in tqdm(cases, desc=f"evaluate ({suite})", unit="image", disable=not progress):
         s = case.sample(synthesis, seed)
-        truth = s.mask.astype(bool)
-        for seg in segmenters:
-            pred = seg.predict(s.image)
-            m = segmentation_metrics(pred.mask, truth, tolerance=tolerance)
-            row = {
-                "segmenter": seg.name,
-                "index": case.index,
-                "kind": case.kind,
-                "noise": s.meta["noise"],
-                "severity": case.severity,
-                "placement": s.meta["placement"],
-                "snr_db": s.snr_db,
-                "snr_bin": snr_bin(s.snr_db),
-                "n_dots": int(s.meta["n_dots"]),
-                "dots_bin": next(lbl for lbl, lo, hi in DOT_BINS if lo <= s.meta["n_dots"] < hi),
-                **{k: float(m[k]) for k in METRIC_KEYS},
-            }
+        for seg, (row, pred) in zip(segmenters, score_sample(segmenters, case, s, tolerance), strict=True):
             rows.append(row)
             # Keep the k lowest-Dice cases for the gallery: a min-heap on -dice has the best kept
             # case at its root, which is the one to evict. The unique index breaks ties before
             # the arrays would be compared.
-            item = (-m["dice"], case.index, (s.image, truth, pred.mask, pred.prob, row))
+            item = (-row["dice"], case.index, (s.image, s.mask.astype(bool), pred.mask, pred.prob, row))
             heap = worst[seg.name]
             if len(heap) < worst_k:
                 heapq.heappush(heap, item)
             elif item[0] > heap[0][0]:
                 heapq.heapreplace(heap, item)
-    report = _aggregate(rows, [s.name for s in segmenters], synthesis, n, seed, tolerance)
+    report = _aggregate(rows, [s.name for s in segmenters], synthesis, len(cases), seed, tolerance)
+    report["benchmark"]["suite"] = suite
     report["about"] = about or {}
     if {"model", "baseline"} <= set(report["segmenters"]):
         report["goals"] = check_goals(report)
@@ -235,6 +288,33 @@ def run_evaluation(
         items = sorted(heap, key=lambda t: (-t[0], t[1]))  # lowest Dice first
         plot_gallery([t[2] for t in items], out_dir / f"worst_{name}.png", name)
     return report
+
+
+def score_sample(
+    segmenters: Sequence[Segmenter], case: Case, s: Sample, tolerance: float = 2.0
+) -> list[tuple[dict[str, Any], Prediction]]:
+    """Every segmenter's prediction of benchmark sample ``s`` (drawn from ``case``) and its row:
+    the case, the sample's noise, SNR, dot count and their bins, and the :data:`METRIC_KEYS`."""
+    truth = s.mask.astype(bool)
+    out = []
+    for seg in segmenters:
+        pred = seg.predict(s.image)
+        m = segmentation_metrics(pred.mask, truth, tolerance=tolerance)
+        row = {
+            "segmenter": seg.name,
+            "index": case.index,
+            "kind": case.kind,
+            "noise": s.meta["noise"],
+            "severity": case.severity,
+            "placement": s.meta["placement"],
+            "snr_db": s.snr_db,
+            "snr_bin": snr_bin(s.snr_db),
+            "n_dots": int(s.meta["n_dots"]),
+            "dots_bin": next(lbl for lbl, lo, hi in DOT_BINS if lo <= s.meta["n_dots"] < hi),
+            **{k: float(m[k]) for k in METRIC_KEYS},
+        }
+        out.append((row, pred))
+    return out
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -321,7 +401,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     names = report["segmenters"]
     b = report["benchmark"]
     lines = [
-        f"# dotseg evaluation: {b['n']} images, {b['size']}x{b['size']} px, seed {b['seed']}",
+        f"# dotseg evaluation ({b.get('suite', 'standard')} suite): {b['n']} images, {b['size']}x{b['size']} px, "
+        f"seed {b['seed']}",
         "",
         f"Mean per-sample metrics (HD95 in px; boundary F1 at a tolerance of {b['tolerance_px']:g} px).",
         "",

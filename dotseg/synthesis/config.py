@@ -9,7 +9,11 @@ from pydantic import Field, model_validator
 from dotseg.configbase import NONEMPTY, ORDERED, Section, check
 
 NoiseType = Literal["gaussian", "poisson", "salt_pepper", "speckle"]
-Placement = Literal["random", "lattice"]
+Placement = Literal["random", "lattice", "poisson_disc", "clustered", "gradient", "boundary"]
+ShapeKind = Literal["bezier", "bezier_free", "fourier", "superellipse"]
+ShapePosition = Literal["anywhere", "corner"]
+DotProfile = Literal["disc", "gaussian"]
+Export = Literal["float", "uint8", "uint16"]
 # Item types of the [min, max] pairs below (each pair is also ORDERED: min <= max).
 _Pos = Annotated[float, Field(gt=0.0)]  # a mild..harsh noise parameter
 _ControlPoints = Annotated[int, Field(ge=3, le=64)]
@@ -20,6 +24,19 @@ _DotCount = Annotated[int, Field(ge=1, le=400)]
 _DotRadius = Annotated[float, Field(ge=0.5, le=32.0)]
 _Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 _MixCount = Annotated[int, Field(ge=2, le=4)]
+_Exponent = Annotated[float, Field(ge=0.3, le=10.0)]
+_Aspect = Annotated[float, Field(ge=1.0, le=4.0)]
+_Amplitude = Annotated[float, Field(gt=0.0, le=1.0)]
+_Sigma = Annotated[float, Field(ge=0.0, le=16.0)]
+_Offset = Annotated[float, Field(ge=-100.0, le=100.0)]
+_Gain = Annotated[float, Field(gt=0.0, le=1000.0)]
+_Strength = Annotated[float, Field(ge=0.0, le=0.9)]
+
+# The fields below marked "variation" widen the generator beyond the seed's (domain randomization,
+# and the axes of the shift suite, dotseg.shift). Their defaults are the seed's generator exactly:
+# a config that leaves them alone renders the same bytes as before they existed. Their random
+# draws come from a stream of their own, so switching one on never moves another sample's shape,
+# dots or noise.
 
 
 class ShapeConfig(Section):
@@ -33,6 +50,17 @@ class ShapeConfig(Section):
     """[min, max] Bézier handle length as a fraction of the distance to the neighbouring control point."""
     margin: float = Field(0.03, ge=0.0, le=0.2)
     """Minimum gap between the shape and the image border, as a fraction of the side."""
+    kinds: Annotated[tuple[ShapeKind, ...], NONEMPTY] = ("bezier",)
+    """Variation: outline constructions drawn uniformly per sample. ``bezier`` (the seed): Catmull-Rom
+    Bézier through control points at evenly spread, jittered angles; ``bezier_free``: the same curve
+    through control points at uniformly random angles (uneven spacing, sharper turns); ``fourier``:
+    a radial Fourier series with ``control_points`` harmonics of amplitude ~``irregularity`` (concave
+    lobes when high); ``superellipse``: ``|x/a|^p + |y/b|^p = 1`` with p from ``exponent``."""
+    exponent: Annotated[tuple[_Exponent, _Exponent], ORDERED] = (1.5, 4.0)
+    """Variation: [min, max] superellipse exponent p (p < 1: concave, star-like; 2: ellipse; large: box)."""
+    position: Annotated[tuple[ShapePosition, ...], NONEMPTY] = ("anywhere",)
+    """Variation: where the blob sits, drawn per sample: ``anywhere`` (uniform over every position
+    that keeps it inside the margins: the seed) or ``corner`` (pushed against a random corner)."""
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
@@ -55,7 +83,20 @@ class DotsConfig(Section):
     """Placements drawn uniformly per sample: ``random`` (uniform inside the shape) or ``lattice``
     (a jittered lattice fitted to the shape's area)."""
     jitter: float = Field(0.03, ge=0.0, le=0.2)
-    """Lattice jitter: each lattice point moves uniformly by up to ``jitter * side`` per axis."""
+    """Lattice jitter: each lattice point moves uniformly by up to ``jitter * side`` per axis.
+
+    Placements beyond the seed's two (variation): ``poisson_disc`` (blue noise: no two centres
+    closer than ~0.7 of the lattice spacing), ``clustered`` (2-5 Gaussian clusters), ``gradient``
+    (density rising linearly across the shape in a random direction) and ``boundary`` (only within
+    ~15 % of the shape's size of its outline)."""
+    profile: Annotated[tuple[DotProfile, ...], NONEMPTY] = ("disc",)
+    """Variation: dot profiles drawn per sample: ``disc`` (hard-edged, the seed) or ``gaussian``
+    (soft: exp(-d^2 / 2 s^2) with s = radius / 2, so the disc's radius is ~2 s)."""
+    aspect: Annotated[tuple[_Aspect, _Aspect], ORDERED] = (1.0, 1.0)
+    """Variation: [min, max] ratio of a dot's long to short axis (1 = round), drawn per dot with a
+    random orientation; the area stays that of the round dot."""
+    amplitude: Annotated[tuple[_Amplitude, _Amplitude], ORDERED] = (1.0, 1.0)
+    """Variation: [min, max] peak value of a dot, drawn per dot (the seed: every dot at 1.0)."""
 
 
 class NoiseConfig(Section):
@@ -71,6 +112,10 @@ class NoiseConfig(Section):
     """Multiplicative x + x * N(0, sigma^2): [mildest, harshest] sigma."""
     mixed_count: Annotated[tuple[_MixCount, _MixCount], ORDERED] = (2, 3)
     """[min, max] number of distinct types composed in a 'mixed' sample."""
+    correlation: Annotated[tuple[_Sigma, _Sigma], ORDERED] = (0.0, 0.0)
+    """Variation: [min, max] correlation length (px at ``dots.reference_size``) of the Gaussian
+    noise: white noise low-pass filtered by a Gaussian of this sigma and rescaled to the drawn
+    sigma (0 = white, the seed)."""
     interpolation: Literal["linear", "log"] = "linear"
     """How ``noise_scale`` moves a parameter from its mildest to its harshest end. Each sample draws
     u ~ U(0, noise_scale) and sets p = mild + u * (harsh - mild) (``linear``) or
@@ -89,6 +134,25 @@ class NoiseConfig(Section):
         return self
 
 
+class ImageConfig(Section):
+    """Variation: what an instrument and an export do to the image. Optical effects act on the clean
+    signal before the noise (so the SNR, measured against that signal, stays the seed's
+    definition); gain, offset and quantization act on the noisy image after it."""
+
+    blur: Annotated[tuple[_Sigma, _Sigma], ORDERED] = (0.0, 0.0)
+    """[min, max] Gaussian optical blur sigma (px at ``dots.reference_size``) of the clean signal."""
+    illumination: Annotated[tuple[_Strength, _Strength], ORDERED] = (0.0, 0.0)
+    """[min, max] strength s of uneven illumination: the signal is multiplied by 1 + s * f, f a
+    smooth field in [-1, 1] (a tilted plane plus a vignette, random direction)."""
+    gain: Annotated[tuple[_Gain, _Gain], ORDERED] = (1.0, 1.0)
+    """[min, max] multiplier of the noisy image (detector gain)."""
+    offset: Annotated[tuple[_Offset, _Offset], ORDERED] = (0.0, 0.0)
+    """[min, max] constant added to the noisy image after the gain (background level)."""
+    export: Annotated[tuple[Export, ...], NONEMPTY] = ("float",)
+    """Exports drawn per sample: ``float`` (as rendered), ``uint8`` / ``uint16`` (min-max scaled to
+    the type's full range and rounded, as an 8- or 16-bit image file holds it; values stay float32)."""
+
+
 class SynthesisConfig(Section):
     size: int = Field(512, ge=32, le=4096)
     """Side of the square images, in pixels."""
@@ -98,3 +162,5 @@ class SynthesisConfig(Section):
     """The dots that are all the image shows of the shape."""
     noise: NoiseConfig = NoiseConfig()
     """Noise types and their parameter ranges."""
+    image: ImageConfig = ImageConfig()
+    """Variation: optics and export (blur, illumination, gain, offset, bit depth)."""

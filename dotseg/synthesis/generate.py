@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from dotseg.synthesis.config import SynthesisConfig
-from dotseg.synthesis.dots import draw_dots, place_dots
+from dotseg.synthesis.dots import draw_dots, draw_varied_dots, place_dots
 from dotseg.synthesis.noise import ORDER, PARAM, apply_noise, choose_types, draw_param, snr_db
+from dotseg.synthesis.optics import export, illuminate, optical_blur
 from dotseg.synthesis.shapes import make_blob
 
-_GEOMETRY_STREAM, _NOISE_STREAM = 0, 1
+#: The sample's random streams: the seed's geometry and noise, and the variation fields' draws.
+_GEOMETRY_STREAM, _NOISE_STREAM, _VARIATION_STREAM = 0, 1, 2
 
 #: Scalar metadata columns of a batch, with their dtypes.
 META_COLUMNS: dict[str, Any] = {
@@ -44,6 +46,14 @@ META_COLUMNS: dict[str, Any] = {
     "noise_scale": np.float32,
     "mixed_prob": np.float32,
     "snr_db": np.float32,
+    "shape_kind": "U12",
+    "dot_profile": "U8",
+    "blur": np.float32,
+    "illumination": np.float32,
+    "correlation": np.float32,
+    "gain": np.float32,
+    "offset": np.float32,
+    "export": "U7",
 }
 
 
@@ -111,11 +121,29 @@ def _render(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Draw one sample into the preallocated ``image`` (zeros) and ``mask``; return (dots, meta)."""
     size = cfg.size
+    scale = size / cfg.dots.reference_size  # px lengths of the config are given at reference_size
     geo = np.random.default_rng([int(seed), int(index), _GEOMETRY_STREAM])
-    blob = make_blob(geo, cfg.shape, size)
+    var = np.random.default_rng([int(seed), int(index), _VARIATION_STREAM])
+    kind = _pick(var, cfg.shape.kinds)
+    blob = make_blob(geo, cfg.shape, size, kind, _pick(var, cfg.shape.position))
     blob.paste(mask)
     placement, dots = place_dots(geo, cfg.dots, blob, size)
-    draw_dots(image, dots)
+    profile = _pick(var, cfg.dots.profile)
+    aspect = var.uniform(*cfg.dots.aspect, len(dots))
+    angle = var.uniform(0.0, np.pi, len(dots))
+    amplitude = var.uniform(*cfg.dots.amplitude, len(dots))
+    if profile == "disc" and cfg.dots.aspect == (1.0, 1.0) and cfg.dots.amplitude == (1.0, 1.0):
+        draw_dots(image, dots)  # the seed's unit discs
+    else:
+        draw_varied_dots(image, dots, profile, aspect, angle, amplitude)
+    im = cfg.image
+    blur = float(var.uniform(*im.blur)) * scale
+    illumination = float(var.uniform(*im.illumination))
+    correlation = float(var.uniform(*cfg.noise.correlation)) * scale
+    gain, offset = float(var.uniform(*im.gain)), float(var.uniform(*im.offset))
+    bits = _pick(var, im.export)
+    optical_blur(image, blur)
+    illuminate(var, image, illumination)
 
     meta: dict[str, Any] = {
         "index": int(index),
@@ -133,6 +161,14 @@ def _render(
         "noise_scale": noise_scale if noisy else 0.0,
         "mixed_prob": mixed_prob if noisy else 0.0,
         "snr_db": math.inf,
+        "shape_kind": kind,
+        "dot_profile": profile,
+        "blur": blur,
+        "illumination": illumination,
+        "correlation": correlation if noisy else 0.0,
+        "gain": gain,
+        "offset": offset,
+        "export": bits,
     }
     if noisy:
         rng = np.random.default_rng([int(seed), int(index), _NOISE_STREAM])
@@ -142,9 +178,14 @@ def _render(
             types = tuple(t for t in ORDER if t in noise_types)
         params = {PARAM[t]: draw_param(rng, cfg.noise, t, noise_scale, severity) for t in types}
         clean = _clean_copy(image)
-        apply_noise(rng, image, types, params)
+        apply_noise(rng, image, types, params, correlation)
         meta.update(params, noise="+".join(types), snr_db=snr_db(image, clean))
+    export(image, gain, offset, bits)
     return dots, meta
+
+
+def _pick(rng: np.random.Generator, choices: Sequence[str]) -> str:
+    return choices[int(rng.integers(len(choices)))]
 
 
 def make_sample(

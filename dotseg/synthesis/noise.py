@@ -13,6 +13,7 @@ import math
 import threading
 
 import numpy as np
+from scipy import ndimage
 from scipy.special import ndtri
 
 from dotseg.synthesis.config import NoiseConfig, NoiseType
@@ -97,8 +98,18 @@ def draw_param(
     return float(mild + u * (harsh - mild))
 
 
-def apply_noise(rng: np.random.Generator, image: np.ndarray, types: tuple[str, ...], params: dict[str, float]) -> None:
-    """Corrupt ``image`` (H, W) float32 in place with ``types`` (in composition order)."""
+def apply_noise(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    types: tuple[str, ...],
+    params: dict[str, float],
+    correlation: float = 0.0,
+) -> None:
+    """Corrupt ``image`` (H, W) float32 in place with ``types`` (in composition order).
+
+    ``correlation`` > 0 (px) makes the Gaussian noise spatially correlated: the white field is
+    low-pass filtered by a Gaussian of that sigma and rescaled to unit variance before it is scaled
+    by the drawn sigma, so the noise power (and the SNR) is what the sigma says."""
     flat = image.reshape(-1)
     support: np.ndarray | None = None  # flat indices of the non-zero signal, computed once
     for kind in types:
@@ -112,6 +123,12 @@ def apply_noise(rng: np.random.Generator, image: np.ndarray, types: tuple[str, .
             else:
                 add_normal(rng, x, p, multiplicative=True)
                 flat[support] = x
+        elif kind == "gaussian" and correlation > 0:
+            field = np.zeros_like(flat)
+            add_normal(rng, field, 1.0)
+            field = ndimage.gaussian_filter(field.reshape(image.shape), correlation, mode="wrap").reshape(-1)
+            field *= np.float32(p / max(float(field.std()), 1e-12))
+            flat += field
         elif kind == "gaussian":
             add_normal(rng, flat, p)
         elif kind == "salt_pepper":

@@ -71,19 +71,22 @@ def bezier_outline(control: np.ndarray, smoothness: float) -> np.ndarray:
     return curve.reshape(-1, 2)
 
 
-def make_blob(rng: np.random.Generator, cfg: ShapeConfig, size: int) -> Blob:
-    """Draw one blob with ``rng`` on a ``size`` x ``size`` frame."""
+def make_blob(
+    rng: np.random.Generator, cfg: ShapeConfig, size: int, kind: str = "bezier", position: str = "anywhere"
+) -> Blob:
+    """Draw one blob with ``rng`` on a ``size`` x ``size`` frame.
+
+    ``kind`` and ``position`` are the sample's draws from ``cfg.kinds`` and ``cfg.position`` (made by
+    the caller from the variation stream); the seed's ``bezier`` / ``anywhere`` draw exactly what
+    they always drew from ``rng``.
+    """
     n = int(rng.integers(cfg.control_points[0], cfg.control_points[1] + 1))
     radius = float(rng.uniform(*cfg.radius))
     irregularity = float(rng.uniform(*cfg.irregularity))
     smoothness = float(rng.uniform(*cfg.smoothness))
     rotation = rng.uniform(0.0, 2 * np.pi)
-    # Evenly spread angles with bounded jitter keep the control polygon star-shaped around the
-    # centre, so the Bézier curve through it stays simple for all but extreme parameters.
-    angles = rotation + (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
-    radii = np.clip(1.0 + irregularity * rng.uniform(-1.0, 1.0, n), 0.25, 2.0)
-    control = np.stack([np.cos(angles) * radii, np.sin(angles) * radii], axis=1)  # (N, 2) as (x, y)
-    outline = bezier_outline(control, smoothness) * (radius * size)  # (P, 2) px, centred at 0
+    unit = _OUTLINES[kind](rng, cfg, n, irregularity, smoothness, rotation)  # (P, 2) as (x, y), mean radius ~1
+    outline = unit * (radius * size)  # (P, 2) px, centred at 0
 
     # Place it: scale down if the outline would not fit between the margins, then translate
     # uniformly over every position that keeps it inside.
@@ -95,7 +98,11 @@ def make_blob(rng: np.random.Generator, cfg: ShapeConfig, size: int) -> Blob:
         outline *= room / extent
         radius *= room / extent
         lo_xy, hi_xy = outline.min(axis=0), outline.max(axis=0)
-    shift = np.array([rng.uniform(margin - lo_xy[i], size - margin - hi_xy[i]) for i in range(2)])
+    if position == "corner":  # against a random corner, inside the margins
+        side = rng.integers(0, 2, 2)
+        shift = np.where(side == 0, margin - lo_xy, size - margin - hi_xy)
+    else:
+        shift = np.array([rng.uniform(margin - lo_xy[i], size - margin - hi_xy[i]) for i in range(2)])
     outline += shift
 
     # Rasterize only the bounding box (plus one pixel of border for the hole filling).
@@ -117,6 +124,70 @@ def make_blob(rng: np.random.Generator, cfg: ShapeConfig, size: int) -> Blob:
         center=(float(shift[1]), float(shift[0])),
         area=int(crop.sum()),
     )
+
+
+def _bezier(
+    rng: np.random.Generator, cfg: ShapeConfig, n: int, irregularity: float, smoothness: float, rotation: float
+) -> np.ndarray:
+    """The seed's outline: evenly spread angles with bounded jitter keep the control polygon
+    star-shaped around the centre, so the Bézier curve through it stays simple for all but extreme
+    parameters."""
+    angles = rotation + (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * (2 * np.pi / n)
+    return _bezier_through(rng, angles, irregularity, smoothness)
+
+
+def _bezier_free(
+    rng: np.random.Generator, cfg: ShapeConfig, n: int, irregularity: float, smoothness: float, rotation: float
+) -> np.ndarray:
+    """Another anchor scheme: control points at uniformly random angles (sorted), so gaps between
+    anchors range from tiny to wide: long smooth arcs next to tight bends."""
+    angles = rotation + np.sort(rng.uniform(0.0, 2 * np.pi, n))
+    return _bezier_through(rng, angles, irregularity, smoothness)
+
+
+def _bezier_through(rng: np.random.Generator, angles: np.ndarray, irregularity: float, smoothness: float) -> np.ndarray:
+    radii = np.clip(1.0 + irregularity * rng.uniform(-1.0, 1.0, len(angles)), 0.25, 2.0)
+    control = np.stack([np.cos(angles) * radii, np.sin(angles) * radii], axis=1)  # (N, 2) as (x, y)
+    return bezier_outline(control, smoothness)
+
+
+#: Outline points of the radial constructions (Fourier, superellipse).
+_RADIAL_POINTS = 256
+
+
+def _fourier(
+    rng: np.random.Generator, cfg: ShapeConfig, n: int, irregularity: float, smoothness: float, rotation: float
+) -> np.ndarray:
+    """A radial Fourier series r(t) = 1 + sum_k a_k cos(k t + phi_k), k = 2 .. n/2 + 1, with a_k
+    drawn up to ``irregularity`` / k^0.8: low harmonics bend the outline, high ones add lobes; a
+    high irregularity makes deep concavities. Radii are floored at 0.2 so the outline stays simple."""
+    harmonics = np.arange(2, max(n // 2, 1) + 2)
+    amps = irregularity * rng.uniform(0.0, 1.0, len(harmonics)) / harmonics**0.8
+    phases = rng.uniform(0.0, 2 * np.pi, len(harmonics))
+    t = np.linspace(0.0, 2 * np.pi, _RADIAL_POINTS, endpoint=False)
+    r = 1.0 + (amps[:, None] * np.cos(harmonics[:, None] * t + phases[:, None])).sum(axis=0)
+    r = np.maximum(r, 0.2)
+    return np.stack([np.cos(t + rotation) * r, np.sin(t + rotation) * r], axis=1)
+
+
+def _superellipse(
+    rng: np.random.Generator, cfg: ShapeConfig, n: int, irregularity: float, smoothness: float, rotation: float
+) -> np.ndarray:
+    """|x/a|^p + |y/b|^p = 1, rotated, with p from ``cfg.exponent`` and the aspect b/a shrinking
+    with ``irregularity`` (a circle-ish blob at 0, up to 2.5:1 at 0.9). Scaled to mean radius ~1."""
+    p = float(rng.uniform(*cfg.exponent))
+    aspect = 1.0 - irregularity * rng.uniform(0.0, 0.67)
+    t = np.linspace(0.0, 2 * np.pi, _RADIAL_POINTS, endpoint=False)
+    c, s = np.cos(t), np.sin(t)
+    x = np.sign(c) * np.abs(c) ** (2.0 / p)
+    y = aspect * np.sign(s) * np.abs(s) ** (2.0 / p)
+    pts = np.stack([x, y], axis=1)
+    pts /= max(float(np.sqrt((pts**2).sum(axis=1)).mean()), 1e-6)
+    rot = np.array([[np.cos(rotation), -np.sin(rotation)], [np.sin(rotation), np.cos(rotation)]])
+    return pts @ rot.T
+
+
+_OUTLINES = {"bezier": _bezier, "bezier_free": _bezier_free, "fourier": _fourier, "superellipse": _superellipse}
 
 
 def _one_region(crop: np.ndarray) -> np.ndarray:

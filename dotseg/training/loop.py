@@ -174,6 +174,7 @@ def _epoch_batches(
         mixed_prob=phase.mixed_prob,
         columns=("image", "mask"),
         model_input=True,
+        augment=cfg.data.augment,
     )
     batches = ds.iter_torch_batches(
         batch_size=cfg.train.batch_size, drop_last=True, prefetch_batches=cfg.data.prefetch_batches
