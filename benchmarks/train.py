@@ -1,21 +1,24 @@
-"""Training throughput: a plain PyTorch loop against Ray Train fed by Ray Data, in one run.
+"""Training throughput: today's shipped configuration against a candidate (v2's), in one run.
 
-    python benchmarks/train.py [--config quickstart] [--epochs 3] [--set KEY=VALUE ...]
+    python benchmarks/train.py [--baseline cpu] [--candidate v2] [--epochs 3] [--samples 384] [--rounds 1]
 
-Rows, all with the same model, batch size and config:
-  (a) a plain PyTorch loop over pre-generated, pre-normalized tensors (no synthesis cost at all),
-  (b) Ray Train, 1 worker, synthesis streamed from Ray Data tasks,
-  (c) Ray Train, 2 workers (DDP over gloo on CPU),
-  (d) the plain loop again with bf16 autocast forced on, against (a)'s fp32.
-Ray rows report steady-state samples/s (epochs after the first, which pays Ray Data's cold
-start) and, separately, start-up time (everything in fit() that is not an epoch).
+For each config, in alternating rounds (so a burst of other work on a shared machine hits both):
+  * the step profile: a plain PyTorch loop over pre-generated, pre-normalized batches, timed by
+    part (forward, loss, backward, optimizer step), plus what a real run adds around the steps:
+    synthesizing a batch (one core), validating a sample, writing the epoch's checkpoint;
+  * a real ``dotseg train`` run on an embedded local Ray (Ray Data synthesis streamed into a Ray
+    Train worker, validation and checkpoints as in a real run), all epochs at the full noise mix:
+    training samples/s (the steps alone) and end-to-end samples/s (epoch samples / epoch wall
+    time, validation and checkpoint included), steady state (the first epoch pays Ray's start).
+The header names the CPU, its vector features and whether bf16 autocast ran (it does only where
+the CPU computes bf16 natively; see dotseg.device).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,135 +27,212 @@ from pathlib import Path
 import torch
 
 from dotseg.config import Config, load_config
-from dotseg.device import autocast, configure_cpu, grad_scaler
+from dotseg.device import amp_active, autocast, configure_cpu, grad_scaler, native_bf16
 from dotseg.losses.compound import CompoundLoss, loss_weights
 from dotseg.models import build_model
 from dotseg.normalize import normalize
 from dotseg.synthesis import make_batch
-from dotseg.training.step import build_optimizer, train_step
+from dotseg.training.step import build_optimizer
+
+#: The same short schedule for every config: one phase at the full noise mix, a fixed loss mix.
+SHORT = [
+    "train.warmup_epochs=0",
+    "train.early_stopping.patience=0",
+    "curriculum.phases=[{name: all, start_epoch: 1, noise_scale: 1.0, mixed_prob: 0.3}]",
+]
 
 
-def plain_loop(cfg: Config, steps: int, force_bf16: bool = False) -> float:
-    """Samples/s of train_step over tensors synthesized beforehand."""
+def cpu_line() -> str:
+    """The CPU model and the vector features that decide which kernels (and bf16) run."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    have = ", ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+    return f"{name}, {os.cpu_count()} cores; features: {have}; native bf16 (oneDNN): {'yes' if native_bf16() else 'no'}"
+
+
+def short_config(name: str, epochs: int, samples: int, overrides: list[str]) -> Config:
+    cfg = load_config(name)
+    boundary = f"loss.boundary={{start: 0.25, end: 0.25, from_epoch: 1, to_epoch: {epochs}}}"
+    val = max(samples // 4, cfg.train.batch_size)  # the shipped ratio: 256 validation per 1024 training samples
+    return load_config(
+        name,
+        [
+            *SHORT,
+            boundary,
+            f"train.epochs={epochs}",
+            f"train.samples_per_epoch={samples}",
+            f"train.val_samples={val}",
+            *overrides,
+        ],
+    )
+
+
+def step_profile(cfg: Config, steps: int = 8) -> dict[str, float]:
+    """Milliseconds per batch of each part of a training step, and per sample of validation, batch
+    synthesis and the epoch's checkpoint, measured in this process with the config's threads."""
+    from dotseg.checkpoint import save_training_checkpoint
+
     configure_cpu(cfg.train.torch_threads or 1)
+    device, amp, bs = torch.device("cpu"), cfg.train.amp, cfg.train.batch_size
     torch.manual_seed(0)
-    bs = cfg.train.batch_size
-    n = min(steps, 8) * bs  # cycle over a few distinct batches
-    b = make_batch(cfg.synthesis, 0, range(n), noise_scale=1.0, mixed_prob=0.3)
-    images = torch.from_numpy(normalize(b["image"])).unsqueeze(1)
+    t0 = time.perf_counter()
+    b = make_batch(cfg.synthesis, 0, range(2 * bs), noise_scale=1.0, mixed_prob=0.3)
+    images = torch.from_numpy(normalize(b["image"])).unsqueeze(1)  # (2B, 1, H, W)
+    synth_ms = (time.perf_counter() - t0) * 1e3 / 2  # per batch: generation + normalization, one core
     masks = torch.from_numpy(b["mask"]).unsqueeze(1).float()
     model = build_model(cfg.model)
-    optimizer, scheduler = build_optimizer(model, cfg.train, steps)
-    device = torch.device("cpu")
-    scaler = grad_scaler(device, True)
+    optimizer, scheduler = build_optimizer(model, cfg.train, steps + 2)
+    scaler = grad_scaler(device, amp)
     loss_fn = CompoundLoss(cfg.loss)
     weights = loss_weights(cfg.loss, 1, cfg.train.epochs)
+    parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": []}
+    for i in range(steps + 2):  # 2 warm-up steps: oneDNN picks its kernels on the first calls
+        x, y = images[(i % 2) * bs : (i % 2 + 1) * bs], masks[(i % 2) * bs : (i % 2 + 1) * bs]
+        model.train()
+        t = [time.perf_counter()]
+        with autocast(device, amp):
+            logits = model(x)
+        t.append(time.perf_counter())
+        loss, _ = loss_fn(logits, y, weights)
+        t.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        t.append(time.perf_counter())
+        if cfg.train.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        t.append(time.perf_counter())
+        if i >= 2:
+            for key, a, z in zip(parts, t, t[1:], strict=False):
+                parts[key].append((z - a) * 1e3)
+    out = {k: statistics.median(v) for k, v in parts.items()}
+    model.eval()
+    with torch.no_grad(), autocast(device, amp):
+        model(images[:bs])
+        t0 = time.perf_counter()
+        model(images[:bs])
+    out["validate"] = (time.perf_counter() - t0) * 1e3 / bs  # per validation sample (x2: noisy and clean)
+    out["synthesize"] = synth_ms
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        save_training_checkpoint(
+            tmp, model, cfg, metrics={}, epoch=1, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loop={}
+        )
+        out["checkpoint"] = (time.perf_counter() - t0) * 1e3
+    out["step"] = sum(out[k] for k in ("forward", "loss", "backward", "optimizer"))
+    out["samples_per_s"] = bs / out["step"] * 1e3
+    return out
 
-    def step(i: int) -> None:
-        j = (i * bs) % n
-        # train_step's own autocast would refuse emulated bf16; force_bf16 measures it anyway.
-        forced = autocast(device, True, force=True) if force_bf16 else contextlib.nullcontext()
-        with forced:
-            train_step(
-                model,
-                images[j : j + bs],
-                masks[j : j + bs],
-                loss_fn,
-                weights,
-                optimizer,
-                scheduler,
-                scaler,
-                device,
-                False if force_bf16 else cfg.train.amp,
-                cfg.train.grad_clip,
-            )
 
-    for i in range(2):  # warm-up: oneDNN picks its kernels on the first calls
-        step(i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps * bs / (time.perf_counter() - t0)
-
-
-def ray_run(cfg: Config, workers: int, storage: Path) -> tuple[float, float]:
-    """(steady-state samples/s, start-up seconds) of a real `dotseg train` run."""
+def ray_run(cfg: Config, storage: Path, tag: str) -> dict[str, float]:
+    """Steady-state samples/s of a real ``dotseg train`` run: the steps alone and end to end."""
     from dotseg.training.run import train
 
     cfg = cfg.replace(
-        **{
-            "train.num_workers": workers,
-            "train.storage_path": str(storage),
-            "train.wandb.mode": "disabled",
-            "train.wandb.images_per_epoch": 0,
-        }
+        **{"train.storage_path": str(storage), "train.wandb.mode": "disabled", "train.wandb.images_per_epoch": 0}
     )
     t0 = time.perf_counter()
-    result = train(cfg, run_dir=storage / f"bench-{workers}w", quiet=True)
+    result = train(cfg, run_dir=storage / tag, quiet=True)
     wall = time.perf_counter() - t0
     steady = result.history[1:] or result.history
-    rate = sum(h["samples_per_s"] for h in steady) / len(steady)
-    startup = wall - sum(h["epoch_time_s"] for h in result.history)
-    return rate, startup
+    samples = cfg.train.samples_per_epoch
+    return {
+        "train": statistics.mean(h["samples_per_s"] for h in steady),
+        "end_to_end": statistics.mean(samples / h["epoch_time_s"] for h in steady),
+        "startup": wall - sum(h["epoch_time_s"] for h in result.history),
+        "val_dice": result.history[-1]["val_dice"],
+    }
+
+
+def describe(name: str, cfg: Config) -> str:
+    m, t = cfg.model, cfg.train
+    amp = "bf16 autocast" if amp_active(torch.device("cpu"), t.amp) else "fp32"
+    return (
+        f"`{name}`: {m.variant} base {m.base_channels} depth {m.depth} downscale {m.downscale}, batch "
+        f"{t.batch_size}, {t.num_workers} worker(s) x {t.torch_threads or int(t.cpus_per_worker)} thread(s), "
+        f"{amp}, augment {cfg.data.augment}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="quickstart", help="config file or shipped name (default quickstart)")
-    ap.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
-    )
+    ap.add_argument("--baseline", default="cpu", help="today's shipped configuration (default cpu)")
+    ap.add_argument("--candidate", default="v2", help="the configuration to compare (default v2)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per Ray run (default 3; the first is not timed)")
+    ap.add_argument("--samples", type=int, default=384, help="training samples per epoch (default 384)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of both configs (default 1)")
+    ap.add_argument("--no-ray", action="store_true", help="only the step profiles (no Ray runs)")
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for both configs"
+    )
     args = ap.parse_args()
-    # One phase at the full noise mix, so every timed epoch does the same work.
-    cfg = load_config(
-        args.config,
-        [
-            f"train.epochs={args.epochs}",
-            "train.warmup_epochs=0",
-            "train.early_stopping.patience=0",
-            "curriculum.phases=[{name: all, start_epoch: 1, noise_scale: 1.0, mixed_prob: 0.3}]",
-            "loss.boundary={start: 0.25, end: 0.25}",
-            *args.overrides,
-        ],
-    )
-    steps = cfg.train.samples_per_epoch // cfg.train.batch_size
-    print(
-        f"# training throughput: config {args.config} (hash {cfg.hash}), {cfg.synthesis.size} px, "
-        f"{cfg.model.variant} base {cfg.model.base_channels} depth {cfg.model.depth} downscale "
-        f"{cfg.model.downscale}, batch {cfg.train.batch_size}, {os.cpu_count()} cores\n",
-        flush=True,
-    )
-    rows = []
-    fp32 = plain_loop(cfg.replace(**{"train.amp": False}), steps)
-    rows.append(("(a) plain PyTorch loop, pre-generated tensors, fp32", fp32, None, "1.00x"))
-    print(f"... (a) done: {fp32:.1f} samples/s", file=sys.stderr, flush=True)
-    from dotseg.runtime import init_ray
-    from dotseg.training.run import local_cpus
+    names = [args.baseline, args.candidate]
+    cfgs = {n: short_config(n, args.epochs, args.samples, args.overrides) for n in names}
+    print(f"# training throughput, {time.strftime('%Y-%m-%d')}: {cpu_line()}", flush=True)
+    for n in names:
+        print(f"# {describe(n, cfgs[n])}")
+    print()
+    profiles: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    if not args.no_ray:
+        from dotseg.runtime import init_ray
+        from dotseg.training.run import local_cpus
 
-    init_ray(num_cpus=local_cpus(cfg.replace(**{"train.num_workers": 2})))
+        init_ray(num_cpus=max(local_cpus(c) for c in cfgs.values()))
     with tempfile.TemporaryDirectory() as tmp:
-        for workers, label in (
-            (1, "(b) Ray Train, 1 worker, fed by Ray Data"),
-            (2, "(c) Ray Train, 2 workers (DDP, gloo), fed by Ray Data"),
-        ):
-            rate, startup = ray_run(cfg, workers, Path(tmp))
-            rows.append((label, rate, startup, f"{rate / fp32:.2f}x"))
-            print(f"... {label}: {rate:.1f} samples/s, start-up {startup:.0f} s", file=sys.stderr, flush=True)
-    # (a) again: on a shared machine a burst of other work during one measurement would otherwise
-    # decide every ratio. The better of the two is the baseline.
-    fp32_again = plain_loop(cfg.replace(**{"train.amp": False}), steps)
-    print(f"... (a) again: {fp32_again:.1f} samples/s", file=sys.stderr, flush=True)
-    if fp32_again > fp32:
-        fp32 = fp32_again
-        rows = [(rows[0][0], fp32, None, "1.00x")] + [(lb, r, st, f"{r / fp32:.2f}x") for lb, r, st, _ in rows[1:]]
-    # Emulated bf16 can be ~100x slower than fp32 (no native bf16 on many x86 CPUs): few steps suffice.
-    bf16 = plain_loop(cfg, max(2, steps // 8), force_bf16=True)
-    rows.append(("(d) plain loop with bf16 autocast forced", bf16, None, f"{bf16 / fp32:.2f}x"))
-    print("| setup | samples/s | vs (a) | start-up (s) |")
-    print("|---|---:|---:|---:|")
-    for label, rate, startup, ratio in rows:
-        print(f"| {label} | {rate:.1f} | {ratio} | {'' if startup is None else f'{startup:.0f}'} |")
+        for r in range(args.rounds):
+            for n in names:
+                profiles[n].append(step_profile(cfgs[n]))
+                print(
+                    f"... round {r + 1} {n}: plain loop {profiles[n][-1]['samples_per_s']:.1f} samples/s",
+                    file=sys.stderr,
+                )
+                if not args.no_ray:
+                    runs[n].append(ray_run(cfgs[n], Path(tmp), f"{n}-{r}"))
+                    print(f"... round {r + 1} {n}: {runs[n][-1]}", file=sys.stderr, flush=True)
+
+    def best(rows: list[dict[str, float]], key: str) -> float:
+        return max(row[key] for row in rows)
+
+    base = names[0]
+    print(
+        "| config | plain loop samples/s | Ray run: training samples/s | Ray run: end-to-end samples/s "
+        "| vs today | start-up s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        plain = best(profiles[n], "samples_per_s")
+        if runs[n]:
+            e2e = best(runs[n], "end_to_end")
+            cells = [
+                f"{best(runs[n], 'train'):.1f}",
+                f"{e2e:.1f}",
+                f"**{e2e / best(runs[base], 'end_to_end'):.2f}x**",
+                f"{min(x['startup'] for x in runs[n]):.0f}",
+            ]
+        else:  # --no-ray: the plain loops' ratio
+            cells = ["", "", f"{plain / best(profiles[base], 'samples_per_s'):.2f}x (plain loop)", ""]
+        print(f"| `{n}` | {plain:.1f} | " + " | ".join(cells) + " |")
+    print()
+    print("Where a step's time goes (median ms per batch; validation per sample, checkpoint per epoch):")
+    print()
+    keys = ("synthesize", "forward", "loss", "backward", "optimizer", "step", "validate", "checkpoint")
+    print("| config | " + " | ".join(keys) + " |")
+    print("|---|" + "---:|" * len(keys))
+    for n in names:
+        med = {k: statistics.median(p[k] for p in profiles[n]) for k in keys}
+        print(f"| `{n}` | " + " | ".join(f"{med[k]:.1f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

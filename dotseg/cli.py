@@ -625,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and baseline side by side; report.json, report.md and plots.",
     )
     p.add_argument(
-        "--checkpoint", default=None, help="checkpoint to evaluate (default: the model shipped with the package)"
+        "--checkpoint",
+        default=None,
+        help="checkpoint to evaluate: a path, an s3:// / gs:// URI, or a shipped model's name (shipped, shipped-v1); "
+        "default: the model shipped with the package",
     )
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
     _add_config_args(p)
@@ -694,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint to serve, a path or s3:// / gs:// URI, or 'shipped' (default: serve.checkpoint, else the "
+        help="checkpoint to serve, a path or s3:// / gs:// URI, or a shipped model's name ('shipped', "
+        "'shipped-v1') (default: serve.checkpoint, else the "
         "shipped model; with --detach on a running app: the model it serves)",
     )
     p.add_argument("--host", default=None, help="interface to bind (default: serve.host = 127.0.0.1)")
@@ -754,7 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="FILE",
         default=None,
-        help="dotseg checkpoint (*.safetensors); default: the model shipped with the package, if one is installed",
+        help="dotseg checkpoint (*.safetensors), its s3:// / gs:// URI, or a shipped model's name (shipped, "
+        "shipped-v1); default: the model shipped with the package, if one is installed",
     )
     p.add_argument(
         "--input",

@@ -119,11 +119,15 @@ def test_evaluate_shipped_model_beats_baseline_on_clean_and_mid_snr(cli, tmp_pat
     assert count >= 6 and model_mid > base_mid
 
 
-def test_shipped_model_predicts_the_masks_it_always_did(shipped: Predictor) -> None:
+def test_v1_predicts_the_masks_it_always_did() -> None:
     """Bit-identical masks on 24 benchmark images (every noise kind, clean to harshest), against the
-    masks this model predicted before the checkpoint format moved to version 2 (recorded at 1 thread
-    in tests/data/shipped_model_masks.npz): reading format 1 changed nothing the model computes."""
+    masks model v1 predicted before the checkpoint format moved to version 2 (recorded at 1 thread
+    in tests/data/shipped_model_masks.npz): reading format 1 changed nothing the model computes, and
+    ``--checkpoint shipped-v1`` keeps naming that model whatever the default becomes."""
     from dotseg.evaluation import benchmark_cases
+
+    shipped = Predictor.from_checkpoint("shipped-v1", threads=1, engine="eager")
+    assert shipped.checkpoint is not None and shipped.checkpoint.model_id == "a78329d38a86"
 
     ref = np.load(Path(__file__).parent / "data" / "shipped_model_masks.npz")
     cases = benchmark_cases(len(ref["indices"]))
@@ -133,3 +137,19 @@ def test_shipped_model_predicts_the_masks_it_always_did(shipped: Predictor) -> N
         mask = shipped.predict(s.image).mask
         expected = np.unpackbits(packed)[: mask.size].reshape(mask.shape).astype(bool)
         assert np.array_equal(mask, expected), f"{case}: {int((mask != expected).sum())} pixels differ"
+
+
+def test_shipped_names_and_an_unknown_one(cli, tmp_path: Path) -> None:
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.inference.predictor import SHIPPED_MODELS, resolve_checkpoint
+
+    assert {"shipped", "shipped-v1"} <= set(SHIPPED_MODELS)
+    for name in SHIPPED_MODELS:
+        assert Path(resolve_checkpoint(name)).is_file()
+    assert resolve_checkpoint("runs/x/best.safetensors") == "runs/x/best.safetensors"
+    with pytest.raises(CheckpointError, match="shipped-v9"):
+        Predictor.from_checkpoint("shipped-v9")
+    out = cli("evaluate", "--checkpoint", "shipped-v1", "--n", "6", "--out", str(tmp_path), "--quiet", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["about"]["model_id"] == "a78329d38a86"

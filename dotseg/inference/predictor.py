@@ -29,24 +29,40 @@ from dotseg.inference.segmenter import Prediction
 from dotseg.normalize import NORMALIZATION, normalize
 from dotseg.synthesis.config import SynthesisConfig
 
-__all__ = ["Predictor", "resolve_device", "shipped_checkpoint"]
+__all__ = ["Predictor", "resolve_device", "shipped_checkpoint", "resolve_checkpoint", "SHIPPED_MODELS"]
 
 log = logging.getLogger(__name__)
 
+#: The models installed with the package (``dotseg/assets/``), by the names every ``--checkpoint``
+#: accepts: ``shipped`` is the default model; older ones stay loadable by their version's name.
+SHIPPED_MODELS: dict[str, str] = {"shipped": "model.safetensors", "shipped-v1": "model.safetensors"}
 
-def shipped_checkpoint() -> Path:
-    """The model installed with the package (``dotseg/assets/model.safetensors``).
+
+def shipped_checkpoint(name: str = "shipped") -> Path:
+    """A model installed with the package, by name (default: ``dotseg/assets/model.safetensors``).
 
     Raises:
-        CheckpointError: if no model has been shipped with this installation.
+        CheckpointError: for an unknown name, or if that model is not installed.
     """
-    asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
+    if name not in SHIPPED_MODELS:
+        raise CheckpointError(f"no shipped model is called {name!r}; the shipped ones are {', '.join(SHIPPED_MODELS)}")
+    asset = resources.files("dotseg").joinpath("assets", SHIPPED_MODELS[name])
     if not asset.is_file():
         raise CheckpointError(
-            "no shipped model is installed (dotseg/assets/model.safetensors is missing); "
+            f"no shipped model is installed (dotseg/assets/{SHIPPED_MODELS[name]} is missing); "
             "pass a checkpoint (--checkpoint PATH on the command line)"
         )
     return Path(str(asset))
+
+
+def resolve_checkpoint(spec: str | Path | None) -> str | Path:
+    """What a ``--checkpoint`` names: None and the :data:`SHIPPED_MODELS` names are installed models;
+    anything else (a path, an ``s3://`` / ``gs://`` URI) is returned as it is."""
+    if spec is None:
+        return shipped_checkpoint()
+    if isinstance(spec, str) and spec.startswith("shipped") and not Path(spec).exists():
+        return shipped_checkpoint(spec)  # a known name, or one line listing the known ones
+    return spec
 
 
 class Predictor:
@@ -147,14 +163,15 @@ class Predictor:
         channels_last: bool | None = None,
         engine: str = "auto",
     ) -> Predictor:
-        """Load a checkpoint (``None``: the shipped model) and use its config and threshold.
+        """Load a checkpoint (``None``: the shipped model; a :data:`SHIPPED_MODELS` name: that one)
+        and use its config and threshold.
 
         ``threshold`` overrides the checkpoint's. Raises :class:`CheckpointError` for any unusable file.
         """
         dev = resolve_device(device)  # before loading: a wrong device should fail fast
         if engine != "auto":
             engines.resolve_engine(engine, dev)  # likewise an unknown engine or a missing package
-        model, ckpt = build_from_checkpoint(shipped_checkpoint() if path is None else path)
+        model, ckpt = build_from_checkpoint(resolve_checkpoint(path))
         return cls(model, ckpt.contract, threshold, dev, threads, ckpt, channels_last, engine)
 
     @property

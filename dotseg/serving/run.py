@@ -30,9 +30,9 @@ class ServeError(RuntimeError):
 def check_checkpoint(checkpoint: str | None) -> None:
     """Refuse an unusable checkpoint here, before any replica tries it (one line, CheckpointError)."""
     from dotseg.checkpoint import load_checkpoint
-    from dotseg.inference.predictor import shipped_checkpoint
+    from dotseg.inference.predictor import resolve_checkpoint
 
-    load_checkpoint(shipped_checkpoint() if checkpoint is None else checkpoint)
+    load_checkpoint(resolve_checkpoint(checkpoint))
 
 
 def urls(cfg: ServeConfig) -> dict[str, str]:
