@@ -6,6 +6,8 @@ enough, since what is tested is shapes, dtypes, order, invariances and error han
 
 from __future__ import annotations
 
+import io
+
 import os
 import re
 import subprocess
@@ -218,6 +220,45 @@ def _image_error(path: Path, **kwargs: object) -> str:
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(path))
     return message
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f8", body: bytes = b"") -> bytes:
+    """A .npy file whose header declares ``shape`` but carries only ``body`` as data."""
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+def test_npy_header_is_checked_before_anything_is_allocated(tmp_path: Path) -> None:
+    """Issue 18: a 192-byte .npy declaring a (10^6, 10^6) float64 array made np.load allocate 8 TB
+    (MemoryError, a 500 over HTTP). The header is read and checked first: too many pixels is a 413,
+    a body shorter than the header declares a 422, both without allocating the array."""
+    import resource
+
+    from dotseg.inference.images import decode_image
+
+    bomb = _npy_header_only((1_000_000, 1_000_000))
+    assert len(bomb) <= 192
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError) as info:
+        decode_image(bomb, "upload")
+    assert info.value.status == 413 and "too many pixels" in str(info.value)
+    (tmp_path / "bomb.npy").write_bytes(bomb)
+    assert "too many pixels" in _image_error(tmp_path / "bomb.npy")
+    # Inside the pixel cap but with the data missing: truncated, not a huge zero-filled read.
+    short = _npy_header_only((4000, 4000), body=b"\0" * 64)
+    with pytest.raises(ImageError) as info:
+        decode_image(short, "upload")
+    assert info.value.status == 422 and "truncated .npy" in str(info.value) and "128,000,000 bytes" in str(info.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: nothing big was allocated
+    # Well-formed arrays still read exactly, in any byte order and memory order.
+    for array in (np.arange(12, dtype=">u2").reshape(3, 4), np.asfortranarray(np.random.rand(5, 7).astype(np.float32))):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        got = decode_image(buf.getvalue(), "upload")
+        assert got.dtype == array.dtype and np.array_equal(got, array) and got.flags.writeable
 
 
 def test_read_image_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,22 +200,44 @@ def _read_tiff(src: Path | BinaryIO, path: str, max_pixels: int) -> np.ndarray:
 
 
 def _read_npy(src: Path | BinaryIO, path: str, max_pixels: int) -> np.ndarray:
+    """A 2-D numeric array from a .npy file or body. The header is parsed and checked first --
+    dimensions, pixel count, dtype and that the data it declares is really there -- so a 100-byte
+    file that declares a terabyte array costs nothing (np.load would allocate it before reading)."""
+    from numpy.lib import format as npy
+
+    stream: BinaryIO = src.open("rb") if isinstance(src, Path) else src
     try:
-        # A file is memory-mapped first: the shape is checked before the data is read.
-        array = np.load(src, allow_pickle=False, mmap_mode="r" if isinstance(src, Path) else None)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Python objects" in str(e):
+        start = stream.tell()
+        stream.seek(0, io.SEEK_END)
+        total = stream.tell() - start
+        stream.seek(start)
+        try:
+            version = npy.read_magic(stream)
+            read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+        except ValueError as e:
+            raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
+        if dtype.hasobject:
+            raise ImageError(f"{path}: holds Python objects, which are never unpickled; expected a numeric 2-D array")
+        _check_ndim(path, tuple(shape), colour=False)
+        _check_pixels(path, shape[0], shape[1], max_pixels)
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        have = total - (stream.tell() - start)
+        if have < need:
             raise ImageError(
-                f"{path}: holds Python objects, which are never unpickled; expected a numeric 2-D array"
-            ) from None
-        raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
-    except (OSError, EOFError) as e:
-        raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
-    if not isinstance(array, np.ndarray):
-        raise ImageError(f"{path}: expected one array in a .npy file, got {type(array).__name__}")
-    _check_ndim(path, array.shape, colour=False)
-    _check_pixels(path, array.shape[0], array.shape[1], max_pixels)
-    return np.array(array)  # out of the memory map, so the file is closed
+                f"{path}: truncated .npy: its header declares {tuple(shape)} {dtype} ({need:,} bytes) "
+                f"but {have:,} bytes follow"
+            )
+        try:
+            data = np.frombuffer(stream.read(need), dtype=dtype)
+        except ValueError as e:  # a dtype numpy cannot build from bytes
+            raise ImageError(f"{path}: not a readable .npy array: {' '.join(str(e).split())}") from None
+        return data.reshape(shape, order="F" if fortran else "C").copy()  # writable, owns its memory
+    finally:
+        if isinstance(src, Path):
+            stream.close()
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
