@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Self
 
@@ -99,6 +100,19 @@ NOT_IN_RUN_IDENTITY: tuple[str, ...] = (
     "baseline",
     "tune",
     "serve",
+)
+#: Keys added after runs and checkpoints were made (the synthesis variation fields), whose defaults
+#: reproduce exactly what those runs did: at their default they stay out of the run identity, so an
+#: existing run, its checkpoints and a config that leaves these keys alone keep one identity.
+IDENTITY_NEUTRAL: tuple[str, ...] = (
+    "synthesis.shape.kinds",
+    "synthesis.shape.exponent",
+    "synthesis.shape.position",
+    "synthesis.dots.profile",
+    "synthesis.dots.aspect",
+    "synthesis.dots.amplitude",
+    "synthesis.noise.correlation",
+    "synthesis.image",
 )
 #: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
 #: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be
@@ -198,7 +212,27 @@ _CHECKING_TRIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("checking
 
 def run_identity(data: dict[str, Any]) -> str:
     """The run identity of a resolved config in dict form (as stored in checkpoints and runs)."""
-    return config_hash(drop_paths(data, NOT_IN_RUN_IDENTITY))
+    defaults = _neutral_defaults()
+    neutral = tuple(k for k in IDENTITY_NEUTRAL if _lookup(data, k, _MISSING) in (_MISSING, defaults[k]))
+    return config_hash(drop_paths(data, NOT_IN_RUN_IDENTITY + neutral))
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, key: str, missing: Any) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return missing
+        data = data[part]
+    return data
+
+
+@functools.cache
+def _neutral_defaults() -> dict[str, Any]:
+    """The :data:`IDENTITY_NEUTRAL` keys' defaults in dict form (lists, as stored)."""
+    data = Config().to_dict()
+    return {k: _lookup(data, k, _MISSING) for k in IDENTITY_NEUTRAL}
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -1,12 +1,15 @@
 """Ship a finished training run as the package's default model, with its training record.
 
     python scripts/ship_model.py /root/dotseg-runs/shipped-cpu-v1
+    python scripts/ship_model.py /root/dotseg-runs/v2-cpu --config configs/v2.yaml --docs docs/shipped-model/v2
 
 Copies the run's ``best.safetensors`` to ``dotseg/assets/model.safetensors`` (refused if it does
 not load or is over 25 MB: it travels inside every wheel and clone), and writes the record next to
 the evaluation report in ``docs/shipped-model/``: ``training.json`` (run, config hash, epochs, wall
 time, hardware), ``history.json`` (per-epoch metrics) and ``curves.png`` (the learning curves).
-Then evaluate it: ``dotseg evaluate --n 1000 --out docs/shipped-model``.
+Then evaluate it: ``dotseg evaluate --n 1000 --out docs/shipped-model`` (and the stratified and
+shift suites). The model it replaces stays loadable by name: before shipping a new version, keep
+the old file under the name ``SHIPPED_MODELS`` gives it in ``dotseg/inference/predictor.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ def cpu_name() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a finished `dotseg train` run directory")
+    ap.add_argument("--config", default="configs/cpu.yaml", help="the config file the run reproduces (recorded)")
+    ap.add_argument("--docs", type=Path, default=DOCS, help=f"where the record goes (default {DOCS.relative_to(ROOT)})")
     args = ap.parse_args()
+    docs = args.docs.resolve()
 
     import ray
     import torch
@@ -63,16 +69,16 @@ def main() -> int:
 
     ASSET.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, ASSET)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / "history.json").write_text(json.dumps(history, indent=1))
-    plot_history(history, DOCS / "curves.png")
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "history.json").write_text(json.dumps(history, indent=1))
+    plot_history(history, docs / "curves.png")
     t = cfg.train
     record = {
         "run": args.run_dir.name,
         "config_hash": ckpt.meta.provenance.config_hash,
         "run_id": ckpt.meta.run_id,
         "model_id": ckpt.model_id,
-        "config": "configs/cpu.yaml",
+        "config": args.config,
         "model": {
             "variant": cfg.model.variant,
             "base_channels": cfg.model.base_channels,
@@ -95,10 +101,10 @@ def main() -> int:
         },
         "software": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
     }
-    (DOCS / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (docs / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
     size_mb = ASSET.stat().st_size / 2**20
-    print(f"shipped {ASSET.relative_to(ROOT)} ({size_mb:.1f} MB); record in {DOCS.relative_to(ROOT)}/")
+    print(f"shipped {ASSET.relative_to(ROOT)} ({size_mb:.1f} MB); record in {docs}/")
     return 0
 
 

@@ -85,6 +85,19 @@ def test_each_variation_does_what_its_field_says() -> None:
     assert sorted(gap)[1] <= 0.03 * 256 + 3
 
 
+def test_a_blob_scaled_to_fill_the_frame_exactly_is_placed() -> None:
+    """Regression (found by the v2 training run): an outline shrunk to exactly the room between the
+    margins could overshoot it by a rounding error, and the placement's uniform draw failed with
+    'high - low < 0' (18 of these 400 samples), killing the Ray Data task and the run."""
+    cfg = SynthesisConfig().replace(
+        **{"shape.kinds": ("fourier",), "shape.radius": (0.36, 0.36), "shape.irregularity": (0.6, 0.6)}
+    )
+    for i in (3, 25, 30, 51, 56, 65):
+        s = make_sample(cfg, 1, i, noisy=False)
+        ys, xs = np.nonzero(s.mask)
+        assert min(ys.min(), xs.min()) >= 0.03 * 512 and max(ys.max(), xs.max()) <= 512 - 0.03 * 512
+
+
 def test_variation_fields_are_checked_with_their_key() -> None:
     from dotseg.config import load_config
 

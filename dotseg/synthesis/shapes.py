@@ -102,7 +102,10 @@ def make_blob(
         side = rng.integers(0, 2, 2)
         shift = np.where(side == 0, margin - lo_xy, size - margin - hi_xy)
     else:
-        shift = np.array([rng.uniform(margin - lo_xy[i], size - margin - hi_xy[i]) for i in range(2)])
+        # An outline scaled to fill the room exactly can overshoot it by a rounding error: the range
+        # then collapses to its lower end (as it would for an exact fit) instead of failing.
+        low, high = margin - lo_xy, size - margin - hi_xy
+        shift = np.array([rng.uniform(low[i], max(low[i], high[i])) for i in range(2)])
     outline += shift
 
     # Rasterize only the bounding box (plus one pixel of border for the hole filling).
