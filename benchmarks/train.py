@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from dotseg.config import Config, load_config
-from dotseg.device import amp_active, autocast, configure_cpu, grad_scaler, native_bf16
+from dotseg.device import amp_active, autocast, configure_cpu, grad_scaler, memory_format, native_bf16
 from dotseg.losses.compound import CompoundLoss, loss_weights
 from dotseg.models import build_model
 from dotseg.normalize import normalize
@@ -88,7 +88,9 @@ def step_profile(cfg: Config, steps: int = 8) -> dict[str, float]:
     images = torch.from_numpy(normalize(b["image"])).unsqueeze(1)  # (2B, 1, H, W)
     synth_ms = (time.perf_counter() - t0) * 1e3 / 2  # per batch: generation + normalization, one core
     masks = torch.from_numpy(b["mask"]).unsqueeze(1).float()
-    model = build_model(cfg.model)
+    layout = memory_format(device, amp)  # as the training loop runs it
+    images = images.contiguous(memory_format=layout)
+    model = build_model(cfg.model).to(memory_format=layout)  # type: ignore[call-overload]
     optimizer, scheduler = build_optimizer(model, cfg.train, steps + 2)
     scaler = grad_scaler(device, amp)
     loss_fn = CompoundLoss(cfg.loss)
@@ -161,7 +163,8 @@ def describe(name: str, cfg: Config) -> str:
     return (
         f"`{name}`: {m.variant} base {m.base_channels} depth {m.depth} downscale {m.downscale}, batch "
         f"{t.batch_size}, {t.num_workers} worker(s) x {t.torch_threads or int(t.cpus_per_worker)} thread(s), "
-        f"{amp}, augment {cfg.data.augment}"
+        f"{amp}, {'channels-last' if memory_format(torch.device('cpu'), t.amp) == torch.channels_last else 'NCHW'}, "
+        f"augment {cfg.data.augment}"
     )
 
 

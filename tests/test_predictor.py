@@ -7,7 +7,6 @@ enough, since what is tested is shapes, dtypes, order, invariances and error han
 from __future__ import annotations
 
 import io
-
 import os
 import re
 import subprocess

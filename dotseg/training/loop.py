@@ -28,7 +28,7 @@ import torch
 
 from dotseg.config import Config
 from dotseg.curriculum import Phase
-from dotseg.device import autocast, configure_cpu, grad_scaler
+from dotseg.device import autocast, configure_cpu, grad_scaler, memory_format
 
 log = logging.getLogger(__name__)
 #: In the run directory: the records dotseg code logs in the workers, for the driver to relay.
@@ -282,6 +282,8 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
         if rank == 0:
             log.info(f"resumed from the checkpoint of epoch {state.epoch}")
 
+    layout = memory_format(device, tcfg.amp)
+    model = model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs lack memory_format
     model = session.prepare_model(model)  # moves to device; DDP when world > 1
     loss_fn = CompoundLoss(cfg.loss)
     val = _validation(cfg, rank, world)
@@ -302,7 +304,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
             for images, masks in _epoch_batches(cfg, epoch, phase, rank, world, device):
                 out = train_step(
                     model,
-                    images,
+                    images.contiguous(memory_format=layout),
                     masks,
                     loss_fn,
                     weights,

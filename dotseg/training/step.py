@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dotseg.device import autocast
+from dotseg.device import autocast, memory_format
 from dotseg.losses.compound import CompoundLoss, LossWeights
 from dotseg.metrics import torch_overlap_metrics
 from dotseg.training.config import TrainConfig
@@ -89,6 +89,7 @@ def evaluate(
     sums = torch.zeros(len(keys) + 3, dtype=torch.float64, device=device)
     for images, masks in batches:
         x = torch.from_numpy(images).unsqueeze(1).to(device)  # (B, 1, H, W)
+        x = x.contiguous(memory_format=memory_format(device, amp))
         y = torch.from_numpy(masks).to(device).bool()  # (B, H, W)
         with autocast(device, amp):
             logits = model(x)
