@@ -86,6 +86,7 @@ def init_ray(
         ray.init(address=address, runtime_env=runtime_env, **settings)
     else:
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True, **settings)
+        _private_token()
     node = getattr(ray._private.worker, "_global_node", None)  # None for ray:// clients
     if node is not None:
         logging.getLogger("ray.dotseg").info(
@@ -97,6 +98,17 @@ def init_ray(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ray.cluster_resources()
+
+
+def _private_token() -> None:
+    """Ray 2.60 writes the token of the cluster it starts to ~/.ray/auth_token world-readable (0644):
+    any local user could then drive the cluster. Only its owner may read it."""
+    token = Path.home() / ".ray" / "auth_token"
+    try:
+        if token.is_file() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    except OSError as e:  # not ours to change (another user's home, a read-only mount): say so
+        logging.getLogger(__name__).warning(f"could not make {token} private (chmod 600): {e}")
 
 
 # -- logging ------------------------------------------------------------------------------------

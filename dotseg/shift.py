@@ -347,6 +347,35 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare_markdown(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """Models side by side on the shift suite: per level each model's Dice, drop (+- its 95 %
+    interval) and whether the level was inside its training distribution; then the mean drops."""
+    first = reports[0]
+    head = "| axis | level | " + " | ".join(f"{lb}: Dice | {lb}: drop | {lb}: training" for lb in labels)
+    lines = [head + " | baseline: drop |", "|---|---|" + "---:|---:|---|" * len(labels) + "---:|"]
+    for i, level in enumerate(first["levels"]):
+        cells = []
+        for rep in reports:
+            r = rep["levels"][i]
+            assert r["level"] == level["level"], "the reports must run the same levels"
+            m = r[rep["segmenters"][0]]
+            status = "trained" if r["in_training"] else "held out"
+            cells.append(f"{m['dice']:.3f} | {m['drop']:+.3f} +- {m['ci95']:.3f} | {status}")
+        base = level["baseline"]["drop"] if "baseline" in level else float("nan")
+        lines.append(f"| {level['axis']} | {level['level']} | " + " | ".join(cells) + f" | {base:+.3f} |")
+    lines += ["", "| model | mean drop, its trained levels | mean drop, its held-out levels | mean drop, all levels |"]
+    lines.append("|---|---:|---:|---:|")
+    for rep, lb in zip(reports, labels, strict=True):
+        a = rep["axes"][rep["segmenters"][0]]
+        every = float(np.mean([r[rep["segmenters"][0]]["drop"] for r in rep["levels"]]))
+
+        def cell(x: dict[str, Any]) -> str:
+            return "–" if x["mean_drop"] is None else f"{x['mean_drop']:+.4f} ({x['levels']})"
+
+        lines.append(f"| {lb} | {cell(a['in_training'])} | {cell(a['held_out'])} | {every:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_shift(reports: Sequence[dict[str, Any]], path: Path, labels: Sequence[str] | None = None) -> Path:
     """Horizontal bars of the Dice drop per level, grouped by axis: one bar per report (e.g. v1 and
     v2 side by side) for its first segmenter, plus the baseline of the first report; held-out

@@ -92,3 +92,10 @@ def test_smoke_run_console_shows_dotseg_lines_only(ray_session, tmp_path: Path) 
     # The workers' dotseg records, as relayed to the console.
     records = [json.loads(line) for line in (run_dir / "worker_log.jsonl").read_text().splitlines()]
     assert [r["msg"].split(" ", 2)[:2] for r in records] == [["epoch", "1/2"], ["epoch", "2/2"]]
+
+
+def test_the_embedded_rays_token_file_is_private(ray_session) -> None:
+    """Issue 18: Ray writes ~/.ray/auth_token 0644; dotseg's embedded Ray leaves it readable by its owner only."""
+    token = Path.home() / ".ray" / "auth_token"
+    assert token.is_file()
+    assert token.stat().st_mode & 0o777 == 0o600
