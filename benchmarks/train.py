@@ -179,9 +179,15 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for both configs"
     )
+    ap.add_argument(
+        "--candidate-set", action="append", default=[], metavar="KEY=VALUE", help="override for the candidate only"
+    )
     args = ap.parse_args()
     names = [args.baseline, args.candidate]
-    cfgs = {n: short_config(n, args.epochs, args.samples, args.overrides) for n in names}
+    cfgs = {
+        args.baseline: short_config(args.baseline, args.epochs, args.samples, args.overrides),
+        args.candidate: short_config(args.candidate, args.epochs, args.samples, args.overrides + args.candidate_set),
+    }
     print(f"# training throughput, {time.strftime('%Y-%m-%d')}: {cpu_line()}", flush=True)
     for n in names:
         print(f"# {describe(n, cfgs[n])}")

@@ -181,6 +181,12 @@ def test_shift_suite_cli_writes_the_table_picture_and_gallery(cli, tmp_path: Pat
     assert "| dots | count 5-14 | trained |" in md and "held out" in md and "95 % interval" in md
     for png in ("shift_drop.png", "gallery.png"):
         assert (tmp_path / "sh" / png).stat().st_size > 5000
+    # Two models side by side (here the same report twice): one row per level, both columns.
+    from dotseg.shift import compare_markdown, plot_shift
+
+    table = compare_markdown([report, report], ["v1", "v2"])
+    assert table.count("\n| ") >= len(LEVELS) + 3 and "v1: drop" in table and "v2: training" in table
+    assert plot_shift([report, report], tmp_path / "cmp.png", labels=["v1", "v2"]).stat().st_size > 5000
 
 
 def test_stratified_suite_cli(cli, tmp_path: Path) -> None:
