@@ -43,9 +43,8 @@ def main() -> int:
             diff = n["dice"] - o["dice"]
             good = diff >= -args.tolerance
             ok &= good
-            lines.append(
-                f"| {suite} | {b} (n={o['n']}) | {o['dice']:.4f} | {n['dice']:.4f} | {diff:+.4f} | {'yes' if good else '**no**'} |"
-            )
+            mark = "yes" if good else "**no**"
+            lines.append(f"| {suite} | {b} (n={o['n']}) | {o['dice']:.4f} | {n['dice']:.4f} | {diff:+.4f} | {mark} |")
     old, new = _load(args.old, "shift"), _load(args.new, "shift")
     split = np.array([r["in_training"] for r in new["levels"]], dtype=bool)
     drop_old = np.array([r["model"]["drop"] for r in old["levels"]])
@@ -56,9 +55,8 @@ def main() -> int:
         o, n = drop_old[sel].mean(), drop_new[sel].mean()
         good = n > o
         ok &= good
-        lines.append(
-            f"| shift: mean drop | {label} ({int(sel.sum())}) | {o:+.4f} | {n:+.4f} | {n - o:+.4f} | {'yes' if good else '**no**'} |"
-        )
+        mark = "yes" if good else "**no**"
+        lines.append(f"| shift: mean drop | {label} ({int(sel.sum())}) | {o:+.4f} | {n:+.4f} | {n - o:+.4f} | {mark} |")
     lines += ["", f"Verdict: the candidate {'PASSES' if ok else 'FAILS'} the gate (tolerance {args.tolerance})."]
     text = "\n".join(lines)
     print(text)
