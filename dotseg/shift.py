@@ -399,7 +399,7 @@ def plot_shift(reports: Sequence[dict[str, Any]], path: Path, labels: Sequence[s
     for i, rep in enumerate(reports):
         name = rep["segmenters"][0]
         series.append(((labels[i] if labels else name), [r[name] for r in rep["levels"]], f"C{i}"))
-    if "baseline" in reports[0]["segmenters"]:
+    if "baseline" in reports[0]["segmenters"][1:]:  # beside a model (a baseline-only run shows it once)
         series.append(("classical baseline", [r["baseline"] for r in levels], "0.6"))
     k = len(series)
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(levels) * max(k, 2) / 2 + 1.5))
