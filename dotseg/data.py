@@ -8,9 +8,11 @@ or on which node.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -34,6 +36,11 @@ class DataConfig(Section):
     augment: bool = False
     """Training samples get one of the 8 flips / 90-degree rotations (drawn per sample from its seed
     and index, so a resumed run sees the same images); validation never does."""
+    priority: Literal["normal", "idle"] = "normal"
+    """CPU priority of the synthesis tasks: ``idle`` (Linux SCHED_IDLE, for the duration of a task)
+    runs them only on cycles the training workers leave free, so on a machine whose cores the
+    workers' torch threads fill, synthesis fills the gaps instead of preempting those threads (a
+    descheduled thread stalls every parallel op of its step). Elsewhere ``normal``."""
 
 
 #: Stream of a sample's augmentation draw (the generator uses 0-2, see dotseg.synthesis.generate).
@@ -63,6 +70,43 @@ def _synthesize(
     columns: Sequence[str] | None,
     model_input: bool,
     augment: bool = False,
+    priority: str = "normal",
+) -> dict[str, np.ndarray]:
+    with _scheduling(priority):
+        return _synthesize_batch(
+            batch, cfg, seed, offset, noise_scale, mixed_prob, noisy, columns, model_input, augment
+        )
+
+
+@contextlib.contextmanager
+def _scheduling(priority: str) -> Iterator[None]:
+    """Run the block under SCHED_IDLE when ``priority`` is ``idle`` (and the OS has it), then give
+    the worker process its policy back: Ray reuses the process for other tasks."""
+    if priority != "idle" or not hasattr(os, "SCHED_IDLE"):
+        yield
+        return
+    before, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        yield
+    finally:
+        # Unprivileged with a low RLIMIT_NICE, Linux refuses the way back: the process then stays
+        # idle-priority, slower under load but correct.
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, before, param)
+
+
+def _synthesize_batch(
+    batch: dict[str, np.ndarray],
+    cfg: SynthesisConfig,
+    seed: int,
+    offset: int,
+    noise_scale: float,
+    mixed_prob: float,
+    noisy: bool,
+    columns: Sequence[str] | None,
+    model_input: bool,
+    augment: bool,
 ) -> dict[str, np.ndarray]:
     ids = batch["id"] + offset
     out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
@@ -89,6 +133,7 @@ def synthesis_dataset(
     columns: Sequence[str] | None = None,
     model_input: bool = False,
     augment: bool = False,
+    priority: str = "normal",
 ) -> Any:
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
@@ -115,6 +160,7 @@ def synthesis_dataset(
             "columns": tuple(columns) if columns is not None else None,
             "model_input": model_input,
             "augment": augment,
+            "priority": priority,
         },
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,

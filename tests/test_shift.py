@@ -207,3 +207,18 @@ def test_stratified_suite_cli(cli, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "st" / "report.json").read_text())
     assert report["benchmark"]["suite"] == "stratified" and report["benchmark"]["n"] == 12
     assert all(per["baseline"]["n"] == 2 for per in report["by_snr_bin"].values())
+
+
+def test_idle_priority_synthesis_restores_the_workers_policy() -> None:
+    import os
+
+    from dotseg.data import DataConfig, _scheduling
+
+    assert DataConfig().priority == "normal"
+    before = os.sched_getscheduler(0)
+    seen = []
+    with _scheduling("idle"):
+        seen.append(os.sched_getscheduler(0))
+    assert seen == [os.SCHED_IDLE] and os.sched_getscheduler(0) == before
+    with _scheduling("normal"):
+        assert os.sched_getscheduler(0) == before

@@ -175,6 +175,7 @@ def _epoch_batches(
         columns=("image", "mask"),
         model_input=True,
         augment=cfg.data.augment,
+        priority=cfg.data.priority,
     )
     batches = ds.iter_torch_batches(
         batch_size=cfg.train.batch_size, drop_last=True, prefetch_batches=cfg.data.prefetch_batches
