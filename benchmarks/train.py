@@ -1,6 +1,9 @@
 """Training throughput: today's shipped configuration against a candidate (v2's), in one run.
 
-    python benchmarks/train.py [--baseline cpu] [--candidate v2] [--epochs 3] [--samples 384] [--rounds 1]
+    python benchmarks/train.py [--baseline cpu] [--candidate v2 ...] [--epochs 3] [--samples 384] [--rounds 1]
+
+A candidate is a config name, optionally with overrides joined by '+':
+``--candidate v2 --candidate v2+data.priority=idle`` measures v2 as it is and with idle-priority synthesis.
 
 For each config, in alternating rounds (so a burst of other work on a shared machine hits both):
   * the step profile: a plain PyTorch loop over pre-generated, pre-normalized batches, timed by
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -171,7 +175,12 @@ def describe(name: str, cfg: Config) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="cpu", help="today's shipped configuration (default cpu)")
-    ap.add_argument("--candidate", default="v2", help="the configuration to compare (default v2)")
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=None,
+        help="a configuration to compare, NAME[+KEY=VALUE...] (repeatable; default v2)",
+    )
     ap.add_argument("--epochs", type=int, default=3, help="epochs per Ray run (default 3; the first is not timed)")
     ap.add_argument("--samples", type=int, default=384, help="training samples per epoch (default 384)")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of both configs (default 1)")
@@ -179,15 +188,12 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for both configs"
     )
-    ap.add_argument(
-        "--candidate-set", action="append", default=[], metavar="KEY=VALUE", help="override for the candidate only"
-    )
     args = ap.parse_args()
-    names = [args.baseline, args.candidate]
-    cfgs = {
-        args.baseline: short_config(args.baseline, args.epochs, args.samples, args.overrides),
-        args.candidate: short_config(args.candidate, args.epochs, args.samples, args.overrides + args.candidate_set),
-    }
+    names = [args.baseline, *(args.candidate or ["v2"])]
+    cfgs = {}
+    for spec in names:
+        name, *extra = spec.split("+")
+        cfgs[spec] = short_config(name, args.epochs, args.samples, args.overrides + extra)
     print(f"# training throughput, {time.strftime('%Y-%m-%d')}: {cpu_line()}", flush=True)
     for n in names:
         print(f"# {describe(n, cfgs[n])}")
@@ -208,7 +214,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
                 if not args.no_ray:
-                    runs[n].append(ray_run(cfgs[n], Path(tmp), f"{n}-{r}"))
+                    runs[n].append(ray_run(cfgs[n], Path(tmp), re.sub(r"[^A-Za-z0-9]+", "-", f"{n}-{r}")))
                     print(f"... round {r + 1} {n}: {runs[n][-1]}", file=sys.stderr, flush=True)
 
     def best(rows: list[dict[str, float]], key: str) -> float:
