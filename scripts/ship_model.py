@@ -43,6 +43,11 @@ def main() -> int:
     ap.add_argument("run_dir", type=Path, help="a finished `dotseg train` run directory")
     ap.add_argument("--config", default="configs/cpu.yaml", help="the config file the run reproduces (recorded)")
     ap.add_argument("--docs", type=Path, default=DOCS, help=f"where the record goes (default {DOCS.relative_to(ROOT)})")
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="write the record of a candidate that is not shipped (the package's model is left alone)",
+    )
     args = ap.parse_args()
     docs = args.docs.resolve()
 
@@ -67,8 +72,9 @@ def main() -> int:
     if cfg is None:
         sys.exit(f"{best}: its stored config is not readable by this dotseg; ship a run trained by this version")
 
-    ASSET.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, ASSET)
+    if not args.record_only:
+        ASSET.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, ASSET)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, docs / "curves.png")
@@ -85,7 +91,7 @@ def main() -> int:
             "depth": cfg.model.depth,
             "downscale": cfg.model.downscale,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "bytes": ASSET.stat().st_size,
+            "bytes": best.stat().st_size,
         },
         "best_epoch": ckpt.epoch,
         "best_metrics": {k: v for k, v in ckpt.metrics.items() if isinstance(v, (int, float))},
@@ -103,8 +109,9 @@ def main() -> int:
     }
     (docs / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
-    size_mb = ASSET.stat().st_size / 2**20
-    print(f"shipped {ASSET.relative_to(ROOT)} ({size_mb:.1f} MB); record in {docs}/")
+    size_mb = best.stat().st_size / 2**20
+    shipped = "not shipped (--record-only)" if args.record_only else f"shipped {ASSET.relative_to(ROOT)}"
+    print(f"{shipped} ({size_mb:.1f} MB); record in {docs}/")
     return 0
 
 
