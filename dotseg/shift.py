@@ -392,20 +392,20 @@ def compare_markdown(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -
 
 def plot_shift(reports: Sequence[dict[str, Any]], path: Path, labels: Sequence[str] | None = None) -> Path:
     """Horizontal bars of the Dice drop per level, grouped by axis: one bar per report (e.g. v1 and
-    v2 side by side) for its first segmenter, plus the baseline of the first report; held-out
-    levels are hatched."""
+    v2 side by side) for its first segmenter, plus the baseline of the first report; the levels
+    held out of the last report's training have red labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = reports[0]["levels"]
+    levels = reports[-1]["levels"]  # the candidate's: its training decides what counts as held out
     series: list[tuple[str, list[dict[str, Any]], str]] = []
     for i, rep in enumerate(reports):
         name = rep["segmenters"][0]
         series.append(((labels[i] if labels else name), [r[name] for r in rep["levels"]], f"C{i}"))
     if "baseline" in reports[0]["segmenters"][1:]:  # beside a model (a baseline-only run shows it once)
-        series.append(("classical baseline", [r["baseline"] for r in levels], "0.6"))
+        series.append(("classical baseline", [r["baseline"] for r in reports[0]["levels"]], "0.6"))
     k = len(series)
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(levels) * max(k, 2) / 2 + 1.5))
     y = np.arange(len(levels))[::-1] * (k + 1) * 0.3
