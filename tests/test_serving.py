@@ -190,6 +190,54 @@ def test_bad_uploads_get_one_line_json_errors(app) -> None:
     assert requests.get(f"{api}/ready", timeout=10).status_code == 200
 
 
+def _replica_rss() -> int:
+    """Resident memory of this session's Serve replicas, in bytes."""
+    import psutil
+
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any("ServeReplica" in part for part in p.info["cmdline"] or ()):
+                total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def test_chunked_uploads_are_cut_off_at_the_cap_with_bounded_memory(app) -> None:
+    """Issue 18: a chunked body (no Content-Length) bypassed serve.max_upload_bytes in multipart
+    form and was read whole. The guard now counts every body byte as it streams in."""
+    _, api = app
+
+    def chunks(total: int, head: bytes = b"", tail: bytes = b"") -> object:
+        def gen():  # requests sends a generator with Transfer-Encoding: chunked
+            yield head
+            block = b"\0" * (1 << 20)
+            sent = 0
+            while sent < total:
+                yield block
+                sent += len(block)
+            yield tail
+
+        return gen()
+
+    r = requests.post(f"{api}/predict", data=chunks(5 * MAX_BYTES), timeout=60)
+    _error(r, 413, "serve.max_upload_bytes", "read so far")
+    boundary = "dotsegboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.npy"\r\n\r\n').encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    r = requests.post(f"{api}/predict", data=chunks(5 * MAX_BYTES, head, tail), headers=headers, timeout=60)
+    _error(r, 413, "serve.max_upload_bytes")
+    # 200 MB, chunked: refused at the cap, and the replicas do not hold it.
+    before = _replica_rss()
+    r = requests.post(f"{api}/predict", data=chunks(200 << 20, head, tail), headers=headers, timeout=120)
+    assert r.status_code == 413
+    grown = _replica_rss() - before
+    assert grown < MAX_BYTES + (64 << 20), f"the replicas grew by {grown / 2**20:.0f} MB"
+    assert requests.get(f"{api}/ready", timeout=10).status_code == 200
+
+
 def test_cors_allows_configured_origins_only_and_never_credentials(app) -> None:
     _, api = app
     ok = requests.get(f"{api}/health", headers={"Origin": "https://dots.example"}, timeout=10)

@@ -23,6 +23,7 @@ with a 4xx status, never a 5xx, a hang or a dead replica (see :mod:`dotseg.servi
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ class Segmenter:
         self.threads = max(1, int(self.cfg.cpus_per_replica))
         self.predictor: Any = None
         self.rollout_error: str | None = None
+        # One caller of the Predictor at a time: the batch thread and the health check would
+        # otherwise share an engine's infer requests and shape cache from two threads.
+        self.predictor_lock = threading.Lock()
         http.CORS_ORIGINS, http.MAX_BODY = self.cfg.cors_origins, self.cfg.max_upload_bytes
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]  # @serve.batch
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -119,7 +123,8 @@ class Segmenter:
         """Serve replaces a replica whose model no longer predicts the known sample."""
         if self.predictor is None:
             raise RuntimeError("no model loaded")
-        _warmup(self.predictor)
+        with self.predictor_lock:
+            _warmup(self.predictor)
 
     def model_info(self) -> dict[str, Any]:
         p = self.predictor
@@ -141,8 +146,12 @@ class Segmenter:
         """Concurrent requests -> one forward pass per image size (the Predictor groups them)."""
         # In a thread: the replica's event loop keeps decoding and encoding other requests meanwhile
         # (measured: 24.8 instead of 18.4 requests/s at 16 clients on 2 cores). One batch runs at a
-        # time (@serve.batch's default), so the Predictor is never used from two threads at once.
-        return await asyncio.to_thread(self.predictor.predict_batch, images, self.cfg.max_batch_size)
+        # time (@serve.batch's default); the lock keeps the health check out while it does.
+        return await asyncio.to_thread(self._predict_locked, images)
+
+    def _predict_locked(self, images: list[np.ndarray]) -> list[Any]:
+        with self.predictor_lock:
+            return self.predictor.predict_batch(images, self.cfg.max_batch_size)
 
     async def _predict(self, image: np.ndarray) -> tuple[Any, dict[str, float]]:
         t0 = time.perf_counter()

@@ -3,7 +3,8 @@
 Every problem a client can cause ends here as ``{"status": <4xx>, "error": "<what and how to fix>"}``:
 
 =====  =============================================================================================
-413    body over ``serve.max_upload_bytes`` (refused from Content-Length before the body is read),
+413    body over ``serve.max_upload_bytes`` (refused from Content-Length before the body is read, and
+       counted as it streams: chunked, raw or multipart bodies are cut off at the cap),
        too many pixels or a decompression bomb (checked from the image header before decoding)
 415    a format dotseg does not read (JPEG, GIF, BMP, WebP, ...)
 422    not an image, corrupt or truncated, a 3-D stack, NaN/inf, an empty body, a multipart body
@@ -40,6 +41,13 @@ class ClientError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class BodyTooLarge(ClientError):
+    """Raised from the request's body stream once it passes ``serve.max_upload_bytes``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -94,6 +102,19 @@ class _Guard:
             await _respond(send, 413, body, {"content-type": "application/json", **(cors if allowed else {})})
             return
 
+        # Bodies are counted as they stream in, chunked or not, raw or multipart: a client that sends
+        # no Content-Length (or a false one) is cut off at the cap, and memory stays bounded.
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    raise BodyTooLarge(_too_big(received, streamed=True))
+            return message
+
         t0 = time.perf_counter()
         status = [500]
 
@@ -106,7 +127,7 @@ class _Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_cors)
+            await self.app(scope, capped_receive, send_with_cors)
         finally:
             _record(scope, status[0], time.perf_counter() - t0)
 
@@ -147,11 +168,13 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
         pass
 
 
-def _too_big(size: int) -> str:
-    return (
-        f"request body of {size:,} bytes is over the {MAX_BODY:,}-byte limit (serve.max_upload_bytes); "
-        "send a smaller image"
+def _too_big(size: int, streamed: bool = False) -> str:
+    what = (
+        f"request body is over the {MAX_BODY:,}-byte limit ({size:,} bytes read so far)"
+        if streamed
+        else (f"request body of {size:,} bytes is over the {MAX_BODY:,}-byte limit")
     )
+    return f"{what} (serve.max_upload_bytes); send a smaller image"
 
 
 def _json(obj: Any) -> bytes:
@@ -179,6 +202,8 @@ async def read_upload(request: Request, cfg: ServeConfig) -> np.ndarray:
     if content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=1, max_fields=8, max_part_size=cfg.max_upload_bytes)
+        except ClientError:  # the body passed the cap while the form was read
+            raise
         except Exception as e:  # starlette's MultiPartException and parser errors
             raise ClientError(422, f"malformed multipart body: {' '.join(str(e).split())}") from None
         upload = form.get(FIELD)
@@ -192,11 +217,10 @@ async def read_upload(request: Request, cfg: ServeConfig) -> np.ndarray:
         data = await upload.read()
         name = upload.filename or FIELD
     else:
-        data = b""
-        async for chunk in request.stream():  # chunked uploads have no Content-Length to refuse early
-            data += chunk
-            if len(data) > cfg.max_upload_bytes:
-                raise ClientError(413, _too_big(len(data)))
+        chunks = []
+        async for chunk in request.stream():  # capped as it streams (the guard counts every byte)
+            chunks.append(chunk)
+        data = b"".join(chunks)
         name = "body"
     try:
         image = decode_image(data, name, max_pixels=cfg.max_pixels)

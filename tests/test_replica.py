@@ -1,0 +1,82 @@
+"""A Serve replica's Predictor has one caller at a time: batches and health checks never overlap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from dotseg.serving.config import ServeConfig
+
+
+class _Probe:
+    """Wraps a Predictor and records how many calls were inside it at once."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.active, self.most = inner, 0, 0
+        self.guard = threading.Lock()
+
+    def _enter(self) -> None:
+        with self.guard:
+            self.active += 1
+            self.most = max(self.most, self.active)
+
+    def _leave(self) -> None:
+        with self.guard:
+            self.active -= 1
+
+    def predict(self, image: np.ndarray) -> Any:
+        self._enter()
+        try:
+            time.sleep(0.005)  # widen the window a race needs
+            return self.inner.predict(image)
+        finally:
+            self._leave()
+
+    def predict_batch(self, images: list[np.ndarray], batch_size: int = 8) -> list[Any]:
+        self._enter()
+        try:
+            time.sleep(0.005)
+            return self.inner.predict_batch(images, batch_size)
+        finally:
+            self._leave()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_health_checks_never_use_the_predictor_beside_a_batch() -> None:
+    """Issue 18: check_health predicted on the Predictor the batch thread was using, with no lock
+    (an engine's infer requests and shape cache shared by two threads)."""
+    from dotseg.serving.app import Segmenter
+
+    # The class as written, without Serve's ASGI wrapper around it (whose __init__ is a coroutine).
+    user_class = Segmenter.func_or_class.__mro__[1]
+    assert user_class.__module__ == "dotseg.serving.app" and "ASGI" not in user_class.__name__
+    replica = user_class.__new__(user_class)
+    user_class.__init__(replica, ServeConfig(engine="eager").to_dict())
+    replica.reconfigure({"checkpoint": None})
+    probe = _Probe(replica.predictor)
+    replica.predictor = probe
+    images = [np.random.default_rng(i).random((64, 64), dtype=np.float32) for i in range(2)]
+    errors: list[BaseException] = []
+
+    def loop(fn: Any) -> None:
+        try:
+            for _ in range(15):
+                fn()
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=loop, args=(lambda: replica._predict_locked(images),)),
+        threading.Thread(target=loop, args=(replica.check_health,)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert probe.most == 1
