@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the endpoint's string annotations here
 
 from dotseg.serving.config import ServeConfig
 
@@ -80,3 +81,38 @@ def test_health_checks_never_use_the_predictor_beside_a_batch() -> None:
         t.join(timeout=120)
     assert not errors, errors
     assert probe.most == 1
+
+
+def test_no_client_header_lifts_the_request_timeout(monkeypatch) -> None:
+    """Issue 18: `x-request-timeout-seconds: 0` made Serve's proxy wait forever; the app's own
+    guard ends any request at serve.request_timeout_s with a JSON 408, and a quick one is untouched.
+    Also the body cap without Content-Length: a chunked body over it is a 413."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from dotseg.serving import http
+
+    app = FastAPI()
+    http.install(app)
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(5)
+        return {"status": "late"}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(http, "MAX_BODY", 1000)
+    client = TestClient(app)
+    t0 = time.monotonic()
+    r = client.get("/slow", headers={"x-request-timeout-seconds": "0"})
+    assert r.status_code == 408 and "serve.request_timeout_s" in r.json()["error"]
+    assert time.monotonic() - t0 < 3
+    assert client.post("/echo", content=b"x" * 999).json() == {"bytes": 999}
+    r = client.post("/echo", content=iter([b"x" * 600, b"x" * 600]))  # an iterator: sent chunked
+    assert r.status_code == 413 and "read so far" in r.json()["error"]

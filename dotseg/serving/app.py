@@ -86,6 +86,7 @@ class Segmenter:
         # otherwise share an engine's infer requests and shape cache from two threads.
         self.predictor_lock = threading.Lock()
         http.CORS_ORIGINS, http.MAX_BODY = self.cfg.cors_origins, self.cfg.max_upload_bytes
+        http.REQUEST_TIMEOUT_S = self.cfg.request_timeout_s
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]  # @serve.batch
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         # The model comes with reconfigure (user_config), which Serve calls right after __init__:

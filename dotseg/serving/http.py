@@ -3,6 +3,7 @@
 Every problem a client can cause ends here as ``{"status": <4xx>, "error": "<what and how to fix>"}``:
 
 =====  =============================================================================================
+408    longer than ``serve.request_timeout_s`` (whatever ``x-request-timeout-seconds`` asks for)
 413    body over ``serve.max_upload_bytes`` (refused from Content-Length before the body is read, and
        counted as it streams: chunked, raw or multipart bodies are cut off at the cap),
        too many pixels or a decompression bomb (checked from the image header before decoding)
@@ -14,6 +15,7 @@ Every problem a client can cause ends here as ``{"status": <4xx>, "error": "<wha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -33,6 +35,10 @@ FIELD = "file"
 CORS_ORIGINS: tuple[str, ...] = ()
 #: Body cap of this process before the config is known (the replica sets it from ``serve.max_upload_bytes``).
 MAX_BODY = ServeConfig().max_upload_bytes
+#: Longest a request may take in this process (the replica sets it from ``serve.request_timeout_s``).
+#: Serve's proxy lets a client lift its own timeout with ``x-request-timeout-seconds: 0``; this one
+#: it cannot.
+REQUEST_TIMEOUT_S: float | None = ServeConfig().request_timeout_s
 
 
 class ClientError(Exception):
@@ -117,17 +123,28 @@ class _Guard:
 
         t0 = time.perf_counter()
         status = [500]
+        started = [False]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
                 if allowed:
                     extra = ((k.encode(), v.encode()) for k, v in cors.items())
                     message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
-            await self.app(scope, capped_receive, send_with_cors)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                await self.app(scope, capped_receive, send_with_cors)
+        except TimeoutError:
+            status[0] = 408
+            if not started[0]:
+                message = (
+                    f"request took longer than {REQUEST_TIMEOUT_S:g} s (serve.request_timeout_s); "
+                    "send a smaller image or retry"
+                )
+                body = _json({"status": 408, "error": message})
+                await _respond(send, 408, body, {"content-type": "application/json", **(cors if allowed else {})})
         finally:
             _record(scope, status[0], time.perf_counter() - t0)
 
