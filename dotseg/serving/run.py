@@ -69,23 +69,44 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     return urls(cfg)
 
 
-def running_checkpoint() -> tuple[bool, str | None]:
-    """(whether the dotseg app runs on the connected cluster, the checkpoint it serves)."""
+def app_state() -> tuple[str | None, str | None]:
+    """(the dotseg app's status on the connected cluster, or None if it has none; the checkpoint
+    its deployment's user_config names, None for the shipped model)."""
     from ray.serve.context import _get_global_client
 
     try:
         client = _get_global_client()
         details = client.get_serve_details() if client is not None else {}
     except Exception:  # no Serve controller yet
-        return False, None
+        return None, None
     app = (details.get("applications") or {}).get(APP_NAME)
-    if not app or app.get("status") not in ("RUNNING", "DEPLOYING"):
-        return False, None
+    if not app:
+        return None, None
     for deployment in (app.get("deployments") or {}).values():
         user_config = (deployment.get("deployment_config") or {}).get("user_config") or {}
         if "checkpoint" in user_config:
-            return True, user_config["checkpoint"]
-    return True, None
+            return app.get("status"), user_config["checkpoint"]
+    return app.get("status"), None
+
+
+#: App states a resubmission may roll out to; any other (UNHEALTHY, DEPLOY_FAILED, DELETING) is not
+#: a model to keep.
+_SERVING = ("RUNNING", "DEPLOYING")
+
+
+def plan(status: str | None, keep_model: bool) -> str:
+    """What a resubmission does to the app in ``status`` (None: there is none): ``start`` it, or
+    ``roll_out`` to it. A scale-only resubmission (``keep_model``) to an app that is not serving is
+    refused (ServeError, one line): starting the shipped model instead would swap the model
+    without a word."""
+    if status is None:
+        return "start"
+    if status in _SERVING or not keep_model:
+        return "roll_out"
+    raise ServeError(
+        f"the dotseg app is {status}, so there is no running model to keep for a scale-only update; "
+        "resubmit with --checkpoint naming the model to serve (a path, a URI or 'shipped'), or see `serve status`"
+    )
 
 
 def start_or_roll_out(
@@ -94,20 +115,21 @@ def start_or_roll_out(
     """On a cluster: start the app, or, when it already runs there, roll ``cfg`` out to it: its
     checkpoint (``keep_model``: the one it serves now, e.g. to change only the replica counts) and
     its settings. No request fails; a checkpoint that fails on the replicas leaves the old one
-    serving. Returns the URLs and whether it was a rollout."""
+    serving. Returns the URLs and whether it was a rollout (see :func:`plan` for an app that is
+    not serving)."""
     from ray import serve
 
     from dotseg.runtime import init_ray
 
     check_checkpoint(cfg.checkpoint)
     init_ray(address, num_cpus=None, quiet=quiet)
-    running, current = False, None
+    status, current = None, None
     try:
         serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
-        running, current = running_checkpoint()
+        status, current = app_state()
     except Exception:
         pass
-    if not running:
+    if plan(status, keep_model) == "start":
         return start(cfg, address=address, quiet=quiet), False
     roll_out(cfg.replace(checkpoint=current), current if keep_model else cfg.checkpoint)
     return urls(cfg), True

@@ -1,4 +1,6 @@
-"""A Serve replica's Predictor has one caller at a time: batches and health checks never overlap."""
+"""The serving code's parts without a Serve app around them: the replica's Predictor lock, the HTTP
+guard (request timeout, streamed body cap) and what a resubmission does to an app in each state.
+The same paths run over real HTTP in tests/test_serving.py and tests/test_cluster.py."""
 
 from __future__ import annotations
 
@@ -116,3 +118,21 @@ def test_no_client_header_lifts_the_request_timeout(monkeypatch) -> None:
     assert client.post("/echo", content=b"x" * 999).json() == {"bytes": 999}
     r = client.post("/echo", content=iter([b"x" * 600, b"x" * 600]))  # an iterator: sent chunked
     assert r.status_code == 413 and "read so far" in r.json()["error"]
+
+
+def test_a_scale_only_resubmission_never_swaps_the_model_of_an_app_that_is_not_serving() -> None:
+    """Issue 18: `dotseg submit serve --set serve.max_replicas=N` against an UNHEALTHY or
+    DEPLOY_FAILED app fell through to starting the shipped model."""
+    import pytest
+
+    from dotseg.serving.run import ServeError, plan
+
+    assert plan(None, keep_model=True) == "start"
+    assert plan(None, keep_model=False) == "start"
+    for status in ("RUNNING", "DEPLOYING"):
+        assert plan(status, keep_model=True) == "roll_out"
+    for status in ("UNHEALTHY", "DEPLOY_FAILED", "DELETING"):
+        assert plan(status, keep_model=False) == "roll_out"  # an explicit --checkpoint replaces it
+        with pytest.raises(ServeError, match=f"the dotseg app is {status}.*--checkpoint") as info:
+            plan(status, keep_model=True)
+        assert "\n" not in str(info.value)
