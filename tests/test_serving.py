@@ -147,6 +147,15 @@ def test_predict_json_reports_confidence_snr_and_whether_to_trust_it(app) -> Non
     assert 0.5 < d["mean_confidence"] <= 1.0 and d["snr_db_estimate"] is not None
     assert d["in_distribution"]["ok"] is True and d["model"]["model_id"]
     assert {"decode_ms", "inference_ms", "total_ms"} <= set(d["timings"])
+    # The pictures come at display size (issue 18: a 4000 px upload made a 19 MB answer).
+    import base64
+
+    small = requests.post(
+        f"{api}/predict/json", params={"display": 64}, files={"file": ("dots.npy", _npy(image))}, timeout=60
+    ).json()
+    for key in ("image_png", "mask_png", "prob_png", "overlay_png"):
+        assert max(Image.open(io.BytesIO(base64.b64decode(small[key]))).size) <= 64, key
+    assert (small["width"], small["height"]) == (256, 256)  # the answer still describes the whole image
     ramp = np.tile(np.linspace(0, 255, 300, dtype=np.float32), (200, 1)).astype(np.uint8)
     for name, picture in (
         ("camera", data.camera()),

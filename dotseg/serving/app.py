@@ -207,7 +207,9 @@ class Segmenter:
             make_sample, synth, seed, 0, noisy=noise != "none", noise_types=types, severity=level
         )
         pred, timings = await self._predict(sample.image)
-        m = segmentation_metrics(pred.mask, sample.mask.astype(bool))
+        truth = sample.mask.astype(bool)
+        m = await asyncio.to_thread(segmentation_metrics, pred.mask, truth)
+        images = await asyncio.to_thread(http.pictures, sample.image, pred, truth)
         return {
             "dice": m["dice"],
             "iou": m["iou"],
@@ -216,7 +218,7 @@ class Segmenter:
             "placement": sample.meta["placement"],
             "num_dots": int(sample.meta["n_dots"]),
             "size": size,
-            **http.pictures(sample.image, pred, truth=sample.mask.astype(bool)),
+            **images,
             "model": self.model_info(),
             "timings": timings,
         }
@@ -230,27 +232,36 @@ class Segmenter:
     async def predict(self, request: Request) -> Response:
         image = await http.read_upload(request, self.cfg)
         pred, _ = await self._predict(image)
-        return Response(http.png_bytes(pred.mask), media_type="image/png")
+        return Response(await asyncio.to_thread(http.png_bytes, pred.mask), media_type="image/png")
 
     @api.post("/predict/json", summary="An image file -> mask, probabilities, confidence and whether to trust it")
-    async def predict_json(self, request: Request) -> dict[str, Any]:
+    async def predict_json(
+        self,
+        request: Request,
+        display: int = Query(1024, ge=64, le=4096, description="Longest side (px) of the returned pictures."),
+    ) -> dict[str, Any]:
         from dotseg.inference.ood import estimate_snr_db, in_distribution
 
         t0 = time.perf_counter()
         image = await http.read_upload(request, self.cfg)
         decoded = time.perf_counter()
         pred, timings = await self._predict(image)
-        ood = await asyncio.to_thread(in_distribution, image, self.predictor.synthesis)
-        fg = float(pred.mask.mean())
-        confidence = float(np.where(pred.mask, pred.prob, 1.0 - pred.prob).mean())
+
+        def describe() -> tuple[Any, float, float, float, dict[str, str]]:  # CPU work, off the event loop
+            ood = in_distribution(image, self.predictor.synthesis)
+            fg = float(pred.mask.mean())
+            confidence = float(np.where(pred.mask, pred.prob, 1.0 - pred.prob).mean())
+            return ood, fg, confidence, estimate_snr_db(image, pred.mask), http.pictures(image, pred, display=display)
+
+        ood, fg, confidence, snr, images = await asyncio.to_thread(describe)
         return {
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
             "foreground_fraction": fg,
             "mean_confidence": confidence,
-            "snr_db_estimate": _finite(estimate_snr_db(image, pred.mask)),
+            "snr_db_estimate": _finite(snr),
             "in_distribution": {"score": ood.score, "ok": ood.in_distribution, "reason": ood.reason},
-            **http.pictures(image, pred),
+            **images,
             "model": self.model_info(),
             "timings": {
                 "decode_ms": round((decoded - t0) * 1000, 2),

@@ -213,8 +213,6 @@ async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]
 
 async def read_upload(request: Request, cfg: ServeConfig) -> np.ndarray:
     """The image of a request: a multipart form's ``file`` field or the raw body (PNG, TIFF, NPY)."""
-    from dotseg.inference.images import ImageError, decode_image
-
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -239,15 +237,18 @@ async def read_upload(request: Request, cfg: ServeConfig) -> np.ndarray:
             chunks.append(chunk)
         data = b"".join(chunks)
         name = "body"
+    # Decoding is CPU work: off the event loop, so /health and /ready answer while a big image decodes.
+    return await asyncio.to_thread(_decode, data, name, cfg.max_pixels)
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    from dotseg.inference.images import ImageError, decode_image, to_grey
+
     try:
-        image = decode_image(data, name, max_pixels=cfg.max_pixels)
+        image = decode_image(data, name, max_pixels=max_pixels)
     except ImageError as e:
         raise ClientError(e.status, str(e)) from None
-    if image.ndim == 3:  # RGB(A) -> grey, as the Predictor would do; done here so all paths agree
-        from dotseg.inference.images import to_grey
-
-        image = to_grey(image)
-    return image
+    return to_grey(image) if image.ndim == 3 else image  # RGB(A) -> grey, as the Predictor would do
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -266,10 +267,19 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(png_bytes(array)).decode("ascii")
 
 
-def pictures(image: np.ndarray, pred: Any, truth: np.ndarray | None = None) -> dict[str, str]:
-    """Base64 PNGs for a page: the image, the mask, the probability heatmap, the overlay (and the truth)."""
+def pictures(image: np.ndarray, pred: Any, truth: np.ndarray | None = None, display: int = 1024) -> dict[str, str]:
+    """Base64 PNGs for a page: the image, the mask, the probability heatmap, the overlay (and the
+    truth), at most ``display`` px on a side: a 4000 px upload must not become a 19 MB answer.
+    CPU work: call it off the event loop."""
+    from types import SimpleNamespace
+
     from dotseg.plots import heatmap, overlay, to_uint8
 
+    step = max(1, -(-max(image.shape[:2]) // display))  # ceil: the smallest stride that fits
+    if step > 1:
+        image = image[::step, ::step]
+        pred = SimpleNamespace(mask=pred.mask[::step, ::step], prob=pred.prob[::step, ::step])
+        truth = None if truth is None else truth[::step, ::step]
     out = {
         "image_png": _b64(to_uint8(image)),
         "mask_png": _b64(pred.mask),
