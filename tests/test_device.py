@@ -36,7 +36,7 @@ def test_a_channels_last_step_computes_what_a_contiguous_one_does() -> None:
         model.train()
         loss, _ = CompoundLoss(cfg.loss)(model(x.contiguous(memory_format=layout)), y, weights)
         loss.backward()
-        results.append((float(loss), [p.grad.detach().clone() for p in model.parameters()]))
+        results.append((float(loss.detach()), [p.grad.detach().clone() for p in model.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert abs(loss_a - loss_b) < 1e-5
     assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(grads_a, grads_b, strict=True))
