@@ -36,8 +36,11 @@ start() {
   echo $! >> "$STATE/pids"
   for _ in $(seq 60); do grep -q "Ray runtime started" "$STATE/head.log" 2>/dev/null && break; sleep 1; done
   for i in $(seq "$workers"); do
+    # A temp dir of its own per node: nodes sharing one would unpack a job's working_dir into the
+    # same runtime_resources path, each replacing it under the other's running processes (the
+    # first multi-node job on a fresh cluster then lost its cwd: ENOENT, or MKL "Cannot load").
     setsid ray start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus="$cpus" \
-        --dashboard-agent-listen-port=$((52400 + i)) --block > "$STATE/worker$i.log" 2>&1 &
+        --dashboard-agent-listen-port=$((52400 + i)) --temp-dir="$STATE/ray-w$i" --block > "$STATE/worker$i.log" 2>&1 &
     echo $! >> "$STATE/pids"
   done
   sleep 5
