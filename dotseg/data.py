@@ -58,24 +58,10 @@ def dihedral(out: dict[str, np.ndarray], seed: int, ids: np.ndarray, keys: Seque
             out[key][i] = y[:, ::-1] if k >= 4 else y
 
 
-def _synthesize(
-    batch: dict[str, np.ndarray],
-    *,
-    cfg: SynthesisConfig,
-    seed: int,
-    offset: int,
-    noise_scale: float,
-    mixed_prob: float,
-    noisy: bool,
-    columns: Sequence[str] | None,
-    model_input: bool,
-    augment: bool = False,
-    priority: str = "normal",
-) -> dict[str, np.ndarray]:
+def _synthesize(batch: dict[str, np.ndarray], *, priority: str = "normal", **kwargs: Any) -> dict[str, np.ndarray]:
+    """The Ray Data UDF: :func:`_synthesize_batch` at the configured CPU priority."""
     with _scheduling(priority):
-        return _synthesize_batch(
-            batch, cfg, seed, offset, noise_scale, mixed_prob, noisy, columns, model_input, augment
-        )
+        return _synthesize_batch(batch, **kwargs)
 
 
 @contextlib.contextmanager
@@ -98,6 +84,7 @@ def _scheduling(priority: str) -> Iterator[None]:
 
 def _synthesize_batch(
     batch: dict[str, np.ndarray],
+    *,
     cfg: SynthesisConfig,
     seed: int,
     offset: int,
@@ -106,7 +93,7 @@ def _synthesize_batch(
     noisy: bool,
     columns: Sequence[str] | None,
     model_input: bool,
-    augment: bool,
+    augment: bool = False,
 ) -> dict[str, np.ndarray]:
     ids = batch["id"] + offset
     out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
@@ -146,7 +133,7 @@ def synthesis_dataset(
 
     blocks = max(1, math.ceil(count / data.rows_per_block))
     return ray.data.range(count, override_num_blocks=blocks).map_batches(
-        _synthesize,  # type: ignore[arg-type]  # Ray's stubs do not accept keyword-only UDF arguments
+        _synthesize,
         batch_size=data.rows_per_block,
         batch_format="numpy",
         zero_copy_batch=True,
