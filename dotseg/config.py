@@ -35,6 +35,7 @@ from dotseg.configbase import (
     apply_override,
     check,
     config_hash,
+    dict_value,
     drop_paths,
     has_key,
     load_yaml,
@@ -213,26 +214,18 @@ _CHECKING_TRIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("checking
 def run_identity(data: dict[str, Any]) -> str:
     """The run identity of a resolved config in dict form (as stored in checkpoints and runs)."""
     defaults = _neutral_defaults()
-    neutral = tuple(k for k in IDENTITY_NEUTRAL if _lookup(data, k, _MISSING) in (_MISSING, defaults[k]))
+    neutral = tuple(k for k in IDENTITY_NEUTRAL if dict_value(data, k, _MISSING) in (_MISSING, defaults[k]))
     return config_hash(drop_paths(data, NOT_IN_RUN_IDENTITY + neutral))
 
 
 _MISSING = object()
 
 
-def _lookup(data: Any, key: str, missing: Any) -> Any:
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return missing
-        data = data[part]
-    return data
-
-
 @functools.cache
 def _neutral_defaults() -> dict[str, Any]:
     """The :data:`IDENTITY_NEUTRAL` keys' defaults in dict form (lists, as stored)."""
     data = Config().to_dict()
-    return {k: _lookup(data, k, _MISSING) for k in IDENTITY_NEUTRAL}
+    return {k: dict_value(data, k, _MISSING) for k in IDENTITY_NEUTRAL}
 
 
 def resolve_path(path: str | Path) -> Path:

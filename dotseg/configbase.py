@@ -347,6 +347,15 @@ def get_path(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def dict_value(data: Any, key: str, missing: Any = None) -> Any:
+    """The value at ``a.b.c`` in a config's nested dict form; ``missing`` where a part is absent."""
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return missing
+        data = data[part]
+    return data
+
+
 def drop_paths(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """A copy of the nested dict ``data`` without the given dotted keys (absent ones are ignored)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}

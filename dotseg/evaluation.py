@@ -257,12 +257,13 @@ def run_evaluation(
     cases = benchmark_cases(n) if cases is None else cases
     for case in tqdm(cases, desc=f"evaluate ({suite})", unit="image", disable=not progress):
         s = case.sample(synthesis, seed)
+        truth = s.mask.astype(bool)
         for seg, (row, pred) in zip(segmenters, score_sample(segmenters, case, s, tolerance), strict=True):
             rows.append(row)
             # Keep the k lowest-Dice cases for the gallery: a min-heap on -dice has the best kept
             # case at its root, which is the one to evict. The unique index breaks ties before
             # the arrays would be compared.
-            item = (-row["dice"], case.index, (s.image, s.mask.astype(bool), pred.mask, pred.prob, row))
+            item = (-row["dice"], case.index, (s.image, truth, pred.mask, pred.prob, row))
             heap = worst[seg.name]
             if len(heap) < worst_k:
                 heapq.heappush(heap, item)

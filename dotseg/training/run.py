@@ -38,7 +38,7 @@ from dotseg.config import (
     load_yaml,
     to_dict,
 )
-from dotseg.configbase import diff_keys, drop_paths
+from dotseg.configbase import dict_value, diff_keys, drop_paths
 from dotseg.plots import plot_history
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
@@ -151,10 +151,7 @@ def resume_config(
 
 def _value(cfg: Config, key: str) -> Any:
     """The value at a diff_keys path (which may index into a list: ``curriculum.phases``)."""
-    value = to_dict(cfg)
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+    return dict_value(to_dict(cfg), key)
 
 
 def check_resources(cfg: Config, resources: dict[str, float]) -> None:
