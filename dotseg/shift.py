@@ -119,10 +119,10 @@ def covered(trained: SynthesisConfig, level: Level) -> bool:
     return all(_contains(get_path(trained, key), value) for key, value in level.overrides.items())
 
 
-def _cases(level: Level | None, n: int) -> list[Case]:
+def _cases(level: Level, n: int) -> list[Case]:
     """The level's recipes: the benchmark's, or with every noisy case restricted to its noise types."""
     cases = benchmark_cases(n)
-    if level is None or level.noise_types is None:
+    if level.noise_types is None:
         return cases
     return [c if c.kind == "clean" else Case(c.index, c.kind, level.noise_types, c.severity) for c in cases]
 
