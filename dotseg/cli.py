@@ -281,6 +281,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.num_workers={args.workers}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
+    if args.init is not None:
+        if args.resume:
+            raise UserError("--init starts a new run from a checkpoint's weights; --resume continues a run: use one")
+        overrides.append(f"train.init={args.init}")
+    args.overrides = overrides  # _load reads them from args
     try:
         if args.resume:
             cfg = resume_config(args.resume, args.config, overrides)
@@ -559,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="training workers / DDP ranks (default: train.num_workers)",
     )
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (fp16 + GradScaler, NCCL)")
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        default=None,
+        help="fine-tune: start from this checkpoint's weights (a path, a bucket URI, shipped or "
+        "shipped-v1; the same as --set train.init=CHECKPOINT)",
+    )
     p.add_argument(
         "--address",
         default=None,

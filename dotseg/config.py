@@ -114,6 +114,7 @@ IDENTITY_NEUTRAL: tuple[str, ...] = (
     "synthesis.dots.amplitude",
     "synthesis.noise.correlation",
     "synthesis.image",
+    "train.init",
 )
 #: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
 #: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be

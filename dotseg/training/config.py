@@ -65,6 +65,11 @@ class TrainConfig(Section):
     """Mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """Probability threshold for binary masks in validation (stored in checkpoints)."""
+    init: str | None = Field(None, min_length=1)
+    """Fine-tuning: start from this checkpoint's weights, a path, a bucket URI or a shipped model's
+    name (``shipped``, ``shipped-v1``); its model must equal ``model.*``. The optimizer, schedule and
+    curriculum start fresh; a resumed run continues from its own checkpoint instead. On a multi-node
+    cluster the path must be readable on every node (a bucket URI, a shared path or a shipped name)."""
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Run seed: model init, training samples (with epoch and index) and validation set."""
     num_workers: int = Field(1, ge=1, le=4096)

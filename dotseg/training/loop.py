@@ -282,6 +282,14 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
             )
         if rank == 0:
             log.info(f"resumed from the checkpoint of epoch {state.epoch}")
+    elif tcfg.init is not None:  # fine-tuning: weights only; the driver checked the file (training.run.check_init)
+        from dotseg.checkpoint import load_checkpoint
+        from dotseg.inference.predictor import resolve_checkpoint
+
+        init = load_checkpoint(resolve_checkpoint(tcfg.init), expect=cfg.model)
+        model.load_state_dict(init.state_dict, strict=True)
+        if rank == 0:
+            log.info(f"initialized from {tcfg.init} (model {init.model_id}, epoch {init.epoch})")
 
     layout = memory_format(device, tcfg.amp)
     model = model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs lack memory_format

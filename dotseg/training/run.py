@@ -154,6 +154,22 @@ def _value(cfg: Config, key: str) -> Any:
     return dict_value(to_dict(cfg), key)
 
 
+def check_init(cfg: Config) -> str | None:
+    """Checks ``train.init`` on the driver, before anything starts: the file loads and holds the
+    model ``model.*`` builds. Returns its model id (None without ``train.init``)."""
+    if cfg.train.init is None:
+        return None
+    from dotseg.checkpoint import CheckpointError, load_checkpoint
+    from dotseg.inference.predictor import resolve_checkpoint
+
+    try:
+        return load_checkpoint(resolve_checkpoint(cfg.train.init), expect=cfg.model).model_id
+    except CheckpointError as e:
+        raise TrainError(
+            f"train.init: {e} (fine-tuning starts from a checkpoint of the model that model.* builds)"
+        ) from None
+
+
 def check_resources(cfg: Config, resources: dict[str, float]) -> None:
     """Fail now, with numbers, instead of letting Ray wait forever for resources that never come."""
     t = cfg.train
@@ -205,6 +221,8 @@ def train(
     from dotseg.training.loop import WORKER_LOG
 
     t0 = time.perf_counter()
+    if resume is None:
+        check_init(cfg)
     if resume is not None:
         run_dir, remote = locate_run(resume)
     else:
