@@ -20,7 +20,6 @@ the CPU computes bf16 natively; see dotseg.device).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from dotseg.config import Config, load_config
-from dotseg.device import amp_active, autocast, configure_cpu, grad_scaler, memory_format, native_bf16
+from dotseg.device import amp_active, autocast, configure_cpu, cpu_line, grad_scaler, memory_format
 from dotseg.losses.compound import CompoundLoss, loss_weights
 from dotseg.models import build_model
 from dotseg.normalize import normalize
@@ -44,22 +43,6 @@ SHORT = [
     "train.early_stopping.patience=0",
     "curriculum.phases=[{name: all, start_epoch: 1, noise_scale: 1.0, mixed_prob: 0.3}]",
 ]
-
-
-def cpu_line() -> str:
-    """The CPU model and the vector features that decide which kernels (and bf16) run."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    have = ", ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
-    return f"{name}, {os.cpu_count()} cores; features: {have}; native bf16 (oneDNN): {'yes' if native_bf16() else 'no'}"
 
 
 def short_config(name: str, epochs: int, samples: int, overrides: list[str]) -> Config:

@@ -208,7 +208,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         inputs = list_images(args.input)
         predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, threads=args.threads, threshold=args.threshold, engine=args.engine
+            args.checkpoint,
+            device=args.device,
+            threads=args.threads,
+            threshold=args.threshold,
+            engine=args.engine,
+            precision=args.precision,
         )
         result = predict_files(
             predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay, progress=not args.quiet
@@ -221,7 +226,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
     print(
         f"predicted {result.written} of {len(inputs)} images{failed} into {args.output}/ in {result.seconds:.1f} s "
-        f"with {source} (threshold {predictor.threshold:g}, {predictor.device})"
+        f"with {source} (threshold {predictor.threshold:g}, {predictor.device}, "
+        f"{predictor.engine} {predictor.precision})"
     )
     return 1 if result.failed else 0
 
@@ -238,6 +244,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _load(args)  # the baseline's settings and W&B's
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if args.gate:
+        return _gate(args, out)
     # The benchmark is the seed's generator unless the user names another with --config / --set.
     own_generator = args.config is not None or any(o.startswith("synthesis.") for o in args.overrides)
     try:
@@ -267,6 +275,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
     if args.wandb:
         tracking.log_evaluation(report, out, cfg.train.wandb)
+    return 0
+
+
+def _gate(args: argparse.Namespace, out: Path) -> int:
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.inference.precision import GATE_N, gate_lines, run_gate
+
+    if args.baseline or args.suite != "standard":
+        raise UserError("--gate runs on the standard benchmark with a model: drop --baseline / --suite")
+    try:
+        result = run_gate(
+            args.checkpoint, n=args.n or GATE_N, threads=args.threads or 1, out_dir=out, progress=not args.quiet
+        )
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    print("\n".join(gate_lines(result)))
+    passed = [f"{r['engine']} {r['precision']}" for r in result["rows"] if r["precision"] != "fp32" and r["passed"]]
+    if "record" in result:
+        print(f"recorded: {result['record']} (passed: {', '.join(passed) or 'none'}; precision auto uses the fastest)")
+    else:
+        print(f"not recorded: --n {result['n']} is a preview; the gate records at --n {GATE_N} or more")
+    print(f"report: {out / 'gate.md'} (and gate.json)")
     return 0
 
 
@@ -470,7 +500,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(
         f"dotseg serve: {model.get('checkpoint')} (model {model.get('model_id')}, {model.get('variant')}, "
-        f"engine {model.get('engine')}), {cfg.min_replicas}-{cfg.max_replicas} replica(s)"
+        f"engine {model.get('engine')} {model.get('precision')}), {cfg.min_replicas}-{cfg.max_replicas} replica(s)"
     )
     print(f"  API        {urls['api']}  (POST /predict, /predict/json; GET /demo, /health, /ready)")
     print(f"  docs       {urls['docs']}")
@@ -643,6 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the model shipped with the package",
     )
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        help="run the precision gate instead: every installed engine in fp32 and in bf16 (where this CPU computes "
+        "it natively) on the standard benchmark; a precision within 0.002 Dice of fp32 in every SNR bin, with "
+        "every mask agreeing >= 0.99, is recorded for this model and CPU and used by precision auto (--n "
+        "below 1000 previews without recording); --threads default 1",
+    )
     _add_config_args(p)
     p.add_argument(
         "--suite",
@@ -800,6 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="CPU inference engine: auto (default) = OpenVINO if installed (pip install 'dotseg[fast]'), "
         "else ONNX Runtime if installed, else eager PyTorch; the exported model is cached beside the checkpoint",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),  # dotseg.inference.precision.PRECISIONS
+        default="auto",
+        help="auto (default): the fastest reduced precision that passed `dotseg evaluate --gate` for this model on "
+        "this CPU, else fp32; fp32: exact; bf16: refused unless it passed the gate",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)

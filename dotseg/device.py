@@ -57,6 +57,38 @@ def native_bf16() -> bool:
         return False
 
 
+#: The CPU features that decide which kernels run (and whether bf16 is native): named in every
+#: benchmark table and in the precision gate's records.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+@functools.cache
+def cpu_info() -> tuple[str, tuple[str, ...]]:
+    """This CPU's model name and which of :data:`CPU_FEATURES` it has (from /proc/cpuinfo)."""
+    import platform
+    from pathlib import Path
+
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return name or platform.processor() or "unknown CPU", tuple(f for f in CPU_FEATURES if f in flags)
+
+
+def cpu_line() -> str:
+    """The CPU, its core count, its features and whether bf16 is native: a benchmark table's header."""
+    import os
+
+    name, features = cpu_info()
+    have = ", ".join(features) or "none of " + ", ".join(CPU_FEATURES)
+    return f"{name}, {os.cpu_count()} cores; features: {have}; native bf16 (oneDNN): {'yes' if native_bf16() else 'no'}"
+
+
 def amp_active(device: torch.device, enabled: bool) -> bool:
     """Mixed precision actually used: always on CUDA when enabled; on CPU only with native bf16."""
     if not enabled:

@@ -28,16 +28,6 @@ DOCS = ROOT / "docs" / "shipped-model"
 MAX_BYTES = 25 * 1024 * 1024
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a finished `dotseg train` run directory")
@@ -55,6 +45,7 @@ def main() -> int:
     import torch
 
     from dotseg.checkpoint import CheckpointError, build_from_checkpoint
+    from dotseg.device import cpu_info
     from dotseg.plots import plot_history
 
     best = args.run_dir / "best.safetensors"
@@ -99,7 +90,7 @@ def main() -> int:
         "samples_seen": len(history) * t.samples_per_epoch,
         "train_wall_s": round(sum(h["epoch_time_s"] for h in history), 1),
         "hardware": {
-            "cpu": cpu_name(),
+            "cpu": cpu_info()[0],
             "logical_cpus": os.cpu_count(),
             "gpu": None,
             "workers": t.num_workers,

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dotseg.device import autocast, denormals_flushed
+from dotseg.device import autocast, denormals_flushed, native_bf16
 
 __all__ = [
     "Engine",
@@ -63,6 +63,9 @@ __all__ = [
     "engine_names",
     "resolve_engine",
     "build_engine",
+    "installed",
+    "cache_dirs",
+    "precision_problem",
     "cache_dir",
     "model_digest",
 ]
@@ -77,6 +80,9 @@ EXTRA = "fast"
 INSTALL_HINT = f"pip install 'dotseg[{EXTRA}]'"
 #: Largest |prob - prob_eager| an exported model may show on the load-time probe.
 PROBE_TOLERANCE = 1e-4
+#: The probe's bound in a reduced precision: it catches a stale or damaged file (whose probabilities
+#: are off by ~0.1-1), not bf16's rounding (~1e-2); whether bf16 is good enough is the gate's call.
+REDUCED_PROBE_TOLERANCE = 0.05
 #: Cache subdirectory beside a checkpoint.
 CACHE_SUBDIR = ".dotseg-cache"
 
@@ -92,6 +98,9 @@ class EngineContext:
         model_id: the model's identity, the cache key of the exported file.
         cache_dir: directory of the exported file (see :func:`cache_dir`).
         channels_last: eager only: feed the model channels-last input.
+        precision: the arithmetic of the forward pass, one of the engine's :attr:`EngineSpec.precisions`:
+            ``fp32`` (exact) or a reduced one (``bf16``) that only a passed gate
+            (:mod:`dotseg.inference.precision`) lets a Predictor use.
     """
 
     model: nn.Module
@@ -100,6 +109,7 @@ class EngineContext:
     model_id: str
     cache_dir: Path
     channels_last: bool = False
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,8 @@ class EngineSpec:
     build: Callable[[EngineContext], Engine]
     summary: str
     install: str = INSTALL_HINT
+    precisions: tuple[str, ...] = ("fp32",)
+    """The arithmetic it can run: ``fp32`` and, where the CPU computes it natively, ``bf16``."""
 
 
 ENGINES: dict[str, EngineSpec] = {}
@@ -170,9 +182,31 @@ def resolve_engine(name: str, device: torch.device) -> str:
     return name
 
 
+def installed(name: str) -> bool:
+    """Whether engine ``name``'s packages import here."""
+    return _missing(ENGINES[name]) is None
+
+
 def build_engine(name: str, ctx: EngineContext) -> Engine:
-    """Build a resolved engine (see :func:`resolve_engine`)."""
+    """Build a resolved engine (see :func:`resolve_engine`) in ``ctx.precision``
+    (see :func:`precision_problem`)."""
+    problem = precision_problem(name, ctx.precision, ctx.device)
+    if problem:
+        raise ValueError(problem)
     return ENGINES[name].build(ctx)
+
+
+def precision_problem(engine: str, precision: str, device: torch.device) -> str | None:
+    """Why ``engine`` cannot run ``precision`` here (one line), or None when it can."""
+    spec = ENGINES[engine]
+    if precision not in spec.precisions:
+        return f"engine {engine!r} runs {', '.join(spec.precisions)}, not {precision!r}"
+    if precision == "bf16" and (device.type != "cpu" or not native_bf16()):
+        return (
+            "bf16 needs a CPU that computes it natively (AVX512-BF16 or AMX); here it would be emulated "
+            "and run many times slower than fp32"
+        )
+    return None
 
 
 # --- cache location and model identity ----------------------------------------------------------
@@ -207,6 +241,12 @@ def cache_dir(checkpoint: Path | None, packaged: bool = False) -> Path:
         if _writable_dir(beside):
             return beside
     return user_cache_dir()
+
+
+def cache_dirs(checkpoint: Path | None, packaged: bool = False) -> list[Path]:
+    """Where :func:`cache_dir` may have put ``checkpoint``'s files, without creating anything."""
+    dirs = [] if checkpoint is None or packaged else [Path(checkpoint).resolve().parent / CACHE_SUBDIR]
+    return [*dirs, user_cache_dir()]
 
 
 def model_digest(model: nn.Module) -> str:
@@ -326,6 +366,7 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
 
         return run
 
+    tolerance = PROBE_TOLERANCE if ctx.precision == "fp32" else REDUCED_PROBE_TOLERANCE
     fresh = not path.is_file()
     if fresh:
         _export_onnx(ctx.model, path, ctx.model_id)
@@ -337,16 +378,16 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
             raise
         log.warning("the cached %s does not load (%s); exporting it again", path, exc)
         diff = float("inf")
-    if diff > PROBE_TOLERANCE:
+    if diff > tolerance:
         if fresh:
-            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {PROBE_TOLERANCE:g})")
+            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {tolerance:g})")
         if diff != float("inf"):
             log.warning("the cached %s differs from this model (%.2g); exporting it again", path, diff)
         _export_onnx(ctx.model, path, ctx.model_id)
         run = make()
         diff = _probe(ctx.model, run)
-        if diff > PROBE_TOLERANCE:
-            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {PROBE_TOLERANCE:g})")
+        if diff > tolerance:
+            raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {tolerance:g})")
     return run
 
 
@@ -355,14 +396,16 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
 
 def _eager(ctx: EngineContext) -> Engine:
     model, device, channels_last = ctx.model, ctx.device, ctx.channels_last
+    # fp16 on CUDA; on CPU fp32, or bf16 autocast where the CPU computes it natively and the model
+    # passed the precision gate (build_engine checked both).
+    reduced = device.type == "cuda" or ctx.precision == "bf16"
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(device)  # (B, 1, H, W)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # fp16 on CUDA; on CPU plain fp32, since bf16 would cost accuracy and CPU inference gains little.
         with torch.inference_mode(), denormals_flushed():
-            with autocast(device, enabled=device.type == "cuda"):
+            with autocast(device, enabled=reduced):
                 logits = model(x)  # (B, 1, H, W)
             prob = torch.sigmoid(logits.float())  # (B, 1, H, W), sigmoid in fp32
             return prob.cpu().numpy()
@@ -401,7 +444,8 @@ def _openvino(ctx: EngineContext) -> Engine:
         source = core.read_model(str(path))
         config = {
             "INFERENCE_NUM_THREADS": ctx.threads,
-            "INFERENCE_PRECISION_HINT": "f32",  # else bf16 where the CPU has it: ~1e-2 off, masks change
+            # OpenVINO's default is bf16 where the CPU has it (~1e-2 off, masks change): only a passed gate asks for it.
+            "INFERENCE_PRECISION_HINT": "bf16" if ctx.precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
             "CPU_DENORMALS_OPTIMIZATION": True,  # as eager flushes them
@@ -435,7 +479,11 @@ def _openvino(ctx: EngineContext) -> Engine:
     return _onnx_engine(ctx, open_runner)
 
 
-register_engine(EngineSpec("eager", (), _eager, "PyTorch (channels-last on CPU, fp16 autocast on CUDA)"))
+register_engine(
+    EngineSpec(
+        "eager", (), _eager, "PyTorch (channels-last on CPU, fp16 autocast on CUDA)", precisions=("fp32", "bf16")
+    )
+)
 register_engine(
     EngineSpec("onnxruntime", ("onnxruntime", "onnxscript"), _onnxruntime, "ONNX Runtime, CPU execution provider")
 )
@@ -444,7 +492,8 @@ register_engine(
         "openvino",
         ("openvino", "onnxscript"),
         _openvino,
-        "OpenVINO CPU plugin, fp32, recurring shapes compiled for their shape",
+        "OpenVINO CPU plugin, fp32 (bf16 once gated), recurring shapes compiled for their shape",
         install=f"{INSTALL_HINT} openvino",
+        precisions=("fp32", "bf16"),
     )
 )

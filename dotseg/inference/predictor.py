@@ -23,7 +23,7 @@ from torch import nn
 
 from dotseg.checkpoint import CheckpointError, LoadedCheckpoint, ModelContract, build_from_checkpoint
 from dotseg.device import configure_cpu, resolve_device
-from dotseg.inference import engines
+from dotseg.inference import engines, precision
 from dotseg.inference.images import to_grey
 from dotseg.inference.segmenter import Prediction
 from dotseg.normalize import NORMALIZATION, normalize
@@ -85,9 +85,14 @@ class Predictor:
             ``eager`` = the PyTorch model; ``openvino``, ``onnxruntime`` = that engine or a ValueError
             naming what to install. The exported model is cached under the model's identity (beside
             the checkpoint, else in the user cache dir) and reused at the next start.
+        precision: ``auto`` (default) = the fastest reduced precision that passed the precision
+            gate for this model on this CPU (:mod:`dotseg.inference.precision`; ``dotseg evaluate
+            --gate`` runs it), else fp32; ``fp32`` = exact; ``bf16`` = bf16, refused unless it passed.
+            With ``engine="auto"`` the gate's fastest passed engine is taken; a named engine keeps.
+        require_gate: False only for the gate itself (it measures precisions before they pass).
 
-    On CUDA the forward pass runs under fp16 autocast; on CPU in fp32. Probabilities are returned
-    as float32 either way.
+    On CUDA the forward pass runs under fp16 autocast; on CPU in fp32 unless a gate passed a
+    reduced precision. Probabilities are returned as float32 either way.
     """
 
     name = "model"
@@ -102,6 +107,9 @@ class Predictor:
         checkpoint: LoadedCheckpoint | None = None,
         channels_last: bool | None = None,
         engine: str = "auto",
+        precision: str = "auto",
+        *,
+        require_gate: bool = True,
     ) -> None:
         threshold = contract.threshold if threshold is None else threshold
         if not 0.0 < threshold < 1.0:
@@ -124,17 +132,23 @@ class Predictor:
         """The checkpoint the model came from (its path, metrics, ...), if any."""
         self.engine = engines.resolve_engine(engine, self.device)
         """The engine the forward pass runs on (``auto`` resolved)."""
+        self.packaged = checkpoint is not None and _is_shipped(checkpoint.path)
+        self.precision = self._precision(precision, engine != "auto", require_gate)
+        """The arithmetic of the forward pass: ``fp32`` or a gated reduced precision (``bf16``)."""
         run: engines.Engine | None = None
         if self.engine != "eager":
             if checkpoint is not None:
                 model_id = checkpoint.model_id
-                cache = engines.cache_dir(checkpoint.path, packaged=_is_shipped(checkpoint.path))
+                cache = engines.cache_dir(checkpoint.path, packaged=self.packaged)
             else:
                 model_id, cache = engines.model_digest(self.model), engines.cache_dir(None)
             n_threads = threads if threads is not None else torch.get_num_threads()
             try:
                 run = engines.build_engine(
-                    self.engine, engines.EngineContext(self.model, self.device, n_threads, model_id, cache)
+                    self.engine,
+                    engines.EngineContext(
+                        self.model, self.device, n_threads, model_id, cache, precision=self.precision
+                    ),
                 )
             except Exception as exc:  # auto: any engine that cannot start leaves eager, which always works
                 if engine != "auto":
@@ -147,11 +161,40 @@ class Predictor:
                     reason,
                 )
                 self.engine = "eager"
+                if engines.precision_problem("eager", self.precision, self.device):
+                    self.precision = "fp32"
         if run is None:
             run = engines.build_engine(
-                "eager", engines.EngineContext(self.model, self.device, 1, "", Path(), self.channels_last)
+                "eager",
+                engines.EngineContext(
+                    self.model, self.device, 1, "", Path(), self.channels_last, precision=self.precision
+                ),
             )
         self._run = run
+
+    def _precision(self, requested: str, engine_fixed: bool, require_gate: bool) -> str:
+        """The precision to run (and, under ``engine="auto"``, the gate's engine in :attr:`engine`)."""
+        if requested not in precision.PRECISIONS:
+            raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(precision.PRECISIONS)}")
+        if requested == "fp32" or (requested == "auto" and self.device.type != "cpu"):
+            return "fp32"  # CUDA's fp16 autocast is the eager engine's own, not a gated precision
+        if not require_gate:
+            problem = engines.precision_problem(self.engine, requested, self.device)
+            if problem:
+                raise ValueError(problem)
+            return requested
+        if self.checkpoint is not None:
+            model_id, caches = self.checkpoint.model_id, engines.cache_dirs(self.checkpoint.path, self.packaged)
+        else:
+            model_id, caches = engines.model_digest(self.model), engines.cache_dirs(None)
+        record = precision.load_record(caches, model_id)
+        engine, chosen = precision.choose(record, self.engine, requested, engine_fixed)
+        if chosen != "fp32" and (
+            engines.precision_problem(engine, chosen, self.device) or not engines.installed(engine)
+        ):
+            return "fp32"  # the record's pair cannot run here after all (a package removed since)
+        self.engine = engine
+        return chosen
 
     @classmethod
     def from_checkpoint(
@@ -162,6 +205,9 @@ class Predictor:
         threshold: float | None = None,
         channels_last: bool | None = None,
         engine: str = "auto",
+        precision: str = "auto",
+        *,
+        require_gate: bool = True,
     ) -> Predictor:
         """Load a checkpoint (``None``: the shipped model; a :data:`SHIPPED_MODELS` name: that one)
         and use its config and threshold.
@@ -172,7 +218,18 @@ class Predictor:
         if engine != "auto":
             engines.resolve_engine(engine, dev)  # likewise an unknown engine or a missing package
         model, ckpt = build_from_checkpoint(resolve_checkpoint(path))
-        return cls(model, ckpt.contract, threshold, dev, threads, ckpt, channels_last, engine)
+        return cls(
+            model,
+            ckpt.contract,
+            threshold,
+            dev,
+            threads,
+            ckpt,
+            channels_last,
+            engine,
+            precision,
+            require_gate=require_gate,
+        )
 
     @property
     def synthesis(self) -> SynthesisConfig:

@@ -98,7 +98,9 @@ class Segmenter:
         """A Predictor for ``checkpoint`` that has passed the warm-up prediction."""
         from dotseg.inference.predictor import Predictor
 
-        predictor = Predictor.from_checkpoint(checkpoint, threads=self.threads, engine=self.cfg.engine)
+        predictor = Predictor.from_checkpoint(
+            checkpoint, threads=self.threads, engine=self.cfg.engine, precision=self.cfg.precision
+        )
         _warmup(predictor)
         return predictor
 
@@ -137,6 +139,7 @@ class Segmenter:
             "threshold": p.threshold,
             "input_size": p.contract.input_size,
             "engine": p.engine,
+            "precision": p.precision,
             "threads": self.threads,
         }
 

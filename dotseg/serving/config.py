@@ -21,6 +21,10 @@ class ServeConfig(Section):
     engine: Literal["auto", "eager", "openvino", "onnxruntime"] = "auto"
     """CPU inference engine of the replicas' Predictor: ``auto`` = the fastest installed (see the README's
     engine benchmark), else eager PyTorch."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Arithmetic of the replicas' forward pass: ``auto`` = the fastest reduced precision that passed the
+    precision gate for this model on the replica's CPU (``dotseg evaluate --gate``), else fp32;
+    ``fp32`` = exact; ``bf16`` = refused unless it passed there."""
     ingress: Literal["proxy", "haproxy"] = "proxy"
     """HTTP ingress of an embedded Ray: Serve's Python proxy, or HAProxy forwarding straight to the
     replicas (``RAY_SERVE_ENABLE_HA_PROXY``; Ray bundles the binary). On a cluster, set that variable

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dotseg.config import Config, config_from_dict, dump_yaml, load_yaml
+from dotseg.files import write_atomic
 from dotseg.tuning.config import SearchDim
 from dotseg.tuning.results import TRIAL_FILE
 
@@ -356,12 +357,6 @@ def _whole(path: Path) -> bytes | None:
     return data
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def back_up_state(sweep_dir: Path, seen: dict[str, int], settle_s: float = 0.05) -> None:
     """Copy Tune's state files into ``.state-backup/`` when they changed since ``seen`` (name ->
     mtime), all together and only as a set that is whole and at rest: the experiment state and the
@@ -383,7 +378,7 @@ def back_up_state(sweep_dir: Path, seen: dict[str, int], settle_s: float = 0.05)
     for name, d in data.items():
         if seen.get(name) != before[name]:
             assert d is not None
-            _write_atomically(backup / name, d)
+            write_atomic(backup / name, d)
     seen.update(before)
 
 
@@ -415,7 +410,7 @@ def repair_state(sweep_dir: Path) -> tuple[list[str], str]:
         for name, data in kept.items():
             assert data is not None
             if current.get(name) != data:
-                _write_atomically(sweep_dir / name, data)
+                write_atomic(sweep_dir / name, data)
                 restored.append(name)
         return restored, what
     raise SweepError(

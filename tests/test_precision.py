@@ -1,0 +1,151 @@
+"""The precision gate (issue 18): reduced precision runs only where a gate on Dice against the truth
+passed for this model on this CPU, and ``precision: fp32`` always pins exact arithmetic.
+
+The gate itself runs on the shipped model over a few benchmark images (a preview, which never
+records); the record-driven choice is tested with records written the way the gate writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dotseg.cli import main
+from dotseg.device import native_bf16
+from dotseg.inference import engines, precision
+from dotseg.inference.predictor import Predictor, shipped_checkpoint
+
+SHIPPED_ID = "a78329d38a86"
+bf16_native = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private user cache dir: the shipped model's exports and gate records go there."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "dotseg"
+
+
+def _record(cache: Path, rows: list[dict], **extra: object) -> Path:
+    """A gate record for the shipped model on this CPU, as run_gate writes it."""
+    row_defaults = {"reasons": [], "dice": {}, "dice_fp32": {}, "agreement_min": 1.0, "agreement_mean": 1.0}
+    record = {
+        "version": precision.RECORD_VERSION,
+        "model_id": SHIPPED_ID,
+        "packages": precision._versions(),
+        "rows": [{**row_defaults, **r} for r in rows],
+        **extra,
+    }
+    path = precision.record_path(cache, SHIPPED_ID)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+FP32 = {"engine": "eager", "precision": "fp32", "passed": True, "ms": 50.0, "fp32_ms": 50.0}
+BF16 = {"engine": "eager", "precision": "bf16", "passed": True, "ms": 30.0, "fp32_ms": 50.0}
+
+
+def test_choose_follows_the_record() -> None:
+    record = {"rows": [FP32, BF16]}
+    assert precision.choose(record, "eager", "fp32", False) == ("eager", "fp32")
+    assert precision.choose(record, "eager", "auto", False) == ("eager", "bf16")
+    assert precision.choose(None, "openvino", "auto", False) == ("openvino", "fp32")
+    # a passed pair slower than the engine's own fp32 is not taken
+    ov = {"engine": "openvino", "precision": "fp32", "passed": True, "ms": 20.0, "fp32_ms": 20.0}
+    assert precision.choose({"rows": [FP32, BF16, ov]}, "openvino", "auto", False) == ("openvino", "fp32")
+    # a named engine keeps its engine
+    assert precision.choose(record, "openvino", "auto", True) == ("openvino", "fp32")
+    refused = {"rows": [FP32, {**BF16, "passed": False}]}
+    assert precision.choose(refused, "eager", "auto", False) == ("eager", "fp32")
+    with pytest.raises(ValueError, match=r"has not passed the precision gate.*dotseg evaluate --gate"):
+        precision.choose(refused, "eager", "bf16", False)
+
+
+def test_no_record_means_fp32_and_bf16_is_refused(cache: Path) -> None:
+    p = Predictor.from_checkpoint(None, threads=1, engine="eager")
+    assert p.precision == "fp32"
+    with pytest.raises(ValueError, match="has not passed the precision gate"):
+        Predictor.from_checkpoint(None, threads=1, engine="eager", precision="bf16")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        Predictor.from_checkpoint(None, threads=1, engine="eager", precision="fp8")
+
+
+@bf16_native
+def test_a_passed_record_is_used_and_fp32_pins(cache: Path) -> None:
+    _record(cache, [FP32, BF16])
+    assert Predictor.from_checkpoint(None, threads=1, engine="eager").precision == "bf16"
+    assert Predictor.from_checkpoint(None, threads=1, engine="eager", precision="bf16").precision == "bf16"
+    exact = Predictor.from_checkpoint(None, threads=1, engine="eager", precision="fp32")
+    assert exact.precision == "fp32"
+
+
+@bf16_native
+def test_stale_or_cut_records_are_ignored(cache: Path) -> None:
+    path = _record(cache, [FP32, BF16], packages={"torch": "0.0.1"})
+    assert Predictor.from_checkpoint(None, threads=1, engine="eager").precision == "fp32"
+    path.write_text(path.read_text()[:40])  # a kill mid-write of an older dotseg
+    assert Predictor.from_checkpoint(None, threads=1, engine="eager").precision == "fp32"
+    # a record of another CPU lives under another name and is never read here
+    other = path.with_name(f"{SHIPPED_ID}.gate-0000000000.json")
+    other.write_text(
+        json.dumps({"version": 1, "model_id": SHIPPED_ID, "packages": precision._versions(), "rows": [BF16]})
+    )
+    path.unlink()
+    assert Predictor.from_checkpoint(None, threads=1, engine="eager").precision == "fp32"
+
+
+@pytest.mark.skipif(native_bf16(), reason="this CPU computes bf16 natively")
+def test_bf16_is_refused_where_it_would_be_emulated() -> None:
+    problem = engines.precision_problem("eager", "bf16", Predictor.from_checkpoint(None, engine="eager").device)
+    assert problem and "natively" in problem
+
+
+def test_gate_preview_compares_and_does_not_record(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "gate"
+    rc = main(["evaluate", "--gate", "--n", "6", "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads((out / "gate.json").read_text())
+    pairs = {(r["engine"], r["precision"]) for r in result["rows"]}
+    assert ("eager", "fp32") in pairs
+    assert result["cpu"] and result["n"] == 6 and result["model_id"] == SHIPPED_ID
+    for r in result["rows"]:
+        assert set(r["dice"]) >= {"overall"} and 0.0 < r["dice"]["overall"] <= 1.0
+        if r["precision"] == "fp32":
+            assert r["agreement_min"] == 1.0
+    if native_bf16():
+        assert ("eager", "bf16") in pairs
+        bf16 = next(r for r in result["rows"] if r["precision"] == "bf16")
+        assert bf16["agreement_min"] > 0.9  # the same model, a little rounding
+    else:
+        assert any(s["precision"] == "bf16" for s in result["not_run"])
+    assert "not recorded" in text and "| eager | fp32 |" in text
+    assert not precision.record_path(cache, SHIPPED_ID).exists()
+    assert (out / "gate.md").read_text().startswith("Precision gate")
+
+
+def test_the_gate_verdict_applies_the_rule() -> None:
+    """A precision that changes one image's mask is refused even with equal Dice on average."""
+
+    class _P:
+        checkpoint = None
+
+    labels = ["clean", "> 30 dB"]
+    s32 = precision._Stats("eager", "fp32", [(lbl, 0.9) for lbl in labels], [1.0, 1.0], [0.05, 0.05])
+    good = precision._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [0.999, 0.995], [0.03, 0.03])
+    cut = precision._Stats("eager", "bf16", [("clean", 0.9), ("> 30 dB", 0.897)], [1.0, 1.0], [0.03, 0.03])
+    flip = precision._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [1.0, 0.95], [0.03, 0.03])
+    for stats, passed, why in ((good, True, ""), (cut, False, "Dice -0.0030 in > 30 dB"), (flip, False, "1 image(s)")):
+        result = precision._verdict({("eager", "fp32"): s32, ("eager", "bf16"): stats}, _P(), 1, 2, [])
+        row = next(r for r in result["rows"] if r["precision"] == "bf16")
+        assert row["passed"] is passed and why in "; ".join(row["reasons"])
+        assert row["x_eager"] == pytest.approx(50 / 30)
+
+
+def test_shipped_record_lives_in_the_user_cache(cache: Path) -> None:
+    """The shipped model's directory may be read-only: its exports and records go to the user cache."""
+    dirs = engines.cache_dirs(shipped_checkpoint(), packaged=True)
+    assert dirs == [cache]
