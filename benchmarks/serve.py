@@ -174,7 +174,12 @@ def serve_uvicorn(kind: str, port: int) -> None:
             return np.asarray(back) > 127
 
     else:
-        predictor = Predictor.from_checkpoint(None, threads=CORES)
+        predictor = Predictor.from_checkpoint(
+            None,
+            threads=int(os.environ.get("DOTSEG_BENCH_THREADS", CORES)),
+            engine=os.environ.get("DOTSEG_BENCH_ENGINE", "auto"),
+            precision=os.environ.get("DOTSEG_BENCH_PRECISION", "auto"),
+        )
 
         def infer(image: np.ndarray) -> np.ndarray:
             return predictor.predict(image).mask
@@ -187,7 +192,7 @@ def serve_uvicorn(kind: str, port: int) -> None:
 
     @app.get("/ready")
     def ready() -> dict[str, Any]:
-        return {"status": "ready", "model": {"engine": predictor.engine, "threads": CORES}}
+        return {"status": "ready", "model": {"engine": predictor.engine, "precision": predictor.precision}}
 
     @app.post("/predict")
     def predict(data: bytes = Body(..., media_type="image/png")) -> Response:
@@ -388,16 +393,18 @@ class Server:
         self._log.close()
 
 
-def server_env(haproxy: bool = False) -> dict[str, str]:
+def server_env(haproxy: bool = False, bundled: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("RAY_SERVE_") and ("HA_PROXY" in k or "HAPROXY" in k)]:
         env.pop(key)  # (c) must not inherit an HAProxy switch from the caller's shell
     env.pop("RAY_SERVE_ENABLE_DIRECT_INGRESS", None)
     env.pop("RAY_ADDRESS", None)  # always the embedded local Ray, never a cluster the shell points at
+    env.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
     if haproxy:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        if DEBIAN_HAPROXY.is_file():
+        if DEBIAN_HAPROXY.is_file() and not bundled:
             env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(DEBIAN_HAPROXY)
+    env.update(extra or {})
     return env
 
 
@@ -514,13 +521,13 @@ def run_levels(variant: str, url: str, body: bytes, levels: list[int], s: LoadSe
     return rows
 
 
-def bare_rows(body: bytes, calls: int) -> list[Row]:
-    """In-process Predictor calls configured as one replica is (1 thread, default engine): no HTTP."""
+def bare_rows(body: bytes, calls: int, engine: str = "auto", precision: str = "auto", tag: str = "") -> list[Row]:
+    """In-process Predictor calls configured as one replica is (1 thread, ``engine``): no HTTP."""
     from dotseg.inference.images import decode_image, to_grey
     from dotseg.inference.predictor import Predictor
     from dotseg.serving.http import png_bytes
 
-    predictor = Predictor.from_checkpoint(None, threads=1)
+    predictor = Predictor.from_checkpoint(None, threads=1, engine=engine, precision=precision)
     image = to_grey(decode_image(body))
     cells: dict[str, Callable[[], object]] = {
         "bare": lambda: predictor.predict(image),
@@ -538,7 +545,8 @@ def bare_rows(body: bytes, calls: int) -> list[Row]:
     rows = []
     for key, ms in times.items():
         p50, p95, p99 = percentiles(ms)
-        rows.append(Row(key, 1, len(ms), 1e3 / statistics.mean(ms), p50, p95, p99, note=f"engine {predictor.engine}"))
+        note = f"engine {predictor.engine} {predictor.precision}"
+        rows.append(Row(key + tag, 1, len(ms), 1e3 / statistics.mean(ms), p50, p95, p99, note=note))
         print(f"  {key}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
     return rows
 
@@ -566,11 +574,13 @@ def autoscale_config() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def ray_server(name: str, haproxy: bool, log_dir: Path, wait_ray_s: float) -> Iterator[tuple[Server, int]]:
+def ray_server(
+    name: str, haproxy: bool, log_dir: Path, wait_ray_s: float, env: dict[str, str] | None = None
+) -> Iterator[tuple[Server, int]]:
     wait_for_no_ray(wait_ray_s)
     log(f"starting Ray for ({name})" + (" with the HAProxy ingress" if haproxy else ""))
     port = free_port()
-    server = Server(name, ["--_server", "ray", "--port", str(port)], server_env(haproxy), log_dir, commands=True)
+    server = Server(name, ["--_server", "ray", "--port", str(port)], env or server_env(haproxy), log_dir, commands=True)
     try:
         yield server, port
     finally:
@@ -745,6 +755,157 @@ def verdicts(rows: list[Row], top: int) -> list[str]:
     return out
 
 
+# --- the A/B of issue 18: ingress x batching x replicas, per engine, against bare uvicorn ----------
+
+#: (engine, precision) settings of the A/B; a gated precision runs only where it passed the gate.
+AB_ENGINES = (("eager", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+#: Ray variants on the default engine: (key, label, env, serve-config overrides, fresh Ray needed).
+AB_RAY: tuple[tuple[str, str, dict[str, str], dict[str, Any]], ...] = (
+    ("proxy-w10", "Python proxy, 2 × 1 CPU, batch wait 10 ms", {}, {"batch_wait_timeout_s": 0.01}),
+    ("proxy-w0", "Python proxy, 2 × 1 CPU, no batch wait (adaptive)", {}, {"batch_wait_timeout_s": 0.0}),
+    (
+        "proxy-1x2",
+        "Python proxy, 1 × 2 CPUs, no batch wait",
+        {},
+        {"batch_wait_timeout_s": 0.0, "min_replicas": 1, "max_replicas": 1, "cpus_per_replica": 2.0},
+    ),
+    (
+        "tput",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1, 2 × 1, no batch wait",
+        {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+        {"batch_wait_timeout_s": 0.0},
+    ),
+    (
+        "haproxy",
+        "HAProxy (Ray's bundled binary), nbthread 4, metrics on, 2 × 1, no batch wait",
+        {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+        {"batch_wait_timeout_s": 0.0},
+    ),
+    (
+        "haproxy-lean",
+        "HAProxy (bundled), nbthread 1, metrics off, 2 × 1, no batch wait",
+        {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": "1", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"},
+        {"batch_wait_timeout_s": 0.0},
+    ),
+)
+
+
+def _engine_tag(engine: str, precision: str) -> str:
+    return f"{engine} {precision}"
+
+
+def _gated(engine: str, precision: str) -> str | None:
+    """Why (engine, precision) cannot run here (not installed, not native, not gated), or None."""
+    from dotseg.inference.predictor import Predictor
+
+    try:
+        Predictor.from_checkpoint(None, threads=1, engine=engine, precision=precision)
+    except Exception as e:
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def ab_run(body: bytes, levels: list[int], settings: LoadSettings, log_dir: Path, args: argparse.Namespace) -> str:
+    """Every variant of :data:`AB_RAY` on the default engine and the best ingress on every engine of
+    :data:`AB_ENGINES`, each against a bare uvicorn process with the same engine; the report."""
+    rows: list[Row] = []
+    labels: dict[str, str] = {}
+    skipped: list[str] = []
+    engines = []
+    for engine, precision in AB_ENGINES:
+        why = _gated(engine, precision)
+        if why:
+            skipped.append(f"{_engine_tag(engine, precision)}: not run ({why})")
+        else:
+            engines.append((engine, precision))
+    default = engines[1] if len(engines) > 1 and engines[1] == ("openvino", "fp32") else engines[0]
+    for engine, precision in engines:
+        tag = f"[{_engine_tag(engine, precision)}]"
+        log(f"bare Predictor and uvicorn, {tag}")
+        rows += bare_rows(body, args.bare_calls or 30, engine, precision, tag)
+        env = server_env(extra={"DOTSEG_BENCH_ENGINE": engine, "DOTSEG_BENCH_PRECISION": precision})
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        port = free_port()
+        server = Server(
+            f"uvicorn-{engine}-{precision}", ["--_server", "shipped", "--port", str(port)], env, log_dir, False
+        )
+        try:
+            server.ready_http(f"http://127.0.0.1:{port}/ready", timeout_s=300)
+            key = f"uvicorn{tag}"
+            labels[key] = f"bare uvicorn + FastAPI, {CORES} threads {tag}"
+            rows += run_levels(key, f"http://127.0.0.1:{port}/predict", body, levels, settings)
+        finally:
+            server.stop()
+    groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for key, label, env_extra, overrides in AB_RAY:
+        groups.setdefault(json.dumps(env_extra, sort_keys=True), []).append((key, label, overrides))
+    for env_key, variants in groups.items():
+        env_extra = json.loads(env_key)
+        haproxy = env_extra.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        env = server_env(haproxy, bundled=True, extra=env_extra)
+        try:
+            with ray_server(variants[0][0], haproxy, log_dir, args.wait_ray_s, env) as (server, _):
+                for key, label, overrides in variants:
+                    # the Python proxy's default settings also run on every engine: the per-engine goals
+                    runs = engines if key in ("proxy-w10", "proxy-w0") else [default]
+                    for engine, precision in runs:
+                        tag = f"[{_engine_tag(engine, precision)}]"
+                        cfg = {**table_config(), **overrides, "engine": engine, "precision": precision}
+                        info = deploy(server, cfg)
+                        name = f"{key}{tag}"
+                        labels[name] = f"Ray Serve: {label} {tag}"
+                        log(f"{labels[name]} (model {info['model'].get('engine')} {info['model'].get('precision')})")
+                        rows += run_levels(name, f"{info['api']}/predict", body, levels, settings)
+        except RuntimeError as e:
+            reason = " ".join(str(e).split())[:300]
+            print(f"  {variants[0][0]} failed: {reason}", flush=True)
+            skipped.append(f"{', '.join(v[0] for v in variants)}: did not run ({reason})")
+    return ab_report(rows, labels, levels, skipped, default)
+
+
+def ab_report(rows: list[Row], labels: dict[str, str], levels: list[int], skipped: list[str], default: tuple) -> str:
+    from dotseg.device import cpu_line
+
+    by = {(r.variant, r.concurrency): r for r in rows if r.requests}
+    top, low = max(levels), min(levels)
+    lines = [
+        f"Serving A/B, {time.strftime('%Y-%m-%d')}: {cpu_line()}; load average {os.getloadavg()[0]:.2f} at the end.",
+        "",
+        table(rows, labels),
+        "",
+    ]
+    for engine, precision in AB_ENGINES:
+        tag = f"[{_engine_tag(engine, precision)}]"
+        base = by.get((f"uvicorn{tag}", top))
+        bare = by.get((f"bare+io{tag}", 1))
+        ray = [
+            (v, r) for (v, c), r in by.items() if v.endswith(tag) and not v.startswith(("uvicorn", "bare")) and c == top
+        ]
+        if not base or not ray:
+            continue
+        best_v, best = max(ray, key=lambda vr: vr[1].rps)
+        ratio = best.rps / base.rps
+        lines.append(
+            f"- {tag} concurrency {top}: best Serve {labels.get(best_v, best_v)} {best.rps:.1f} RPS = "
+            f"{ratio:.2f}× bare uvicorn's {base.rps:.1f} (goal ≥ 0.9×: {'met' if ratio >= 0.9 else 'MISSED'})"
+        )
+        if bare:
+            ones = [
+                (v, r)
+                for (v, c), r in by.items()
+                if v.endswith(tag) and v.split("[")[0] in {k for k, *_ in AB_RAY} and c == low
+            ]
+            for v, r in sorted(ones, key=lambda vr: vr[1].p50):
+                extra = r.p50 - bare.p50
+                lines.append(
+                    f"  - {labels.get(v, v)} at concurrency {low}: p50 {r.p50:.1f} ms − bare predict + codec "
+                    f"{bare.p50:.1f} ms = {extra:+.1f} ms (goal ≤ 10 ms: {'met' if extra <= 10 else 'MISSED'})"
+                )
+    lines += [f"- {line}" for line in skipped]
+    lines.append(f"- default engine of the ingress rows: {_engine_tag(*default)}")
+    return "\n".join(lines)
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -766,6 +927,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bare-calls", type=int, default=None, help="in-process Predictor calls (40; --quick 15)")
     parser.add_argument("--quick", action="store_true", help="short windows, concurrency 1 and 16, no (c′): ~4 min")
     parser.add_argument("--autoscale", action="store_true", help="the autoscaling run only")
+    parser.add_argument(
+        "--ab",
+        action="store_true",
+        help="issue 18's A/B instead: Python proxy / throughput-optimized / HAProxy (bundled; nbthread, metrics), "
+        "batch wait 10 ms vs none, 2×1 vs 1×2, on every engine, each against bare uvicorn with that engine (~15 min)",
+    )
     parser.add_argument("--no-autoscale", action="store_true", help="the tables only")
     parser.add_argument("--wait-ray-s", type=float, default=3600.0, help="how long to wait for another Ray to end")
     parser.add_argument("--out", type=Path, default=None, help="also write the report (markdown) here")
@@ -804,6 +971,12 @@ def main(argv: list[str] | None = None) -> None:
     summary: list[str] = []
     log_dir = Path(tempfile.mkdtemp(prefix="dotseg-bench-serve-"))
     print(f"server logs: {log_dir}", flush=True)
+    if args.ab:
+        text = ab_run(body, args.concurrency or [1, 16], settings, log_dir, args)
+        print("\n" + text + f"\n\n(total {time.monotonic() - T0:.0f} s)", flush=True)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     env = server_env()
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
     if tables:

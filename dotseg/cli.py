@@ -505,6 +505,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  API        {urls['api']}  (POST /predict, /predict/json; GET /demo, /health, /ready)")
     print(f"  docs       {urls['docs']}")
     print(f"  dashboard  {urls['dashboard']}")
+    if cfg.ingress == "haproxy" and args.address is None:
+        for line in run.haproxy_listeners():
+            print(f"  also open  {line}")
     if args.detach:
         what = (
             ("updated the running app, same model" if keep_model else "rolled out to the running app")

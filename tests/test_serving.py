@@ -247,6 +247,54 @@ def test_chunked_uploads_are_cut_off_at_the_cap_with_bounded_memory(app) -> None
     assert requests.get(f"{api}/ready", timeout=10).status_code == 200
 
 
+def test_health_and_ready_stay_fast_while_a_16_megapixel_request_runs(app) -> None:
+    """Issue 18: a 4000x4000 image made /ready on its replica stall for up to 8 s. Decoding, the
+    estimate, the pictures and the encoding now run off the replica's event loop: on one replica
+    (so every probe meets the busy one), /health and /ready answer fast while it works."""
+    from dotseg.serving import run
+
+    cfg, api = app
+    big = cfg.replace(min_replicas=1, max_replicas=1, max_pixels=4096 * 4096, max_upload_bytes=64 << 20)
+    run.roll_out(big, None)
+    try:
+        image = (np.clip(np.tile(_sample(500), (8, 8)), 0.0, 1.0) * 255).astype(np.uint8)  # 4000 x 4000
+        body = _png(image)
+        assert image.size == 16_000_000
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
+            job = pool.submit(requests.post, f"{api}/predict/json", data=body, timeout=120)
+            time.sleep(1.0)  # upload done, the replica decoding / predicting
+            probes = []
+            while not job.done() and len(probes) < 40:
+                for path in ("/health", "/ready"):
+                    t = time.monotonic()
+                    r = requests.get(f"{api}{path}", timeout=10)
+                    probes.append((path, r.status_code, time.monotonic() - t))
+                time.sleep(0.05)
+            answer = job.result()
+            took = time.monotonic() - t0
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.json()["width"] == 4000 and took < cfg.request_timeout_s
+        assert len(probes) >= 6, f"the request ended before the probes ran ({took:.1f} s)"
+        assert all(code == 200 for _, code, _ in probes), probes
+        slow = [(p, round(s, 3)) for p, _, s in probes if s > 0.1]
+        assert len(slow) <= len(probes) // 5 and max(s for *_, s in probes) < 1.0, (took, slow)
+    finally:
+        run.roll_out(cfg, None)
+        run.wait_ready(api)
+
+
+def test_serve_options_that_cannot_apply_are_refused_in_one_line(app) -> None:
+    """Serve keeps the HTTP options of its first start; another port or timeout was logged and ignored."""
+    from dotseg.serving import run
+
+    cfg, api = app
+    with pytest.raises(run.ServeError, match=r"serve\.port=.*\(running: .*stop Serve first") as e:
+        run.start(cfg.replace(port=_free_port(), request_timeout_s=5.0))
+    assert "serve.request_timeout_s=5.0 (running: 60.0)" in str(e.value) and "\n" not in str(e.value)
+    assert requests.get(f"{api}/ready", timeout=10).status_code == 200
+
+
 def test_cors_allows_configured_origins_only_and_never_credentials(app) -> None:
     _, api = app
     ok = requests.get(f"{api}/health", headers={"Origin": "https://dots.example"}, timeout=10)

@@ -12,10 +12,13 @@ than ``serve.request_timeout_s`` get 408 from the proxy.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from dotseg.serving.config import ServeConfig
@@ -61,7 +64,7 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
 
     check_checkpoint(cfg.checkpoint, cfg.precision, local=address is None)
     if address is None and cfg.ingress == "haproxy":
-        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # inherited by the Ray that init_ray starts
+        haproxy_env()  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)
     http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
     if address is None:
@@ -71,6 +74,7 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
         # given. With Serve's default (a proxy on every node with a replica), nodes that share a
         # machine would race for the same host:port.
         serve.start(proxy_location="HeadOnly", http_options=http)
+    check_http_options(http)
     try:
         serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
     except RuntimeError:  # the replicas failed to start: say why, in one line
@@ -78,6 +82,58 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
             f"the app did not start: {_replica_error()} (checkpoint {cfg.checkpoint or 'shipped model'})"
         ) from None
     return urls(cfg)
+
+
+class _AppliedOptions(logging.Filter):
+    """Drops Serve's "New http_options/controller_options will not be applied" once
+    :func:`check_http_options` has verified that the running ones are ours (``serve.run`` logs it on
+    every call, with nothing to apply)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will not be applied" not in record.getMessage()
+
+
+def check_http_options(wanted: dict[str, Any]) -> None:
+    """Serve fixes its HTTP options when it first starts on a cluster and keeps them, with one log
+    line, when started again: refuse ``serve.*`` values that did not apply, in one line."""
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client().http_config
+    differ = {k: getattr(running, k) for k, v in wanted.items() if getattr(running, k) != v}
+    if differ:
+        raise ServeError(
+            "Serve already runs on this Ray with other HTTP options, which it keeps: "
+            + ", ".join(f"serve.{k}={wanted[k]!r} (running: {v!r})" for k, v in differ.items())
+            + "; use the running values, or stop Serve first (`serve shutdown`, or `dotseg submit serve "
+            "--stop` on a cluster)"
+        )
+    logging.getLogger("ray.serve").addFilter(_APPLIED)
+
+
+_APPLIED = _AppliedOptions()
+
+
+def haproxy_env() -> Path:
+    """Environment of the HAProxy ingress on an embedded Ray: Ray 2.60 creates HAProxy's admin socket
+    with mode 666 in a shared /tmp directory (any local user could reconfigure the proxy); here it
+    lives in a private directory (0700) of this process, so only its owner reaches it. Returns it."""
+    private = Path(tempfile.mkdtemp(prefix="dotseg-haproxy-"))  # mkdtemp: mode 0700
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", str(private / "admin.sock"))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", str(private / "metrics.sock"))
+    return Path(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
+
+
+def haproxy_listeners() -> list[str]:
+    """What the HAProxy ingress opens besides the app's port, for the console (Ray 2.60 binds its
+    stats page and Prometheus exporter on every interface and lets no one choose otherwise)."""
+    env = os.environ.get
+    return [  # Ray's defaults (ray.serve._private.constants), read from the environment Ray reads
+        f"HAProxy stats page on *:{env('RAY_SERVE_HAPROXY_STATS_PORT', '8404')} (all interfaces)",
+        f"HAProxy Prometheus metrics on *:{env('RAY_SERVE_HAPROXY_METRICS_PORT', '9101')} (all interfaces)",
+        f"HAProxy admin socket {env('RAY_SERVE_HAPROXY_SOCKET_PATH', '/tmp/haproxy-serve/admin.sock')}"
+        " (in a directory only you can enter)",
+    ]
 
 
 def app_state() -> tuple[str | None, str | None]:
