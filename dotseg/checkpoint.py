@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dotseg.config import Config, run_identity
 from dotseg.configbase import ConfigError, Section, config_hash, describe_error, diff_keys, get_path
+from dotseg.files import write_atomic
 from dotseg.models.config import ModelConfig
 from dotseg.normalize import NORMALIZATION
 from dotseg.storage import StorageError, is_uri, local_copy, local_copy_path
@@ -694,7 +695,7 @@ def save_training_checkpoint(
         },
         directory / STATE_FILE,
     )
-    (directory / HISTORY_FILE).write_text(json.dumps(list(loop.get("history", [])), indent=1))
+    write_atomic(directory / HISTORY_FILE, json.dumps(list(loop.get("history", [])), indent=1))
     return directory
 
 

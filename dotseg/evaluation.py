@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dotseg.baseline.config import BaselineConfig
+from dotseg.files import write_atomic
 from dotseg.inference.segmenter import Prediction, Segmenter
 from dotseg.metrics import segmentation_metrics
 from dotseg.plots import plot_dice_vs_snr, plot_gallery
@@ -276,8 +277,8 @@ def run_evaluation(
         report["goals"] = check_goals(report)
     # Strict JSON (no Infinity tokens, which many parsers reject): see jsonable.
     report_json = json.dumps(jsonable({**report, "samples": rows}), indent=1, allow_nan=False)
-    (out_dir / "report.json").write_text(report_json)
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_atomic(out_dir / "report.json", report_json)
+    write_atomic(out_dir / "report.md", render_markdown(report))
     plot_dice_vs_snr(
         rows,
         [s.name for s in segmenters],

@@ -23,3 +23,23 @@ def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_atomic(src: str | Path, dst: str | Path, mode: int = 0o644) -> None:
+    """Copy ``src`` to ``dst`` atomically: a reader (a replica starting, a resumed run) sees the old
+    file or the whole new one, and a kill mid-copy leaves the old one in place."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dotseg.evaluation import EVAL_SEED, Case, benchmark_cases, score_sample
+from dotseg.files import write_atomic
 from dotseg.inference.segmenter import Segmenter
 from dotseg.synthesis import SynthesisConfig
 from dotseg.synthesis.export import jsonable
@@ -189,8 +190,8 @@ def run_shift(
         "levels": results,
         "axes": _axis_means(results, names),
     }
-    (out_dir / "report.json").write_text(json.dumps(jsonable(report), indent=1, allow_nan=False))
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_atomic(out_dir / "report.json", json.dumps(jsonable(report), indent=1, allow_nan=False))
+    write_atomic(out_dir / "report.md", render_markdown(report))
     plot_shift([report], out_dir / "shift_drop.png")
     _plot_gallery(gallery, out_dir / "gallery.png")
     return report

@@ -39,6 +39,7 @@ from dotseg.config import (
     to_dict,
 )
 from dotseg.configbase import dict_value, diff_keys, drop_paths
+from dotseg.files import copy_atomic, write_atomic
 from dotseg.plots import plot_history
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
@@ -67,12 +68,18 @@ class TrainResult:
         return storage.join(self.remote, file) if self.remote else str(self.run_dir / file)
 
 
+#: A run or sweep name: a plain directory name, never "." or "..".
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
 def new_run_dir(cfg: Config, name: str | None = None) -> Path:
     """The directory of a new run (not created yet): under ``train.storage_path``, or for a bucket
     its local staging directory (:func:`run_uri` says where in the bucket)."""
     name = name or f"train-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.hash[:6]}"
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise TrainError(f"run name {name!r} may only contain letters, digits, '.', '_' and '-'")
+    if not re.fullmatch(RUN_NAME, name):  # '..' or '.' would name a directory above or the storage itself
+        raise TrainError(
+            f"run name {name!r}: a plain name, starting with a letter or digit, of letters, digits, '.', '_' and '-'"
+        )
     if storage.is_uri(cfg.train.storage_path):
         uri = storage.join(cfg.train.storage_path, name)
         if _storage(storage.exists, uri):
@@ -230,7 +237,7 @@ def train(
         run_dir.mkdir(parents=True)
         remote = run_uri(cfg, run_dir)
     # On resume too: a run extended with --set train.epochs=N must stay extended on the next resume.
-    (run_dir / "config.yaml").write_text(f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", f"# dotseg run config, hash {cfg.hash}\n" + dump_yaml(cfg))
     where = remote or str(run_dir)
     if remote:  # first: a wrong bucket or missing credentials fail here, and the run can be resumed from it
         _storage(storage.check_writable, remote)
@@ -325,12 +332,12 @@ def _finish(run_dir: Path, result: Any, wall_s: float, remote: str | None = None
         ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -1.0))
         best_path = run_dir / "best.safetensors"
         with ckpt.as_directory() as d:  # a bucket's checkpoint is downloaded; a directory's is read in place
-            shutil.copyfile(Path(d) / MODEL_FILE, best_path)
+            copy_atomic(Path(d) / MODEL_FILE, best_path)
     history: list[dict[str, Any]] = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             history = json.loads((Path(d) / HISTORY_FILE).read_text())
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        write_atomic(run_dir / "history.json", json.dumps(history, indent=1))
         if history:
             plot_history(history, run_dir / "curves.png")
     ret = result.return_value or {}

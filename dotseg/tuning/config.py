@@ -40,7 +40,7 @@ def _default_space() -> tuple[SearchDim, ...]:
 
 
 class TuneConfig(Section):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a plain name: never '..'
     """Sweep name: its directory under ``train.storage_path`` and its W&B group (default: sweep-<time>-<hash>)."""
     space: tuple[SearchDim, ...] = _default_space()
     """Dimensions of the search space; every key must exist in the config."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
+import logging
 from pathlib import Path
 from typing import Any
 
 from dotseg.checkpoint import HISTORY_FILE, MODEL_FILE
 from dotseg.config import Config
+from dotseg.files import copy_atomic, write_atomic
+
+log = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"
 
@@ -73,7 +76,13 @@ def collect(sweep_dir: Path, cfg: Config) -> list[dict[str, Any]]:
     # The trial is the directory that got further.
     trials: dict[str, tuple[tuple[int, float], Path, dict[str, Any], list[dict[str, Any]]]] = {}
     for trial_file in sorted(sweep_dir.glob(f"trial-*/{TRIAL_FILE}")):
-        info, history = json.loads(trial_file.read_text()), _history(trial_file.parent)
+        try:
+            info = json.loads(trial_file.read_text())
+            info["trial"], info["params"], info["seed"]  # the keys every row needs
+        except (OSError, ValueError, KeyError, TypeError) as e:  # cut by a kill (older dotseg wrote it in place)
+            log.warning(f"skipping {trial_file}: unreadable ({type(e).__name__}: {e}); its checkpoints are kept")
+            continue
+        history = _history(trial_file.parent)
         further = (len(history), trial_file.stat().st_mtime)
         if info["trial"] not in trials or further > trials[info["trial"]][0]:
             trials[info["trial"]] = (further, trial_file.parent, info, history)
@@ -138,7 +147,7 @@ def write(sweep_dir: Path, cfg: Config) -> list[dict[str, Any]]:
         for r in rows:
             w.writerow([r[c] if r[c] is not None else "" for c in COLUMNS] + [r["params"].get(k, "") for k in keys])
     title = f"# Sweep {sweep_dir.name}\n\nTrials by best validation Dice ({cfg.tune.metric}, {cfg.tune.scheduler}).\n\n"
-    (sweep_dir / "results.md").write_text(title + "\n".join(table_lines(rows, keys)) + "\n")
+    write_atomic(sweep_dir / "results.md", title + "\n".join(table_lines(rows, keys)) + "\n")
     if rows:
         plot_parallel(rows, keys, sweep_dir / "parallel.png")
         plot_trial_curves(rows, sweep_dir / "curves.png")
@@ -169,7 +178,7 @@ def promote(sweep_dir: Path, out: Path) -> dict[str, Any]:
     if out.suffix != ".safetensors":
         raise SweepError(f"--out {out}: a dotseg checkpoint is a .safetensors file; name it *.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, out)
+    copy_atomic(path, out)
     loaded = load_checkpoint(out)  # the copy is checked like any checkpoint a user passes
     return {
         "trial": best["trial"],

@@ -156,7 +156,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     run_dir = Path(sweep_dir) / Path(context.get_trial_dir()).name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_from_dict(base).replace(**params)
-    (run_dir / "config.yaml").write_text(f"# dotseg sweep trial config, hash {cfg.hash}\n" + dump_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", f"# dotseg sweep trial config, hash {cfg.hash}\n" + dump_yaml(cfg))
     record = {
         "trial": name,
         "sweep": sweep,
@@ -166,7 +166,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
         "config_hash": cfg.hash,
         "run_id": cfg.run_id,
     }
-    (run_dir / TRIAL_FILE).write_text(json.dumps(record, indent=1))
+    write_atomic(run_dir / TRIAL_FILE, json.dumps(record, indent=1))
     origin = {"sweep": sweep, "trial": name, "params": params}
     if style == "function":
         args = LoopArgs(cfg=cfg, run_dir=run_dir, origin=origin)
@@ -488,7 +488,7 @@ def sweep(
         assert cfg is not None
         sweep_dir = new_sweep_dir(cfg)
         sweep_dir.mkdir(parents=True)
-        (sweep_dir / SWEEP_FILE).write_text(f"# dotseg sweep config, hash {cfg.hash}\n" + dump_yaml(cfg))
+        write_atomic(sweep_dir / SWEEP_FILE, f"# dotseg sweep config, hash {cfg.hash}\n" + dump_yaml(cfg))
     style = trial_style(cfg)
     tc = cfg.tune
     epochs = max([cfg.train.epochs, *[int(v) for d in tc.space if d.key == "train.epochs" for v in d.values]])
