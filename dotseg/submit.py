@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -236,8 +237,16 @@ def submit(
     return sid, finish_line(address, sid, out=out, client_=c)
 
 
-def follow(address: str, sid: str, *, out: Callable[[str], None] = print, client_: Any = None) -> None:
-    """Stream a job's logs until it ends."""
+#: A job's states that do not change any more.
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def follow(
+    address: str, sid: str, *, out: Callable[[str], None] = print, client_: Any = None, poll_s: float = 5.0
+) -> None:
+    """Stream a job's logs until it ends. The stream can close while the job still runs (a dropped
+    tunnel or port-forward, a restarted dashboard): then poll its status until it ends, so whoever
+    waits (``dotseg submit ... && next``) never goes on with an unfinished job."""
     c = client_ or client(address)
 
     async def tail() -> None:
@@ -245,7 +254,20 @@ def follow(address: str, sid: str, *, out: Callable[[str], None] = print, client
             for line in chunk.splitlines():
                 out(line)
 
-    call(address, lambda: asyncio.run(tail()))
+    try:
+        call(address, lambda: asyncio.run(tail()))
+    except SubmitError as e:
+        out(f"[dotseg] the log stream of {sid} broke ({e}); polling its status instead")
+    status = str(call(address, lambda: c.get_job_status(sid)))
+    if status in TERMINAL:
+        return
+    out(f"[dotseg] the log stream closed while {sid} is {status}; waiting for it to end (status every {poll_s:g} s)")
+    while status not in TERMINAL:
+        time.sleep(poll_s)
+        try:
+            status = str(c.get_job_status(sid))
+        except Exception as e:  # unreachable for a while: say so, keep waiting (Ctrl-C leaves the job running)
+            out(f"[dotseg] cannot reach {address} ({_explain(e, address)}); retrying")
 
 
 def failing_line(logs: str) -> str | None:

@@ -103,3 +103,42 @@ def test_a_node_local_storage_path_is_refused_only_on_a_multi_machine_cluster() 
     check_shared_storage("/mnt/bucket/runs", ["10.0.0.1", "10.0.0.2"], "fuse.gcsfuse")
     with pytest.raises(StorageError, match=r"node-local filesystem \(ext4\).*2 machines \(10\.0\.0\.1, 10\.0\.0\.2\)"):
         check_shared_storage("runs", ["10.0.0.1", "10.0.0.2", "10.0.0.2"], "ext4")
+
+
+class _ClosingStream:
+    """A Jobs API whose log stream closes (a dropped tunnel) while the job still runs: the job's
+    statuses come from ``statuses`` one call at a time; ``broken`` makes the stream raise instead."""
+
+    def __init__(self, statuses: list[str], final: str = "SUCCEEDED", broken: bool = False) -> None:
+        self.statuses, self.final, self.broken = list(statuses), final, broken
+
+    async def tail_job_logs(self, sid: str):
+        yield "epoch 1/3 ...\n"
+        if self.broken:
+            raise ConnectionError("Connection reset by peer")
+
+    def get_job_status(self, sid: str) -> str:
+        return self.statuses.pop(0) if self.statuses else self.final
+
+    def get_job_info(self, sid: str):
+        class Info:
+            status, message = self.final, "boom"
+
+        return Info()
+
+    def get_job_logs(self, sid: str) -> str:
+        return "dotseg train: error: something\n"
+
+
+@pytest.mark.parametrize(("final", "code"), [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 130)])
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_closed_log_stream_waits_for_the_job_to_end(final: str, code: int, broken: bool) -> None:
+    """Issue 19: `dotseg submit` exited 0 when the log stream closed early while the job still ran."""
+    c = _ClosingStream(["RUNNING", "RUNNING", "RUNNING"], final, broken)
+    lines: list[str] = []
+    jobs.follow("http://127.0.0.1:1", "dotseg-train-x", out=lines.append, client_=c, poll_s=0.01)
+    assert not c.statuses, "it returned while the job was still RUNNING"
+    assert any("waiting for it to end" in ln for ln in lines), lines
+    assert any("stream of dotseg-train-x broke" in ln for ln in lines) is broken
+    status = jobs.finish_line("http://127.0.0.1:1", "dotseg-train-x", out=lines.append, client_=c)
+    assert jobs.exit_status(status) == code
