@@ -377,6 +377,16 @@ def load_checkpoint(
     return LoadedCheckpoint(state_dict=tensors, meta=meta, path=path)
 
 
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """A checkpoint's metadata (its model id, contract, provenance) from the header alone, without
+    reading the tensors; errors as :func:`load_checkpoint`'s."""
+    if is_uri(path):
+        path = local_copy(str(path))
+    path = Path(path)
+    header, _ = _read_header(path)
+    return _decode_meta(path, header.get("__metadata__"))
+
+
 def build_from_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", *, expect: ModelConfig | None = None
 ) -> tuple[nn.Module, LoadedCheckpoint]:

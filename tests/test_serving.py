@@ -373,6 +373,34 @@ def test_checkpoint_rollout_under_load_loses_no_request_and_a_broken_one_keeps_t
     assert requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] == before
 
 
+def test_a_new_model_promoted_to_the_served_path_rolls_out(app, tmp_path: Path) -> None:
+    """Issue 19: re-promoting to the file being served compared paths, not model ids: the running
+    replicas kept the old model while new autoscaled ones loaded the new file."""
+    from dotseg.checkpoint import build_from_checkpoint, save_checkpoint
+    from dotseg.files import copy_atomic
+    from dotseg.serving import run
+
+    cfg, api = app
+    model, ckpt = build_from_checkpoint(shipped_checkpoint())
+    served = tmp_path / "promoted.safetensors"
+    a = save_checkpoint(
+        tmp_path / "a.safetensors", model, ckpt.cfg.replace(**{"train.seed": 101}), threshold=0.5, metrics={}, epoch=3
+    )
+    b = save_checkpoint(
+        tmp_path / "b.safetensors", model, ckpt.cfg.replace(**{"train.seed": 102}), threshold=0.5, metrics={}, epoch=3
+    )
+    copy_atomic(a, served)
+    try:
+        cfg2 = run.roll_out(cfg, str(served))
+        first = requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"]
+        copy_atomic(b, served)  # `dotseg sweep --promote ... --out promoted.safetensors` again
+        run.roll_out(cfg2, str(served))
+        ids = {requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] for _ in range(8)}
+        assert first != next(iter(ids)) and len(ids) == 1, (first, ids)  # every replica moved
+    finally:
+        run.roll_out(cfg, None)
+
+
 def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(app) -> None:
     import os
     import signal

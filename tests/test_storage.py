@@ -98,3 +98,39 @@ def test_bucket_runs_are_refused_up_front_where_they_cannot_work(s3_env) -> None
     assert new_run_dir(cfg, "fresh") == storage.staging_dir("s3://dotseg-storage-test/runs/fresh")
     with pytest.raises(SweepError, match=r"a sweep's files .* live in a directory"):
         sweep(load_config("sweep-smoke", ["train.storage_path=s3://dotseg-storage-test/sweeps"]))
+
+
+def test_a_stale_machine_never_uploads_older_results_over_newer_ones(s3_env, tmp_path, caplog) -> None:
+    """Issue 19: machine B resumed a bucket run further; an interrupted resume on machine A then
+    uploaded A's stale staging files (history, best checkpoint) over B's, without a word."""
+    import json
+    import logging
+
+    from dotseg.training.run import upload_run
+
+    def history(n: int) -> str:
+        return json.dumps([{"epoch": e, "val_dice": 0.5 + e / 100} for e in range(1, n + 1)])
+
+    bucket = "s3://dotseg-storage-test/runs/shared-run"
+    newer = tmp_path / "b"  # machine B: epoch 10
+    newer.mkdir()
+    (newer / "history.json").write_text(history(10))
+    (newer / "best.safetensors").write_bytes(b"B's best")
+    storage.upload(newer, bucket)
+    stale = tmp_path / "a"  # machine A: its staging files stopped at epoch 5
+    stale.mkdir()
+    (stale / "history.json").write_text(history(5))
+    (stale / "best.safetensors").write_bytes(b"A's older best")
+    (stale / "ray.log").write_text("A's attempt\n")
+    with caplog.at_level(logging.WARNING):
+        upload_run(stale, bucket)
+    got = tmp_path / "got"
+    assert json.loads(storage.download(f"{bucket}/history.json", got / "h.json").read_text())[-1]["epoch"] == 10
+    assert storage.download(f"{bucket}/best.safetensors", got / "b").read_bytes() == b"B's best"
+    assert storage.download(f"{bucket}/ray.log", got / "log").read_text() == "A's attempt\n"  # logs still go up
+    (line,) = [r.getMessage() for r in caplog.records if "not uploading" in r.getMessage()]
+    assert "epoch 10" in line and "this machine's 5" in line
+    # The machine that got further uploads as usual.
+    (stale / "history.json").write_text(history(12))
+    upload_run(stale, bucket)
+    assert json.loads(storage.download(f"{bucket}/history.json", got / "h2.json").read_text())[-1]["epoch"] == 12

@@ -105,14 +105,16 @@ class Segmenter:
         return predictor
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Roll out ``{"checkpoint": path}``: load and warm up, then swap; on failure keep the old model."""
+        """Roll out ``{"checkpoint": path, "model_id": id}``: load and warm up, then swap; on failure
+        keep the old model. The same path with another model id (a file replaced) rolls out too."""
         checkpoint = user_config.get("checkpoint")
         if self.predictor is None:  # the replica's first model: without it there is nothing to serve
             self.predictor = self._load(checkpoint)
             self.cfg = self.cfg.replace(checkpoint=checkpoint)
             return
-        if checkpoint == self.cfg.checkpoint:
-            return
+        served = self.predictor.checkpoint.model_id if self.predictor.checkpoint is not None else None
+        if checkpoint == self.cfg.checkpoint and user_config.get("model_id") in (None, served):
+            return  # the same file with the same model: nothing to roll out
         try:
             new = self._load(checkpoint)
         except Exception as e:  # CheckpointError, a failed warm-up: the old model keeps serving
@@ -274,6 +276,18 @@ class Segmenter:
         }
 
 
+def _model_id(checkpoint: str | None) -> str | None:
+    """The model id of the file ``checkpoint`` names now (None if it cannot be read here: the
+    replicas then report why)."""
+    from dotseg.checkpoint import CheckpointError, read_meta
+    from dotseg.inference.predictor import resolve_checkpoint
+
+    try:
+        return read_meta(resolve_checkpoint(checkpoint)).model_id
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
 def build(args: dict[str, Any]) -> serve.Application:
     """The Serve application builder (``import_path: serve_app:build``): ``args`` is a ServeConfig
     section, checked (unknown keys, types and ranges fail with the key's name)."""
@@ -293,6 +307,8 @@ def build(args: dict[str, Any]) -> serve.Application:
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config={"status_code": 503, "retry_after_s": 1},
         ray_actor_options={"num_cpus": cfg.cpus_per_replica},
-        user_config={"checkpoint": cfg.checkpoint},
+        # The model id too: re-promoting a new model to the path being served changes user_config,
+        # so Serve reconfigures the running replicas instead of leaving them on the old file.
+        user_config={"checkpoint": cfg.checkpoint, "model_id": _model_id(cfg.checkpoint)},
         max_constructor_retry_count=3,  # a checkpoint that cannot start a replica fails fast
     ).bind(cfg.replace(checkpoint=None).to_dict())  # the checkpoint travels in user_config only

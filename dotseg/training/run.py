@@ -120,6 +120,41 @@ def locate_run(location: str | Path) -> tuple[Path, str | None]:
     return run_dir, uri
 
 
+#: A run directory's results, which only the machine that got furthest may upload.
+RESULTS = ("history.json", "best.safetensors", "curves.png")
+
+
+def _epochs(history: Path) -> int:
+    """The last epoch in a run's history.json (0 when missing or unreadable)."""
+    try:
+        return max((int(h.get("epoch", 0)) for h in json.loads(history.read_text())), default=0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def upload_run(run_dir: Path, remote: str) -> None:
+    """Upload a bucket run's staging directory, but never older results over newer ones: when the
+    bucket's history.json reaches a later epoch than this machine's (another machine resumed the run
+    further), this machine's results stay here, with one line saying why; its logs still go up."""
+    remote_history = run_dir / ".bucket-history.json"
+    try:
+        if storage.exists(storage.join(remote, "history.json")):
+            storage.download(storage.join(remote, "history.json"), remote_history)
+        theirs, ours = _epochs(remote_history), _epochs(run_dir / "history.json")
+    finally:
+        remote_history.unlink(missing_ok=True)
+    if theirs > ours:
+        log.warning(
+            f"not uploading this machine's results of {remote}: the bucket's history reaches epoch {theirs}, "
+            f"this machine's {ours or 'none'} (another machine resumed the run further); they stay in {run_dir}"
+        )
+        for f in sorted(run_dir.iterdir()):
+            if f.name not in RESULTS:
+                storage.upload(f, storage.join(remote, f.name))
+        return
+    storage.upload(run_dir, remote)
+
+
 def _storage(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
@@ -272,7 +307,7 @@ def train(
     finally:
         if remote:  # the driver's files (logs, and on success best.safetensors, history, curves)
             try:
-                storage.upload(run_dir, remote)
+                upload_run(run_dir, remote)
             except storage.StorageError as e:
                 log.warning(f"the run's files were not uploaded (they are in {run_dir}): {e}")
 
