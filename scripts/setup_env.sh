@@ -9,23 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${DOTSEG_EXTRAS:-dev}
-# The dashboard test drives Debian's chromium (Playwright's own browser download cannot be used
-# offline): install it when missing, if we may (root with apt-get); else the test skips and says how.
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] installing Debian's chromium (for tests/test_dashboard.py)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null \
-      || echo "[setup] note: could not install chromium; tests/test_dashboard.py will skip"
-  else
-    echo "[setup] note: no chromium on PATH (not root or no apt-get); tests/test_dashboard.py will skip." \
-      "Install it with: sudo apt-get install chromium"
-  fi
-fi
-stamp="$VENV/.dotseg-installed"
-want="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)-$EXTRAS"
-
+EXTRAS=${DOTSEG_EXTRAS:-dev}  # `make run` asks for fast: only what running needs
+# One stamp per extras set: `make run` needs dotseg[fast], the test targets dotseg[dev] (which
+# includes fast), so a venv made for the tests also serves `make run`.
+digest="$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
+stamp="$VENV/.dotseg-installed-$EXTRAS"
+want="$digest-$EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if [ "$EXTRAS" = fast ] && [ -f "$VENV/.dotseg-installed-dev" ] && [ "$(cat "$VENV/.dotseg-installed-dev")" = "$digest-dev" ]; then
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then

@@ -50,3 +50,14 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return subprocess.CompletedProcess(["dotseg", *args], code, out.out, out.err)
 
     return run
+
+
+# Tests whose fixtures need a real Ray cluster or started server: marked by what they use, so
+# `make check` (-m "not ray and not slow") leaves them out without a marker to forget.
+_RAY_FIXTURES = {"ray_session", "cluster"}  # fixturenames is transitive: app, smoke, ... use these
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
