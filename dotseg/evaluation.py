@@ -181,7 +181,8 @@ def evaluate(
     if not baseline_only:
         from dotseg.inference.predictor import Predictor
 
-        model = Predictor.from_checkpoint(checkpoint, threads=threads)
+        # fp32: the benchmark measures the model itself (a gated reduced precision is within 0.002 of it)
+        model = Predictor.from_checkpoint(checkpoint, threads=threads, precision="fp32")
         segmenters.append(model)
         trained = model.synthesis
         if synthesis is None:

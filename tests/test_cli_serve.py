@@ -52,6 +52,7 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
         assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["status"] == "ready"
         started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert started, "no Ray processes under dotseg serve"
+        _listens_on_loopback_and_refuses_drivers_without_the_token(proc.pid, started, tmp_path)
         # Keep reading its output, so a chatty shutdown can never block on a full pipe.
         drain = threading.Thread(target=lambda: lines.extend(x.rstrip() for x in proc.stdout), daemon=True)
         drain.start()
@@ -71,3 +72,47 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
     finally:
         if proc.poll() is None:  # only what this test started, by PID (its own session)
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of ``pids``."""
+    out = []
+    for c in psutil.net_connections("inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            try:
+                name = psutil.Process(c.pid).name()
+            except psutil.Error:
+                name = "?"
+            out.append((c.laddr.ip, c.laddr.port, name))
+    return sorted(out)
+
+
+def _listens_on_loopback_and_refuses_drivers_without_the_token(main: int, started: set[int], tmp_path) -> None:
+    """Issue 18: the embedded Ray of `dotseg serve` listened on every interface (GCS, raylet,
+    workers, Serve actors, dashboard agent) and its token file was world-readable."""
+    listening = _listening(started | {main})
+    print("listening during dotseg serve:\n" + "\n".join(f"  {a}:{p}  {n}" for a, p, n in listening))
+    exposed = [(a, p, n) for a, p, n in listening if a not in ("127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    token = os.path.expanduser("~/.ray/auth_token")
+    assert os.path.isfile(token) and (os.stat(token).st_mode & 0o077) == 0, "the token file must be 0600"
+    gcs = [p for a, p, n in listening if n == "gcs_server"]
+    assert gcs, listening
+    probe = f"import ray; ray.init(address='127.0.0.1:{min(gcs)}', log_to_driver=False); print('CONNECTED')"
+    home = tmp_path / "home"  # no ~/.ray/auth_token there
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}):
+        r = subprocess.run(
+            [sys.executable, "-c", probe], env={**base, "HOME": str(home), **extra},
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode != 0 and "CONNECTED" not in r.stdout, (extra, r.stdout[-500:], r.stderr[-1500:])
+        assert "auth" in (r.stdout + r.stderr).lower(), r.stderr[-1500:]
+    with open(token) as f:
+        good = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": f.read().strip()}
+    r = subprocess.run(
+        [sys.executable, "-c", probe], env={**base, "HOME": str(home), **good},
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert "CONNECTED" in r.stdout, r.stderr[-1500:]
