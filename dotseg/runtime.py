@@ -85,7 +85,11 @@ def init_ray(
         runtime_env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=runtime_env, **settings)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True, **settings)
+        settings.setdefault("_node_ip_address", LOOPBACK)
+        with _single_machine():
+            ray.init(
+                num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True, configure_logging=True, **settings
+            )
         _private_token()
     node = getattr(ray._private.worker, "_global_node", None)  # None for ray:// clients
     if node is not None:
@@ -98,6 +102,58 @@ def init_ray(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ray.cluster_resources()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _single_machine() -> Iterator[None]:
+    """An embedded Ray is one machine's, so it listens on loopback only. Ray 2.60 turns a node IP of
+    127.0.0.1 into the machine's routable address unless it believes multi-node clusters are off
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, meant for laptops): then the GCS, raylet, workers,
+    agents and Serve's actors bind 127.0.0.1 (``ss -ltn``, tests/test_cli_serve.py). Set only while
+    Ray starts (its processes inherit it), so a ``ray start`` this process runs later can still
+    join a real cluster."""
+    from ray._private import ray_constants
+
+    key = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    old_env, old_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; this process imported Ray already
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+
+
+def replica_grpc_on_loopback() -> None:
+    """In a Serve replica on a loopback node: Ray 2.60 starts each replica's inter-deployment gRPC
+    server, which takes no token, on ``[::]:0``, every interface, whatever the node's address
+    (``ray.serve._private.replica``, hard-coded). Where the node is 127.0.0.1 (an embedded Ray, or a
+    cluster on one machine), bind it to 127.0.0.1 instead, as everything else on that node is. The
+    test of what listens (tests/test_cli_serve.py) fails loudly if a new Ray moves this."""
+    import ray
+
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # another Ray layout: nothing to patch; the listeners test says what listens
+        return
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "_dotseg", False):
+        return
+
+    def add_port(server: Any, address: str) -> int:
+        if address.startswith("[::]:") and ray.util.get_node_ip_address() == LOOPBACK:
+            address = f"{LOOPBACK}:{address.rpartition(':')[2]}"
+        return original(server, address)
+
+    add_port._dotseg = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = add_port
 
 
 def _private_token() -> None:

@@ -78,6 +78,9 @@ class Segmenter:
     """One replica: a Predictor (threads = its CPUs), batching, health, rollouts."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        from dotseg.runtime import replica_grpc_on_loopback
+
+        replica_grpc_on_loopback()  # before Serve starts this replica's gRPC server (after __init__)
         self.cfg = ServeConfig.from_dict(config)
         self.threads = max(1, int(self.cfg.cpus_per_replica))
         self.predictor: Any = None
