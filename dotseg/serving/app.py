@@ -36,6 +36,7 @@ from ray import serve
 
 from dotseg.serving import http
 from dotseg.serving.config import ServeConfig
+from dotseg.synthesis.noise import ORDER as NOISE_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ http.install(api)
 if STATIC.is_dir():
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-NOISES = ("none", "gaussian", "poisson", "salt_pepper", "speckle", "mixed")
+#: The demo's noise choices: the synthesis noise types (alphabetical, as the dashboard lists them).
+NOISES = ("none", *sorted(NOISE_ORDER), "mixed")
 
 
 def _warmup(predictor: Any) -> None:
