@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+# The user cache (exported engines, precision-gate records) of the tests, not the developer's: a
+# gate this machine's user passed must not switch the tests' shipped model to bf16. Kept between
+# runs (the ONNX export takes ~15 s), fresh on a new clone like CI's.
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "xdg"))
 
 
 @pytest.fixture(scope="session")

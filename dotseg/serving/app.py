@@ -152,7 +152,7 @@ class Segmenter:
 
     # -- batching -------------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def predict_batch(self, images: list[np.ndarray]) -> list[Any]:
         """Concurrent requests -> one forward pass per image size (the Predictor groups them)."""
         # In a thread: the replica's event loop keeps decoding and encoding other requests meanwhile
