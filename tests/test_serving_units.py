@@ -136,3 +136,28 @@ def test_a_scale_only_resubmission_never_swaps_the_model_of_an_app_that_is_not_s
         with pytest.raises(ServeError, match=f"the dotseg app is {status}.*--checkpoint") as info:
             plan(status, keep_model=True)
         assert "\n" not in str(info.value)
+
+
+def test_haproxy_mode_keeps_its_admin_socket_private_and_says_what_it_opens(monkeypatch) -> None:
+    """Issue 18: Ray 2.60 creates HAProxy's admin socket with mode 666 in a shared /tmp directory
+    and opens its stats and metrics ports on every interface without saying so."""
+    import os
+    import stat
+
+    from dotseg.serving import run
+
+    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    private = run.haproxy_env()
+    try:
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(private / "admin.sock")
+        assert os.environ["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"].startswith(str(private))
+        mode = stat.S_IMODE(private.stat().st_mode)
+        assert mode == 0o700, oct(mode)  # a 666 socket inside is out of reach of other users
+        lines = run.haproxy_listeners()
+        assert any("*:8404" in ln and "stats" in ln for ln in lines)
+        assert any("*:9101" in ln and "metrics" in ln for ln in lines)
+        assert any(str(private / "admin.sock") in ln for ln in lines)
+    finally:
+        private.rmdir()
