@@ -68,7 +68,7 @@ def cpu_info() -> tuple[str, tuple[str, ...]]:
     import platform
     from pathlib import Path
 
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and not name:

@@ -98,7 +98,10 @@ def check_http_options(wanted: dict[str, Any]) -> None:
     line, when started again: refuse ``serve.*`` values that did not apply, in one line."""
     from ray.serve.context import _get_global_client
 
-    running = _get_global_client().http_config
+    client = _get_global_client()
+    if client is None:  # serve.start just returned: there is a controller
+        raise ServeError("Serve did not start (no controller); see the Ray session's serve logs")
+    running = client.http_config
     differ = {k: getattr(running, k) for k, v in wanted.items() if getattr(running, k) != v}
     if differ:
         raise ServeError(
