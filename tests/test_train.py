@@ -131,3 +131,40 @@ def test_blank_mask_collapse_stops_the_run(ray_session, tmp_path: Path) -> None:
     result = train(cfg, run_dir=tmp_path / "collapse", quiet=True)
     assert result.stop_reason == "collapse"
     assert len(result.history) == 1 and result.history[0]["collapsed_epochs"] == 1
+
+
+def test_fine_tuning_starts_from_the_checkpoints_weights(ray_session, tmp_path: Path) -> None:
+    """`train.init` (dotseg train --init): the run starts from the file's weights, and its
+    checkpoints record where it started."""
+    import torch
+
+    from dotseg.checkpoint import load_checkpoint, save_checkpoint
+    from dotseg.models import build_model
+
+    cfg = smoke(tmp_path, "train.lr=1e-9")  # the weights barely move: what comes out is what went in
+    torch.manual_seed(123)
+    start = build_model(cfg.model)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.05)  # not what the run's own seeded init would give
+    init = save_checkpoint(tmp_path / "start.safetensors", start, cfg, threshold=0.5, metrics={}, epoch=7)
+    result = train(cfg.replace(**{"train.init": str(init)}), run_dir=tmp_path / "ft", quiet=True)
+    assert result.best_checkpoint is not None
+    out, ref = load_checkpoint(result.best_checkpoint), load_checkpoint(init)
+    weights = [k for k in ref.state_dict if "running_" not in k and "num_batches" not in k]
+    for k in weights:
+        torch.testing.assert_close(out.state_dict[k], ref.state_dict[k], atol=1e-5, rtol=0)
+    fresh = build_model(cfg.model).state_dict()  # the seed's init is far from it: the test can fail
+    assert max(float((fresh[k] - ref.state_dict[k]).abs().max()) for k in weights) > 0.01
+    assert out.cfg is not None and out.cfg.train.init == str(init)
+    assert out.meta.run_id == cfg.replace(**{"train.init": str(init)}).run_id != cfg.run_id  # another run
+
+
+def test_fine_tuning_refuses_another_model_in_one_line(cli, tmp_path: Path) -> None:
+    r = cli("train", "--config", "smoke", "--init", "shipped-v1", "--set", f"train.storage_path={tmp_path}")
+    assert r.returncode == 2 and "train.init" in r.stderr and "another model than expected" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())  # nothing started
+    r = cli("train", "--config", "smoke", "--init", str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = cli("train", "--init", "shipped", "--resume", str(tmp_path))
+    assert r.returncode == 2 and "use one" in r.stderr
