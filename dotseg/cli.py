@@ -196,6 +196,31 @@ def _synth_batches(cfg: Any, seed: int, args: argparse.Namespace) -> Iterator[di
     yield from ds.iter_batches(batch_size=cfg.data.rows_per_block, batch_format="numpy", prefetch_batches=2)
 
 
+# -- dotseg data --------------------------------------------------------------------------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from dotseg.labelled import DatasetError, summary, summary_lines
+
+    synthesis = None
+    if args.checkpoint:
+        from dotseg.checkpoint import CheckpointError, load_checkpoint
+        from dotseg.inference.predictor import resolve_checkpoint
+
+        try:
+            synthesis = load_checkpoint(resolve_checkpoint(args.checkpoint)).synthesis
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    try:
+        s = summary(args.location, synthesis)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(s, indent=1) if args.json else "\n".join(summary_lines(s)))
+    return 0
+
+
 # -- dotseg predict -----------------------------------------------------------------------------
 
 
@@ -660,6 +685,24 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--quiet", action="store_true", help="only errors and the final table")
     noise.add_argument("--verbose", action="store_true", help="also show Ray's own output")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "data",
+        help="check a labelled dataset (image/mask pairs in a folder or bucket) and summarize it",
+        description="dotseg data check DIR|URI: find the image/mask pairs (images/NAME + masks/NAME, or "
+        "NAME.png + NAME.mask.png), read every file, and report every problem in one line per kind "
+        "(unpaired files, unreadable files, size mismatches, masks that are not binary); else the summary: "
+        "count, sizes, foreground fraction, estimated SNR, in-distribution verdicts, content digest.",
+    )
+    p.add_argument("action", choices=("check",), help="what to do with the dataset")
+    p.add_argument("location", metavar="DIR|URI", help="a folder, or an s3:// / gs:// prefix")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="judge 'in distribution' against this model's training data (default: the shipped model's)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser(
         "evaluate",

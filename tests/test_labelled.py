@@ -1,0 +1,116 @@
+"""Users' own labelled images (issue 20, first part): the folder conventions, every bad-input case
+as one line naming the files, and `dotseg data check`'s summary. The dataset is built by the test
+from synthesis with a generator setting the shipped model was not trained on, plus real photos
+from scikit-image for the in-distribution column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from dotseg.labelled import DatasetError, digest, find_pairs, load, summary
+from dotseg.synthesis import SynthesisConfig, make_sample
+
+SOFT = SynthesisConfig(size=128).replace(
+    **{"dots.profile": ("gaussian",), "dots.amplitude": (0.4, 1.0), "image.offset": (0.5, 1.5)}
+)  # soft dots, per-dot amplitude, a background offset: a setting the shipped model was not trained on
+
+
+def _u16(image: np.ndarray) -> np.ndarray:
+    lo, hi = float(image.min()), float(image.max())
+    return np.round((image - lo) / max(hi - lo, 1e-12) * 65535).astype(np.uint16)
+
+
+def _write(root: Path, n: int, layout: str = "dirs", size: int = 128) -> Path:
+    for i in range(n):
+        s = make_sample(SOFT.replace(size=size), 3, i, noise_scale=0.5)
+        if layout == "dirs":
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_u16(s.image)).save(root / "images" / f"s{i:02d}.png")
+            Image.fromarray(s.mask.astype(np.uint8) * 255).save(root / "masks" / f"s{i:02d}.png")
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / f"s{i:02d}.tif", s.image.astype(np.float32))
+            np.save(root / f"s{i:02d}.mask.npy", s.mask.astype(bool))
+    return root
+
+
+def test_both_conventions_pair_by_name_and_read(tmp_path: Path) -> None:
+    for layout in ("dirs", "flat"):
+        root = _write(tmp_path / layout, 4, layout)
+        pairs = find_pairs(root)
+        assert [p.name for p in pairs] == ["s00", "s01", "s02", "s03"]
+        rows = load(root)
+        assert all(m.dtype == bool and im.shape == m.shape == (128, 128) for _, im, m in rows)
+        assert all(0.0 < m.mean() < 1.0 for *_, m in rows)
+    assert digest(tmp_path / "dirs") == digest(tmp_path / "dirs")
+    (tmp_path / "dirs" / "masks" / "s00.png").write_bytes((tmp_path / "dirs" / "masks" / "s01.png").read_bytes())
+    assert digest(tmp_path / "dirs") != digest(tmp_path / "flat")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "words"),
+    [
+        ("unpaired", ("2 image(s) without a mask (s01.png, s02.png)", "1 mask(s) without an image (x.png)")),
+        ("unreadable", ("1 unreadable file(s): s01",)),
+        ("size", ("1 pair(s) whose image and mask sizes differ: s02: image 128x128 but mask 64x64",)),
+        ("not_binary", ("1 mask(s) not binary: s03: not binary (3 values: 0, 1, 7",)),
+        ("empty", ("no image/mask pairs",)),
+    ],
+)
+def test_every_bad_dataset_is_one_line_naming_the_files(tmp_path: Path, breakage: str, words: tuple) -> None:
+    root = _write(tmp_path / "d", 4)
+    if breakage == "unpaired":
+        (root / "masks" / "s01.png").unlink()
+        (root / "masks" / "s02.png").unlink()
+        (root / "masks" / "x.png").write_bytes((root / "masks" / "s00.png").read_bytes())
+    elif breakage == "unreadable":
+        (root / "images" / "s01.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif breakage == "size":
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "masks" / "s02.png")
+    elif breakage == "not_binary":
+        mask = np.zeros((128, 128), np.uint8)
+        mask[10:20, 10:20], mask[30:40, 30:40] = 1, 7
+        Image.fromarray(mask).save(root / "masks" / "s03.png")
+    else:
+        for p in [*(root / "images").iterdir(), *(root / "masks").iterdir()]:
+            p.unlink()
+    with pytest.raises(DatasetError) as e:
+        load(root)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(str(root))
+    for w in words:
+        assert w in message, message
+
+
+def test_many_problems_list_the_first_few_and_the_count(tmp_path: Path) -> None:
+    root = _write(tmp_path / "d", 6)
+    for i in range(6):
+        (root / "masks" / f"s{i:02d}.png").rename(root / "masks" / f"t{i:02d}.png")
+    with pytest.raises(DatasetError, match=r"6 image\(s\) without a mask \(s00.png, s01.png, s02.png and 3 more\)"):
+        find_pairs(root)
+
+
+def test_data_check_summarizes_and_flags_photos(tmp_path: Path, cli) -> None:
+    from skimage import data as photos
+
+    root = _write(tmp_path / "d", 6, size=512)  # the model's image size: its dot scale
+    camera = photos.camera()  # a real photograph: not a dot pattern
+    Image.fromarray(camera).save(root / "images" / "camera.png")
+    Image.fromarray((camera > 128).astype(np.uint8) * 255).save(root / "masks" / "camera.png")
+    r = cli("data", "check", str(root))
+    assert r.returncode == 0, r.stderr
+    assert "7 image/mask pairs" in r.stdout and "512x512 (7)" in r.stdout
+    assert "6 of 7 look like the model's training data" in r.stdout and "flagged: camera" in r.stdout
+    s = summary(root)
+    assert s["pairs"] == 7 and 0 < s["foreground"]["mean"] < 1 and s["snr_db"]["median"] is not None
+    r = cli("data", "check", str(root), "--json")
+    assert json.loads(r.stdout)["in_distribution"]["flagged"] == ["camera"]
+    r = cli("data", "check", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
