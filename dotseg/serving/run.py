@@ -66,7 +66,7 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     if address is None and cfg.ingress == "haproxy":
         haproxy_env()  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)
-    http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
+    http = http_options(cfg)
     if address is None:
         serve.start(http_options=http)
     else:
@@ -91,6 +91,11 @@ class _AppliedOptions(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "will not be applied" not in record.getMessage()
+
+
+def http_options(cfg: ServeConfig) -> dict[str, Any]:
+    """The ``serve.*`` settings Serve takes when it first starts on a Ray, and keeps."""
+    return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
 
 
 def check_http_options(wanted: dict[str, Any]) -> None:
@@ -195,12 +200,13 @@ def start_or_roll_out(
     init_ray(address, num_cpus=None, quiet=quiet)
     status, current = None, None
     try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
+        serve.start(proxy_location="HeadOnly", http_options=http_options(cfg))
         status, current = app_state()
     except Exception:
         pass
     if plan(status, keep_model) == "start":
         return start(cfg, address=address, quiet=quiet), False
+    check_http_options(http_options(cfg))  # a port or timeout the running Serve would not take: say so
     roll_out(cfg.replace(checkpoint=current), current if keep_model else cfg.checkpoint)
     return urls(cfg), True
 
