@@ -138,7 +138,10 @@ def load(location: str | Path) -> list[tuple[Pair, np.ndarray, np.ndarray]]:
     """Every pair read and checked: (pair, image, mask). Every problem is collected first, then
     raised as one DatasetError with one clause per kind."""
     pairs = find_pairs(location)
-    out, unreadable, sizes, not_binary = [], [], [], []
+    out: list[tuple[Pair, np.ndarray, np.ndarray]] = []
+    unreadable: list[str] = []
+    sizes: list[str] = []
+    not_binary: list[str] = []
     for pair in pairs:
         try:
             image, mask = read_pair(pair)

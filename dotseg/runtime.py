@@ -83,7 +83,8 @@ def init_ray(
         if os.path.exists(os.path.expanduser("~/.ray/auth_token")) or "RAY_AUTH_TOKEN" in os.environ:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         runtime_env["env_vars"]["RAY_ADDRESS"] = address
-        ray.init(address=address, runtime_env=runtime_env, **settings)
+        with _single_machine() if _loopback_only(address) else contextlib.nullcontext():
+            ray.init(address=address, runtime_env=runtime_env, **settings)
     else:
         settings.setdefault("_node_ip_address", LOOPBACK)
         with _single_machine():
@@ -129,6 +130,26 @@ def _single_machine() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old_env
+
+
+def _loopback_only(address: str) -> bool:
+    """Whether ``address`` (host:port) is a Ray that answers on loopback only, as an embedded one
+    does: a Ray client would otherwise turn 127.0.0.1 into this machine's routable address, where
+    nothing listens, and wait there forever."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if host not in (LOOPBACK, "localhost") or not port.isdigit():
+        return False
+    from ray._private.services import node_ip_address_from_perspective
+
+    def answers(ip: str) -> bool:
+        with socket.socket() as s:
+            s.settimeout(2)
+            return s.connect_ex((ip, int(port))) == 0
+
+    routable = node_ip_address_from_perspective()
+    return routable != LOOPBACK and answers(LOOPBACK) and not answers(routable)
 
 
 def replica_grpc_on_loopback() -> None:
