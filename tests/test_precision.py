@@ -149,3 +149,14 @@ def test_shipped_record_lives_in_the_user_cache(cache: Path) -> None:
     """The shipped model's directory may be read-only: its exports and records go to the user cache."""
     dirs = engines.cache_dirs(shipped_checkpoint(), packaged=True)
     assert dirs == [cache]
+
+
+def test_serve_refuses_an_ungated_precision_before_starting(cache: Path) -> None:
+    """`dotseg serve --set serve.precision=bf16` without a passed gate: one line on the driver, no
+    replica started to fail."""
+    from dotseg.serving import run
+
+    with pytest.raises(run.ServeError, match=r"serve\.precision=bf16: it has not passed the precision gate"):
+        run.check_checkpoint(None, "bf16", local=True)
+    run.check_checkpoint(None, "auto", local=True)  # auto and fp32 always start
+    run.check_checkpoint(None, "bf16", local=False)  # a cluster's replicas judge on their own CPU
