@@ -271,6 +271,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if args.gate:
         return _gate(args, out)
+    if args.data:
+        return _evaluate_data(args, cfg, out)
     # The benchmark is the seed's generator unless the user names another with --config / --set.
     own_generator = args.config is not None or any(o.startswith("synthesis.") for o in args.overrides)
     try:
@@ -300,6 +302,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {out / 'report.md'} (and report.json, dice_vs_snr.png, worst_*.png)")
     if args.wandb:
         tracking.log_evaluation(report, out, cfg.train.wandb)
+    return 0
+
+
+def _evaluate_data(args: argparse.Namespace, cfg: Any, out: Path) -> int:
+    from dotseg.checkpoint import CheckpointError
+    from dotseg.evaluation import evaluate_labelled
+    from dotseg.labelled import DatasetError
+
+    if args.baseline or args.suite != "standard" or args.gate:
+        raise UserError(
+            "--data evaluates the model and the baseline on your images: drop --baseline / --suite / --gate"
+        )
+    try:
+        report = evaluate_labelled(
+            args.checkpoint,
+            args.data,
+            out,
+            baseline=cfg.baseline,
+            tolerance=args.tolerance,
+            threads=args.threads,
+            progress=not args.quiet,
+        )
+    except (CheckpointError, DatasetError) as e:
+        raise UserError(str(e)) from None
+    for name, o in report["overall"].items():
+        print(f"{name:<9} n={o['n']}  dice {o['dice']:.3f}  iou {o['iou']:.3f}  boundary F1 {o['boundary_f1']:.3f}")
+    ind = report["in_distribution"]
+    print(
+        f"in distribution: {ind['pass']} of {report['benchmark']['n']}"
+        + (f" (flagged: {', '.join(ind['flagged'][:5])})" if ind["flagged"] else "")
+    )
+    print(f"report: {out / 'report.md'} (and report.json, worst_*.png)")
     return 0
 
 
@@ -719,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the model shipped with the package",
     )
     p.add_argument("--baseline", action="store_true", help="evaluate the classical baseline alone")
+    p.add_argument(
+        "--data",
+        metavar="DIR|URI",
+        default=None,
+        help="evaluate on your own labelled images instead (images/NAME + masks/NAME, or NAME + NAME.mask; "
+        "see `dotseg data check`): the same metrics, the baseline beside the model, bins by estimated SNR",
+    )
     p.add_argument(
         "--gate",
         action="store_true",

@@ -114,3 +114,22 @@ def test_data_check_summarizes_and_flags_photos(tmp_path: Path, cli) -> None:
     assert json.loads(r.stdout)["in_distribution"]["flagged"] == ["camera"]
     r = cli("data", "check", str(tmp_path / "missing"))
     assert r.returncode == 2 and "no such directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_on_labelled_data_reports_model_and_baseline(tmp_path: Path, cli) -> None:
+    root = _write(tmp_path / "d", 4, layout="flat")
+    out = tmp_path / "report"
+    r = cli("evaluate", "--data", str(root), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "model     n=4" in r.stdout and "baseline  n=4" in r.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["benchmark"]["suite"] == "labelled" and report["benchmark"]["digest"] == digest(root)
+    assert set(report["overall"]) == {"model", "baseline"}
+    assert 0.0 <= report["overall"]["model"]["dice"] <= 1.0
+    assert sum(per["model"]["n"] for per in report["by_snr_bin"].values()) == 4
+    assert {s["name"] for s in report["samples"]} == {"s00", "s01", "s02", "s03"}
+    text = (out / "report.md").read_text()
+    assert "labelled images" in text and "By estimated SNR" in text and (out / "worst_model.png").is_file()
+    (root / "s01.mask.npy").unlink()
+    r = cli("evaluate", "--data", str(root), "--out", str(out))
+    assert r.returncode == 2 and "1 image(s) without a mask (s01.tif)" in r.stderr
