@@ -16,6 +16,8 @@ summary (count, sizes, foreground fraction, estimated SNR, the in-distribution v
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +65,24 @@ def local_dir(location: str | Path) -> Path:
             raise DatasetError(f"{location}: {'no such directory' if not path.exists() else 'not a directory'}")
         return path
     uri = str(location).rstrip("/")
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if uri in _FETCHED and _FETCHED[uri].is_dir():
+        return _FETCHED[uri]
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    dest = storage.CACHE_DIR / "datasets" / key / storage.name(uri)
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+    shutil.rmtree(part, ignore_errors=True)
     try:
-        return storage.download(uri, storage.CACHE_DIR / "datasets" / digest / storage.name(uri))
+        storage.download(uri, part)
     except storage.StorageError as e:
         raise DatasetError(str(e)) from None
+    shutil.rmtree(dest, ignore_errors=True)  # the bucket may have changed since the last fetch
+    part.rename(dest)
+    _FETCHED[uri] = dest
+    return dest
+
+
+#: Bucket datasets fetched by this process (one command reads a dataset several times).
+_FETCHED: dict[str, Path] = {}
 
 
 def find_pairs(location: str | Path) -> list[Pair]:

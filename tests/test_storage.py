@@ -134,3 +134,25 @@ def test_a_stale_machine_never_uploads_older_results_over_newer_ones(s3_env, tmp
     (stale / "history.json").write_text(history(12))
     upload_run(stale, bucket)
     assert json.loads(storage.download(f"{bucket}/history.json", got / "h2.json").read_text())[-1]["epoch"] == 12
+
+
+def test_a_labelled_dataset_in_a_bucket_is_checked_like_a_folder(s3_env, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from dotseg.labelled import DatasetError, load, summary
+    from dotseg.synthesis import SynthesisConfig, make_sample
+
+    local = tmp_path / "mydata"
+    for sub in ("images", "masks"):
+        (local / sub).mkdir(parents=True)
+    for i in range(3):
+        s = make_sample(SynthesisConfig(size=64), 1, i)
+        Image.fromarray((np.clip(s.image, 0, 1) * 255).astype(np.uint8)).save(local / "images" / f"a{i}.png")
+        Image.fromarray(s.mask.astype(np.uint8) * 255).save(local / "masks" / f"a{i}.png")
+    uri = "s3://dotseg-storage-test/datasets/mydata"
+    storage.upload(local, uri)
+    assert [p.name for p, *_ in load(uri)] == ["a0", "a1", "a2"]
+    assert summary(uri)["pairs"] == 3 and summary(uri)["location"] == uri
+    with pytest.raises(DatasetError, match=r"s3://dotseg-storage-test/datasets/nothing"):
+        load("s3://dotseg-storage-test/datasets/nothing")
