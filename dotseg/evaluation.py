@@ -312,7 +312,7 @@ def evaluate_labelled(
     from dotseg.baseline import ClassicalBaseline
     from dotseg.inference.ood import estimate_snr_db, in_distribution
     from dotseg.inference.predictor import Predictor
-    from dotseg.labelled import digest, load
+    from dotseg.labelled import load, pairs_digest
 
     dataset = load(data)  # every problem of the dataset, in one line, before any prediction
     model = Predictor.from_checkpoint(checkpoint, threads=threads, precision="fp32")
@@ -364,7 +364,7 @@ def evaluate_labelled(
         "benchmark": {
             "suite": "labelled",
             "data": str(data),
-            "digest": digest(data),
+            "digest": pairs_digest([pair for pair, _, _ in dataset]),
             "n": len(dataset),
             "tolerance_px": tolerance,
             "snr_bins": [b[0] for b in SNR_BINS],

@@ -16,8 +16,6 @@ summary (count, sizes, foreground fraction, estimated SNR, the in-distribution v
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +66,11 @@ def local_dir(location: str | Path) -> Path:
     if uri in _FETCHED and _FETCHED[uri].is_dir():
         return _FETCHED[uri]
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    dest = storage.CACHE_DIR / "datasets" / key / storage.name(uri)
-    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-    shutil.rmtree(part, ignore_errors=True)
-    try:
-        storage.download(uri, part)
+    try:  # a fresh copy: the bucket may have changed since the last fetch
+        _FETCHED[uri] = storage.download(uri, storage.CACHE_DIR / "datasets" / key / storage.name(uri))
     except storage.StorageError as e:
         raise DatasetError(str(e)) from None
-    shutil.rmtree(dest, ignore_errors=True)  # the bucket may have changed since the last fetch
-    part.rename(dest)
-    _FETCHED[uri] = dest
-    return dest
+    return _FETCHED[uri]
 
 
 #: Bucket datasets fetched by this process (one command reads a dataset several times).
@@ -138,14 +130,19 @@ def as_mask(array: np.ndarray, name: str) -> np.ndarray:
     return array != 0
 
 
+def _size_problem(pair: Pair, image: np.ndarray, mask: np.ndarray) -> str | None:
+    if image.shape == mask.shape:
+        return None
+    return f"{pair.name}: image {image.shape[1]}x{image.shape[0]} but mask {mask.shape[1]}x{mask.shape[0]}"
+
+
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(image as stored, grey; mask bool), same (H, W); DatasetError / ImageError on a bad file."""
     image = to_grey(read_image(pair.image))
-    mask = as_mask(read_image(pair.mask), pair.mask.name)
-    if image.shape != mask.shape:
-        raise DatasetError(
-            f"{pair.name}: image {image.shape[1]}x{image.shape[0]} but mask {mask.shape[1]}x{mask.shape[0]}"
-        )
+    mask = as_mask(read_image(pair.mask), pair.name)
+    problem = _size_problem(pair, image, mask)
+    if problem:
+        raise DatasetError(problem)
     return image, mask
 
 
@@ -159,14 +156,18 @@ def load(location: str | Path) -> list[tuple[Pair, np.ndarray, np.ndarray]]:
     not_binary: list[str] = []
     for pair in pairs:
         try:
-            image, mask = read_pair(pair)
+            image, stored = to_grey(read_image(pair.image)), read_image(pair.mask)
         except ImageError as e:
             unreadable.append(f"{pair.name} ({str(e).split(': ', 1)[-1]})")
             continue
+        try:
+            mask = as_mask(stored, pair.name)
         except DatasetError as e:
-            (sizes if "but mask" in str(e) else not_binary).append(
-                str(e).replace(f"{pair.mask.name}: ", f"{pair.name}: ")
-            )
+            not_binary.append(str(e))
+            continue
+        problem = _size_problem(pair, image, mask)
+        if problem:
+            sizes.append(problem)
             continue
         out.append((pair, image, mask))
     problems = []
@@ -183,8 +184,13 @@ def load(location: str | Path) -> list[tuple[Pair, np.ndarray, np.ndarray]]:
 
 def digest(location: str | Path) -> str:
     """A 12-hex content digest of the dataset (names and bytes of every pair): what provenance records."""
+    return pairs_digest(find_pairs(location))
+
+
+def pairs_digest(pairs: list[Pair]) -> str:
+    """:func:`digest` of pairs already found."""
     h = hashlib.blake2b(digest_size=6)
-    for pair in find_pairs(location):
+    for pair in pairs:
         for path in (pair.image, pair.mask):
             h.update(path.name.encode())
             h.update(path.read_bytes())
@@ -215,7 +221,7 @@ def summary(location: str | Path, synthesis: Any = None) -> dict[str, Any]:
             "noise_free": int(np.isposinf(snr).sum()),
         },
         "in_distribution": {"pass": len(rows) - len(outside), "flagged": outside},
-        "digest": digest(location),
+        "digest": pairs_digest([pair for pair, _, _ in rows]),
     }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,17 @@ def upload(local: Path, uri: str) -> None:
 
 
 def download(uri: str, local: Path) -> Path:
-    """Copy the object at ``uri`` to the file ``local`` (atomically: a reader never sees half of it)."""
+    """Copy the object (or the prefix's tree) at ``uri`` to ``local`` (atomically: a reader never
+    sees half of it; a directory fetched again replaces the old copy whole)."""
     import pyarrow.fs
 
     fs, path = filesystem(uri)
     local.parent.mkdir(parents=True, exist_ok=True)
     part = local.with_name(f"{local.name}.{os.getpid()}.part")  # replicas on one node may fetch together
+    shutil.rmtree(part, ignore_errors=True)
     _call(uri, "read", pyarrow.fs.copy_files, path, str(part), fs, pyarrow.fs.LocalFileSystem())
+    if part.is_dir():  # os.replace does not replace a non-empty directory
+        shutil.rmtree(local, ignore_errors=True)
     part.replace(local)
     return local
 

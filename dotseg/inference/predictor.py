@@ -132,7 +132,7 @@ class Predictor:
         """The checkpoint the model came from (its path, metrics, ...), if any."""
         self.engine = engines.resolve_engine(engine, self.device)
         """The engine the forward pass runs on (``auto`` resolved)."""
-        self.packaged = checkpoint is not None and _is_shipped(checkpoint.path)
+        self.packaged = checkpoint is not None and is_shipped(checkpoint.path)
         self.precision = self._precision(precision, engine != "auto", require_gate)
         """The arithmetic of the forward pass: ``fp32`` or a gated reduced precision (``bf16``)."""
         run: engines.Engine | None = None
@@ -277,7 +277,7 @@ class Predictor:
         return self._run(batch[:, None])[:, 0]  # (B, 1, H, W) in and out
 
 
-def _is_shipped(path: Path) -> bool:
+def is_shipped(path: Path) -> bool:
     """Whether ``path`` is the model installed inside the package (its cache goes to the user cache dir)."""
     try:
         return path.resolve() == shipped_checkpoint().resolve()

@@ -30,23 +30,27 @@ class ServeError(RuntimeError):
     """The app cannot start or be updated; the message says why and what to do."""
 
 
-def check_checkpoint(checkpoint: str | None, precision: str = "auto", local: bool = True) -> None:
+def check_checkpoint(checkpoint: str | None, precision: str = "auto", local: bool = True, engine: str = "auto") -> None:
     """Refuse an unusable checkpoint here, before any replica tries it (one line, CheckpointError);
     on an embedded Ray (``local``: the replicas share this CPU) also a reduced ``precision`` that has
-    not passed the gate (ServeError)."""
+    not passed the gate for the engine the replicas will run (ServeError), decided as they decide it."""
+    import torch
+
     from dotseg.checkpoint import load_checkpoint
     from dotseg.inference import engines
     from dotseg.inference import precision as gate
-    from dotseg.inference.predictor import _is_shipped, resolve_checkpoint
+    from dotseg.inference.predictor import is_shipped, resolve_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     if local and precision not in ("auto", "fp32"):
-        record = gate.load_record(engines.cache_dirs(ckpt.path, _is_shipped(ckpt.path)), ckpt.model_id)
-        if not any(r["passed"] and r["precision"] == precision for r in (record or {}).get("rows", [])):
+        record = gate.load_record(engines.cache_dirs(ckpt.path, is_shipped(ckpt.path)), ckpt.model_id)
+        try:
+            gate.choose(record, engines.resolve_engine(engine, torch.device("cpu")), precision, engine != "auto")
+        except ValueError:
             raise ServeError(
                 f"serve.precision={precision}: it has not passed the precision gate for model {ckpt.model_id} on "
                 "this CPU; run `dotseg evaluate --gate --checkpoint CHECKPOINT`, or use serve.precision=auto"
-            )
+            ) from None
 
 
 def urls(cfg: ServeConfig) -> dict[str, str]:
@@ -62,7 +66,7 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
     from dotseg.runtime import init_ray
     from dotseg.serving.app import build
 
-    check_checkpoint(cfg.checkpoint, cfg.precision, local=address is None)
+    check_checkpoint(cfg.checkpoint, cfg.precision, local=address is None, engine=cfg.engine)
     if address is None and cfg.ingress == "haproxy":
         haproxy_env()  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)

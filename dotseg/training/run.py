@@ -124,11 +124,11 @@ def locate_run(location: str | Path) -> tuple[Path, str | None]:
 RESULTS = ("history.json", "best.safetensors", "curves.png")
 
 
-def _epochs(history: Path) -> int:
-    """The last epoch in a run's history.json (0 when missing or unreadable)."""
+def _epochs(history_json: str) -> int:
+    """The last epoch in a run's history.json text (0 when empty or unreadable)."""
     try:
-        return max((int(h.get("epoch", 0)) for h in json.loads(history.read_text())), default=0)
-    except (OSError, ValueError, TypeError, AttributeError):
+        return max((int(h.get("epoch", 0)) for h in json.loads(history_json)), default=0)
+    except (ValueError, TypeError, AttributeError):
         return 0
 
 
@@ -136,13 +136,9 @@ def upload_run(run_dir: Path, remote: str) -> None:
     """Upload a bucket run's staging directory, but never older results over newer ones: when the
     bucket's history.json reaches a later epoch than this machine's (another machine resumed the run
     further), this machine's results stay here, with one line saying why; its logs still go up."""
-    remote_history = run_dir / ".bucket-history.json"
-    try:
-        if storage.exists(storage.join(remote, "history.json")):
-            storage.download(storage.join(remote, "history.json"), remote_history)
-        theirs, ours = _epochs(remote_history), _epochs(run_dir / "history.json")
-    finally:
-        remote_history.unlink(missing_ok=True)
+    theirs_uri, ours_path = storage.join(remote, "history.json"), run_dir / "history.json"
+    theirs = _epochs(storage.read_text(theirs_uri)) if storage.exists(theirs_uri) else 0
+    ours = _epochs(ours_path.read_text()) if ours_path.is_file() else 0
     if theirs > ours:
         log.warning(
             f"not uploading this machine's results of {remote}: the bucket's history reaches epoch {theirs}, "
