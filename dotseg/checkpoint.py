@@ -128,6 +128,9 @@ class Provenance(BaseModel):
     """For a promoted sweep trial: the sweep's directory name."""
     trial: str | None = None
     """For a promoted sweep trial: the trial's name."""
+    datasets: dict[str, str] = {}
+    """For a run fine-tuned on users' labelled images (``data.labelled``): each dataset's path and
+    content digest (:func:`dotseg.labelled.pairs_digest`)."""
 
 
 class CheckpointMeta(BaseModel):
@@ -217,7 +220,7 @@ def save_checkpoint(
     threshold: float,
     metrics: Mapping[str, float],
     epoch: int,
-    origin: Mapping[str, str] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s weights, its contract and ``cfg`` as provenance to ``path`` (``*.safetensors``), atomically.
 
@@ -676,7 +679,7 @@ def save_training_checkpoint(
     scheduler: Any,
     scaler: Any,
     loop: Mapping[str, Any],
-    origin: Mapping[str, str] | None = None,
+    origin: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write everything a run needs to continue exactly where it is into ``directory``.
 

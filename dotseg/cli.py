@@ -7,6 +7,8 @@ without loading torch or Ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -61,6 +63,32 @@ def _ranged(kind: type, lo: float | None = None, hi: float | None = None, *, ope
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return parse
+
+
+def _actors(text: str) -> tuple[int, int]:
+    """``--actors N`` (a fixed pool) or ``MIN-MAX`` (autoscaling), 1 <= MIN <= MAX."""
+    low, _, high = text.partition("-")
+    try:
+        pair = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX (whole numbers), got {text}") from None
+    if not 1 <= pair[0] <= pair[1]:
+        raise argparse.ArgumentTypeError(f"must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX, got {text}")
+    return pair
+
+
+@contextlib.contextmanager
+def _ray_logs(args: argparse.Namespace) -> Iterator[None]:
+    """Ray's own driver log lines go to a file under the cache dir, not between the progress lines."""
+    from datetime import datetime
+
+    from dotseg.runtime import ray_logs_to
+    from dotseg.storage import CACHE_DIR
+
+    path = CACHE_DIR / "logs" / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ray_logs_to(path):
+        yield
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -160,6 +188,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             args.n,
             preview=not args.no_preview,
             progress=not args.quiet,
+            labelled=args.labelled,
         )
         dt = time.perf_counter() - t0
         print(
@@ -225,34 +254,90 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from dotseg.batch import use_ray
     from dotseg.checkpoint import CheckpointError
-    from dotseg.inference.files import predict_files
     from dotseg.inference.images import ImageError, list_images
-    from dotseg.inference.predictor import Predictor
+    from dotseg.storage import StorageError, is_uri
 
+    remote = args.address or is_uri(args.output) or any(is_uri(i) for i in args.input)
     try:
-        inputs = list_images(args.input)
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint,
-            device=args.device,
-            threads=args.threads,
-            threshold=args.threshold,
-            engine=args.engine,
-            precision=args.precision,
-        )
-        result = predict_files(
-            predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay, progress=not args.quiet
-        )
-    except (ImageError, CheckpointError) as e:
+        inputs = None if remote or args.runner == "ray" else list_images(args.input)
+        if use_ray(args.runner, args.input, args.output, args.address, None if inputs is None else len(inputs)):
+            return _predict_at_scale(args)
+        if remote:
+            raise UserError("--runner local reads and writes local files only: drop --address and bucket URIs")
+        assert inputs is not None
+        return _predict_here(args, inputs)
+    except (ImageError, CheckpointError, StorageError) as e:
         raise UserError(str(e)) from None
     except ValueError as e:  # a threshold or thread count out of range, or a device that is not here
         raise UserError(str(e)) from None
+
+
+def _predict_here(args: argparse.Namespace, inputs: list[Path]) -> int:
+    """Today's single-process path: small local inputs, no Ray."""
+    from dotseg.inference.files import predict_files
+    from dotseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        threads=args.threads,
+        threshold=args.threshold,
+        engine=args.engine,
+        precision=args.precision,
+    )
+    result = predict_files(
+        predictor, inputs, Path(args.output), prob=args.prob, overlay=args.overlay, progress=not args.quiet
+    )
     failed = f" ({len(result.failed)} failed)" if result.failed else ""
     source = predictor.checkpoint.path if predictor.checkpoint else "the shipped model"
     print(
         f"predicted {result.written} of {len(inputs)} images{failed} into {args.output}/ in {result.seconds:.1f} s "
         f"with {source} (threshold {predictor.threshold:g}, {predictor.device}, "
         f"{predictor.engine} {predictor.precision})"
+    )
+    return 1 if result.failed else 0
+
+
+def _predict_at_scale(args: argparse.Namespace) -> int:
+    """Ray Data: an actor pool of Predictors, a manifest, resumable (dotseg.batch)."""
+    from dotseg.batch import BatchError, BatchOptions, default_threads, predict_at_scale
+    from dotseg.device import resolve_device
+
+    device = resolve_device(args.device).type  # fails fast here for a device this machine lacks
+    if args.address and args.device == "auto":
+        device = "cpu"  # the driver's GPU says nothing of the cluster's: ask with --device cuda
+    options = BatchOptions(
+        checkpoint=args.checkpoint,
+        threshold=args.threshold,
+        device=device,
+        threads=args.threads or default_threads(),
+        engine=args.engine,
+        precision=args.precision,
+        prob=args.prob,
+        overlay=args.overlay,
+    )
+    try:
+        with _ray_logs(args):
+            result = predict_at_scale(
+                args.input,
+                args.output,
+                options,
+                address=args.address,
+                actors=args.actors,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+    except BatchError as e:
+        raise UserError(str(e)) from None
+    failed = f", {len(result.failed)} failed" if result.failed else ""
+    skipped = f", {result.skipped} done earlier and skipped" if result.skipped else ""
+    rate = f" ({result.done / result.seconds:.2f} images/s)" if result.seconds > 0 and result.done else ""
+    where = f" on {result.nodes} Ray node(s)" if result.nodes else ""
+    print(
+        f"predicted {result.done} of {result.total} images{skipped}{failed} into {args.output} "
+        f"in {result.seconds:.1f} s{rate}{where}; manifest: {result.manifest or '(nothing to do)'}"
     )
     return 1 if result.failed else 0
 
@@ -596,6 +681,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dotseg.submit import COMMANDS as JOBS  # stdlib only at import
+
     parser = _Parser(
         prog="dotseg",
         description="Noise-robust dot-pattern segmentation: synthesis, training, sweeps and serving on Ray.",
@@ -632,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="write the noise-free copies instead")
     p.add_argument("--grid", metavar="PNG", help="also render one figure of samples across noise types x levels")
     p.add_argument("--no-preview", action="store_true", help="skip the per-sample PNG previews")
+    p.add_argument(
+        "--labelled",
+        action="store_true",
+        help="write a labelled dataset (images/NAME.png 16-bit + masks/NAME.png) for data check, evaluate --data "
+        "and data.labelled, instead of npz files",
+    )
     p.add_argument(
         "--ray",
         action="store_true",
@@ -851,7 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "submit",
-        help="run train / sweep / evaluate / serve as a Ray job on a cluster (Jobs API)",
+        help="run train / sweep / evaluate / serve / predict as a Ray job on a cluster (Jobs API)",
         description="Submit `dotseg JOB` to a Ray cluster's Jobs API: the project directory is uploaded "
         "as the job's working_dir (without .git, virtual environments, runs, W&B and checkpoint "
         "folders), W&B settings travel with it, logs stream back until it ends, and the exit status "
@@ -859,7 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. dotseg submit evaluate --address URL -- --checkpoint /shared/best.safetensors). "
         "Token-auth clusters need RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.",
     )
-    p.add_argument("job", choices=("train", "sweep", "evaluate", "serve"), help="the dotseg command to run")
+    p.add_argument("job", choices=JOBS, help="the dotseg command to run")
     p.add_argument(
         "--address",
         required=True,
@@ -932,6 +1025,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (default): the fastest reduced precision that passed `dotseg evaluate --gate` for this model on "
         "this CPU, else fp32; fp32: exact; bf16: refused unless it passed the gate",
+    )
+    p.add_argument(
+        "--runner",
+        choices=("auto", "local", "ray"),
+        default="auto",
+        help="local: this process; ray: Ray Data, an actor pool of predictors writing a manifest, resumable; "
+        "auto (default): ray for bucket URIs, --address or more than 500 files, else local",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster to run on (auto, host:port); implies --runner ray")
+    p.add_argument(
+        "--actors",
+        type=_actors,
+        default=(1, 1),
+        metavar="N|MIN-MAX",
+        help="Ray runner: predictor actors, a fixed number or an autoscaling range (default 1); each takes "
+        "--threads CPUs (default: up to 4 threads per actor)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Ray runner: predict every input again, even those the output's manifest lists as done",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)

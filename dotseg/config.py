@@ -97,12 +97,18 @@ NOT_IN_RUN_IDENTITY: tuple[str, ...] = (
     "train.collapse",
     "train.val_samples",
     "train.threshold",
-    "data",
+    # data: how samples are made, not which (data.labelled is identity, below); augment predates it
+    "data.synth_tasks",
+    "data.rows_per_block",
+    "data.cpus_per_task",
+    "data.prefetch_batches",
+    "data.augment",
+    "data.priority",
     "baseline",
     "tune",
     "serve",
 )
-#: Keys added after runs and checkpoints were made (the synthesis variation fields), whose defaults
+#: Keys added after runs and checkpoints were made (the synthesis variation fields, fine-tuning), whose defaults
 #: reproduce exactly what those runs did: at their default they stay out of the run identity, so an
 #: existing run, its checkpoints and a config that leaves these keys alone keep one identity.
 IDENTITY_NEUTRAL: tuple[str, ...] = (
@@ -115,6 +121,9 @@ IDENTITY_NEUTRAL: tuple[str, ...] = (
     "synthesis.noise.correlation",
     "synthesis.image",
     "train.init",
+    "data.labelled",
+    "data.labelled_fraction",
+    "data.labelled_holdout",
 )
 #: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
 #: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be
@@ -216,7 +225,10 @@ def run_identity(data: dict[str, Any]) -> str:
     """The run identity of a resolved config in dict form (as stored in checkpoints and runs)."""
     defaults = _neutral_defaults()
     neutral = tuple(k for k in IDENTITY_NEUTRAL if dict_value(data, k, _MISSING) in (_MISSING, defaults[k]))
-    return config_hash(drop_paths(data, NOT_IN_RUN_IDENTITY + neutral))
+    kept = drop_paths(data, NOT_IN_RUN_IDENTITY + neutral)
+    if kept.get("data") == {}:  # no labelled data: no data section, as before data.labelled existed
+        del kept["data"]
+    return config_hash(kept)
 
 
 _MISSING = object()

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,8 +23,17 @@ from dotseg.normalize import normalize
 from dotseg.synthesis import SynthesisConfig, make_batch
 
 
+class LabelledData(Section):
+    """One labelled dataset to train on (see :mod:`dotseg.labelled` for the layouts)."""
+
+    path: str
+    """A folder or a bucket prefix (``s3://``, ``gs://``) of image/mask pairs."""
+    weight: float = Field(1.0, gt=0.0)
+    """Relative share of the labelled samples drawn from this dataset."""
+
+
 class DataConfig(Section):
-    """How Ray Data synthesizes training and validation samples."""
+    """How Ray Data synthesizes training and validation samples, and mixes in labelled images."""
 
     synth_tasks: int = Field(2, ge=1, le=4096)
     """Ray Data tasks synthesizing in parallel (per training run)."""
@@ -41,10 +51,22 @@ class DataConfig(Section):
     runs them only on cycles the training workers leave free, so on a machine whose cores the
     workers' torch threads fill, synthesis fills the gaps instead of preempting those threads (a
     descheduled thread stalls every parallel op of its step). Elsewhere ``normal``."""
+    labelled: tuple[LabelledData, ...] = ()
+    """Users' labelled datasets mixed into training (fine-tuning): ``[{path: DIR_OR_URI, weight: 1}]``.
+    Each is checked whole when the run starts; its content digest goes into the checkpoint."""
+    labelled_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of training samples drawn from ``labelled`` (a random ``synthesis.size`` window of a
+    training pair, with one of the 8 flips / rotations); the rest are synthesized, following the
+    curriculum. Drawn per sample from its seed and index, like the rest of a sample."""
+    labelled_holdout: float = Field(0.2, gt=0.0, lt=1.0)
+    """Share of each labelled dataset held out of training (chosen by ``train.seed``) and validated
+    on every epoch as ``labelled_dice``, which early stopping and the best checkpoint then follow."""
 
 
 #: Stream of a sample's augmentation draw (the generator uses 0-2, see dotseg.synthesis.generate).
 _AUGMENT_STREAM = 3
+#: Stream of a sample's labelled-or-synthetic draw, and of which labelled window it is.
+_LABELLED_STREAM = 4
 
 
 def dihedral(out: dict[str, np.ndarray], seed: int, ids: np.ndarray, keys: Sequence[str]) -> None:
@@ -94,8 +116,11 @@ def _synthesize_batch(
     columns: Sequence[str] | None,
     model_input: bool,
     augment: bool = False,
+    labelled: LabelledMix | None = None,
 ) -> dict[str, np.ndarray]:
     ids = batch["id"] + offset
+    if labelled is not None:
+        return _mixed_batch(cfg, seed, ids, noise_scale, mixed_prob, augment, model_input, labelled)
     out = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=noisy)
     if columns is not None and "clean" in columns:  # the noise-free copies of the same samples
         out["clean"] = make_batch(cfg, seed, ids, noise_scale=noise_scale, mixed_prob=mixed_prob, noisy=False)["image"]
@@ -106,6 +131,76 @@ def _synthesize_batch(
             if key in out:
                 out[key] = normalize(out[key])
     return out if columns is None else {k: out[k] for k in columns}
+
+
+@dataclass(frozen=True)
+class LabelledMix:
+    """What a training task needs to draw labelled samples: the datasets, their weights, the
+    share of labelled samples and the run's split seed (every task computes the same split)."""
+
+    paths: tuple[str, ...]
+    weights: tuple[float, ...]
+    fraction: float
+    holdout: float
+    split_seed: int
+
+    @classmethod
+    def of(cls, data: DataConfig, split_seed: int) -> LabelledMix | None:
+        if not data.labelled:
+            return None
+        return cls(
+            tuple(d.path for d in data.labelled),
+            tuple(d.weight for d in data.labelled),
+            data.labelled_fraction,
+            data.labelled_holdout,
+            split_seed,
+        )
+
+
+def _mixed_batch(
+    cfg: SynthesisConfig,
+    seed: int,
+    ids: np.ndarray,
+    noise_scale: float,
+    mixed_prob: float,
+    augment: bool,
+    model_input: bool,
+    mix: LabelledMix,
+) -> dict[str, np.ndarray]:
+    """Training rows (``image``, ``mask``), each either synthesized (with the curriculum's noise)
+    or a random window of a labelled training pair, drawn per sample from ``(seed, id)``. Labelled
+    windows always get a flip / rotation; synthetic samples only with ``augment``."""
+    from dotseg import labelled
+
+    size = cfg.size
+    images = np.empty((len(ids), size, size), np.float32)
+    masks = np.empty((len(ids), size, size), np.uint8)
+    probs = np.asarray(mix.weights) / sum(mix.weights)
+    real: list[int] = []
+    for i, index in enumerate(ids):
+        rng = np.random.default_rng([int(seed), int(index), _LABELLED_STREAM])
+        if rng.random() >= mix.fraction:
+            continue
+        real.append(i)
+        path = mix.paths[int(rng.choice(len(mix.paths), p=probs))]
+        _, data, truth = labelled.arrays(path)
+        train, _ = labelled.split(len(data), mix.holdout, mix.split_seed)
+        k = int(train[rng.integers(len(train))])
+        images[i], masks[i] = labelled.window(data[k], truth[k], size, rng)
+    synthetic = np.array([i for i in range(len(ids)) if i not in set(real)], dtype=np.int64)
+    if len(synthetic):
+        out = make_batch(cfg, seed, ids[synthetic], noise_scale=noise_scale, mixed_prob=mixed_prob)
+        images[synthetic], masks[synthetic] = out["image"], out["mask"]
+    rows: dict[str, np.ndarray] = {"image": images, "mask": masks}
+    chosen = np.array(real if not augment else range(len(ids)), dtype=np.int64)
+    if len(chosen):
+        sub = {key: value[chosen] for key, value in rows.items()}
+        dihedral(sub, seed, ids[chosen], ("image", "mask"))
+        for key in rows:
+            rows[key][chosen] = sub[key]
+    if model_input:
+        rows["image"] = normalize(rows["image"])
+    return rows
 
 
 def synthesis_dataset(
@@ -121,6 +216,7 @@ def synthesis_dataset(
     model_input: bool = False,
     augment: bool = False,
     priority: str = "normal",
+    labelled: LabelledMix | None = None,
 ) -> Any:
     """A lazy ``ray.data.Dataset`` of samples ``offset .. offset + count - 1``.
 
@@ -128,7 +224,10 @@ def synthesis_dataset(
     for training, which saves moving metadata through the object store); ``clean`` among them adds
     each sample's noise-free copy. ``model_input`` applies :func:`dotseg.normalize.normalize` to the
     images in the synthesis tasks; ``augment`` flips / rotates each sample (:func:`dihedral`).
+    ``labelled`` mixes users' labelled windows in (training only: columns ``image`` and ``mask``).
     """
+    if labelled is not None and columns is not None and set(columns) - {"image", "mask"}:
+        raise ValueError(f"labelled samples have only image and mask columns, not {sorted(set(columns))}")
     import ray.data
 
     blocks = max(1, math.ceil(count / data.rows_per_block))
@@ -148,6 +247,7 @@ def synthesis_dataset(
             "model_input": model_input,
             "augment": augment,
             "priority": priority,
+            "labelled": labelled,
         },
         compute=ray.data.TaskPoolStrategy(size=data.synth_tasks),
         num_cpus=data.cpus_per_task,

@@ -15,6 +15,7 @@ summary (count, sizes, foreground fraction, estimated SNR, the in-distribution v
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
@@ -241,3 +242,37 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if ind["flagged"]:
         lines.append(f"  flagged: {_listed(ind['flagged'])} (the model's masks there are not to be trusted as is)")
     return lines
+
+
+# -- training on labelled images (data.labelled) ------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def arrays(location: str) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(names, images as stored, masks bool) of a dataset, read and checked once per process:
+    training tasks draw from them every batch. Sorted by name, like :func:`find_pairs`."""
+    rows = load(location)
+    return tuple(p.name for p, _, _ in rows), tuple(im for _, im, _ in rows), tuple(m for _, _, m in rows)
+
+
+def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices) of a dataset of ``n`` pairs: ``holdout`` of them,
+    chosen by a permutation seeded with ``seed`` (the run's: a resumed run holds out the same
+    ones), at least one of each side when ``n >= 2``; both sorted."""
+    k = min(max(round(n * holdout), 1 if n >= 2 else 0), n - 1) if n else 0
+    order = np.random.default_rng([int(seed), 5]).permutation(n)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def window(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` window of an image and its mask at a random place, as float32 and uint8;
+    sides shorter than ``size`` are reflect-padded (the model sees no hard edge there)."""
+    pad = [(0, max(0, size - n)) for n in image.shape]
+    if any(p for _, p in pad):
+        image, mask = np.pad(image, pad, mode="reflect"), np.pad(mask, pad, mode="reflect")
+    y = int(rng.integers(image.shape[0] - size + 1))
+    x = int(rng.integers(image.shape[1] - size + 1))
+    return (
+        np.asarray(image[y : y + size, x : x + size], dtype=np.float32),
+        np.asarray(mask[y : y + size, x : x + size], dtype=np.uint8),
+    )

@@ -195,7 +195,9 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path:
     ax1.plot(epochs, [h["loss"] for h in history], "o-", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("compound loss")
-    for key, label in (("val_dice", "val Dice (noisy)"), ("clean_dice", "clean Dice"), ("val_iou", "val IoU")):
+    curves = [("val_dice", "val Dice (noisy)"), ("clean_dice", "clean Dice"), ("val_iou", "val IoU")]
+    curves += [("labelled_dice", "held-out labelled Dice")] if all("labelled_dice" in h for h in history) else []
+    for key, label in curves:
         ax2.plot(epochs, [h[key] for h in history], "o-", label=label)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)

@@ -82,7 +82,7 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _call(uri: str, what: str, fn: Any, *args: Any) -> Any:
+def call(uri: str, what: str, fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except StorageError:
@@ -97,7 +97,7 @@ def exists(uri: str) -> bool:
     import pyarrow.fs
 
     fs, path = filesystem(uri)
-    info = _call(uri, "read", fs.get_file_info, path)
+    info = call(uri, "read", fs.get_file_info, path)
     return bool(info.type != pyarrow.fs.FileType.NotFound)
 
 
@@ -108,7 +108,7 @@ def read_text(uri: str) -> str:
         with fs.open_input_stream(path) as f:
             return bytes(f.read()).decode()
 
-    return str(_call(uri, "read", read))
+    return str(call(uri, "read", read))
 
 
 def check_writable(uri: str) -> None:
@@ -122,7 +122,7 @@ def check_writable(uri: str) -> None:
             f.write(b"dotseg")
         fs.delete_file(probe)
 
-    _call(uri, "write to", write)
+    call(uri, "write to", write)
 
 
 def upload(local: Path, uri: str) -> None:
@@ -131,7 +131,7 @@ def upload(local: Path, uri: str) -> None:
 
     fs, path = filesystem(uri)
     if local.exists():
-        _call(uri, "write to", pyarrow.fs.copy_files, str(local), path, pyarrow.fs.LocalFileSystem(), fs)
+        call(uri, "write to", pyarrow.fs.copy_files, str(local), path, pyarrow.fs.LocalFileSystem(), fs)
 
 
 def download(uri: str, local: Path) -> Path:
@@ -143,7 +143,7 @@ def download(uri: str, local: Path) -> Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     part = local.with_name(f"{local.name}.{os.getpid()}.part")  # replicas on one node may fetch together
     shutil.rmtree(part, ignore_errors=True)
-    _call(uri, "read", pyarrow.fs.copy_files, path, str(part), fs, pyarrow.fs.LocalFileSystem())
+    call(uri, "read", pyarrow.fs.copy_files, path, str(part), fs, pyarrow.fs.LocalFileSystem())
     if part.is_dir():  # os.replace does not replace a non-empty directory
         shutil.rmtree(local, ignore_errors=True)
     part.replace(local)
@@ -190,9 +190,16 @@ def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
     return kind
 
 
-def check_shared_storage(path: str, node_hosts: list[str], fs_type: str | None = None) -> None:
-    """Refuse a node-local ``path`` on a cluster whose nodes are on several machines: checkpoints
-    written by a worker on one node would be missing on the others (ray#37177). Nodes on one
+def check_shared_storage(
+    path: str,
+    node_hosts: list[str],
+    fs_type: str | None = None,
+    what: str = "train.storage_path",
+    lost: str = "checkpoints written on one node would be missing on the others",
+) -> None:
+    """Refuse a node-local ``path`` (named ``what`` in the error) on a cluster whose nodes are on
+    several machines: by default checkpoints written by a worker on one node would be missing on
+    the others (ray#37177); ``lost`` says what would go wrong instead. Nodes on one
     machine (the same address) share its files; buckets, network filesystems and FUSE mounts are
     trusted."""
     hosts = sorted(set(node_hosts))
@@ -202,11 +209,10 @@ def check_shared_storage(path: str, node_hosts: list[str], fs_type: str | None =
     if kind in SHARED_FILESYSTEMS or kind.startswith("fuse"):
         return
     raise StorageError(
-        f"train.storage_path {path!r} is on a node-local filesystem ({kind}) but the cluster's nodes are on "
-        f"{len(hosts)} machines ({', '.join(hosts[:4])}{', ...' if len(hosts) > 4 else ''}): checkpoints "
-        f"written on one node would be missing on the others. Set train.storage_path to a bucket "
-        f"(s3://bucket/runs, gs://bucket/runs) or a shared mount (NFS, EFS, Lustre, a FUSE bucket mount) "
-        f"present at the same path on every node"
+        f"{what} {path!r} is on a node-local filesystem ({kind}) but the cluster's nodes are on "
+        f"{len(hosts)} machines ({', '.join(hosts[:4])}{', ...' if len(hosts) > 4 else ''}): {lost}. "
+        f"Set {what} to a bucket (s3://bucket/prefix, gs://bucket/prefix) or a shared mount (NFS, EFS, "
+        f"Lustre, a FUSE bucket mount) present at the same path on every node"
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 #: ``dotseg submit COMMAND`` runs ``jobs/COMMAND.py`` on the cluster.
-COMMANDS = ("train", "sweep", "evaluate", "serve")
+COMMANDS = ("train", "sweep", "evaluate", "serve", "predict")
 #: Left out of the job's working_dir upload (gitignore-style patterns, as Ray reads them).
 EXCLUDES = (
     ".git",
@@ -147,6 +147,8 @@ def entrypoint(command: str, config: str | None, overrides: list[str], extra: li
 
     if command not in COMMANDS:
         raise SubmitError(f"unknown job {command!r}; one of {', '.join(COMMANDS)}")
+    if command == "predict" and (config or overrides):
+        raise SubmitError("dotseg predict takes no config: pass its options after --, e.g. -- --input s3://b/scans")
     args = [*_config_arg(config, root), *[a for o in overrides for a in ("--set", o)], *extra]
     return " ".join(shlex.quote(a) for a in ["python", f"jobs/{command}.py", *args])
 

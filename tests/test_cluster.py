@@ -173,6 +173,59 @@ def test_a_sweep_job_runs_its_trials_on_the_cluster_with_a_wandb_run_each(cluste
     assert all(w["group"] == "on-cluster" and any("val_dice" in row for row in w["rows"]) for w in wandb_runs)
 
 
+def test_batch_predict_job_over_a_bucket_survives_a_killed_actor_with_every_file_once(cluster, bucket) -> None:
+    """`dotseg submit predict` over an S3 prefix, 2 actors (one per node); one actor is killed
+    (SIGKILL) once the first batch is written: the job still succeeds, and the manifest lists
+    every input exactly once, done, with its mask in the bucket."""
+    import csv
+    import io
+    import signal
+
+    import psutil
+
+    from dotseg.synthesis import SynthesisConfig, make_sample
+
+    n = 40
+    for i in range(n):
+        buf = io.BytesIO()
+        np.save(buf, make_sample(SynthesisConfig(size=384), 11, i, noise_scale=0.5).image)
+        put(bucket, "dotseg-runs", f"scans/s{i:02d}.npy", buf.getvalue())
+    job = subprocess.Popen(
+        [sys.executable, "-m", "dotseg.cli", "submit", "predict", "--address", cluster["jobs"], "--", "--input",
+         "s3://dotseg-runs/scans/", "--output", "s3://dotseg-runs/masks", "--actors", "2", "--threads", "1",
+         "--engine", "eager"],
+        env=cluster["env"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None and job.poll() is None and time.monotonic() < deadline:
+            if any("/part-" in k for k in keys(bucket, "dotseg-runs", "masks/")):
+                actors = [
+                    p for p in psutil.process_iter(["name", "cmdline"])
+                    if "MapBatches(_PredictActor)" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or [])
+                ]  # fmt: skip
+                if actors:
+                    killed = actors[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        out, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert killed is not None, "no actor was found to kill before the job ended"
+    assert job.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+    assert f"predicted {n} of {n} images" in out, out[-4000:]
+    stored = keys(bucket, "dotseg-runs", "masks/")
+    rows = list(csv.DictReader(io.StringIO(read(bucket, "dotseg-runs", "masks/manifest.csv").decode())))
+    inputs = [r["input"] for r in rows]
+    assert len(inputs) == n and sorted(set(inputs)) == [f"s3://dotseg-runs/scans/s{i:02d}.npy" for i in range(n)]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    assert all(f"masks/s{i:02d}_mask.png" in stored for i in range(n)), stored
+    assert "masks/manifest.parquet" in stored and not any("/part-" in k for k in stored), stored
+    assert len({r["node"] for r in rows}) == 2, {r["node"] for r in rows}  # the work spread over both nodes
+
+
 def test_a_job_with_a_bad_config_fails_with_its_error_line(cluster) -> None:
     r = _dotseg(
         cluster["env"], "submit", "train", "--address", cluster["jobs"], "--config", "smoke", "--set", "train.lr=-1"

@@ -133,3 +133,42 @@ def test_evaluate_on_labelled_data_reports_model_and_baseline(tmp_path: Path, cl
     (root / "s01.mask.npy").unlink()
     r = cli("evaluate", "--data", str(root), "--out", str(out))
     assert r.returncode == 2 and "1 image(s) without a mask (s01.tif)" in r.stderr
+
+
+# -- fine-tuning on labelled images (data.labelled) -----------------------------------------------
+
+
+def test_training_rows_mix_labelled_windows_from_the_training_split_deterministically(tmp_path: Path) -> None:
+    from dotseg.data import LabelledMix, _mixed_batch
+    from dotseg.labelled import split, window
+
+    # Image k is the constant 1000 * (k + 1): a window of it says which pair it came from, whatever
+    # the crop and the flip / rotation.
+    root = tmp_path / "d"
+    for k in range(10):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        np.save(root / "images" / f"c{k}.npy", np.full((96, 80), 1000 * (k + 1), np.uint16))  # < 128: padded
+        np.save(root / "masks" / f"c{k}.npy", np.tri(96, 80, dtype=bool))
+    train, held = split(10, 0.2, seed=7)
+    assert len(held) == 2 and sorted([*train, *held]) == list(range(10))
+    assert np.array_equal(split(10, 0.2, seed=7)[1], held) and not np.array_equal(split(10, 0.2, seed=8)[1], held)
+    assert [len(p) for p in split(2, 0.01, 0)] == [1, 1] and [len(p) for p in split(2, 0.99, 0)] == [1, 1]
+    w_image, w_mask = window(np.zeros((96, 80)), np.tri(96, 80, dtype=bool), 128, np.random.default_rng(0))
+    assert w_image.shape == w_mask.shape == (128, 128) and w_image.dtype == np.float32 and w_mask.dtype == np.uint8
+
+    cfg = SynthesisConfig(size=128)
+    mix = LabelledMix(paths=(str(root),), weights=(1.0,), fraction=0.5, holdout=0.2, split_seed=7)
+    ids = np.arange(64)
+    rows = _mixed_batch(cfg, 11, ids, 1.0, 0.0, False, False, mix)
+    again = _mixed_batch(cfg, 11, ids, 1.0, 0.0, False, False, mix)
+    assert rows["image"].shape == (64, 128, 128) and rows["mask"].dtype == np.uint8
+    assert all(np.array_equal(rows[k], again[k]) for k in rows)  # a sample is a function of (seed, id)
+    sources = [{int(v) // 1000 - 1 for v in np.unique(im)} for im in rows["image"] if np.ptp(im) == 0]
+    assert 16 <= len(sources) <= 48, len(sources)  # about half of 64 rows are labelled windows
+    assert all(len(s) == 1 and s <= set(train.tolist()) for s in sources)  # of training pairs, never held-out ones
+    assert all(0 < m.mean() < 1 for m, im in zip(rows["mask"], rows["image"], strict=True) if np.ptp(im) == 0)
+
+    everything = LabelledMix(paths=(str(root),), weights=(1.0,), fraction=1.0, holdout=0.2, split_seed=7)
+    model_input = _mixed_batch(cfg, 11, ids[:8], 1.0, 0.0, False, True, everything)["image"]
+    assert np.allclose(model_input, 0.0)  # normalized per sample (a constant image maps to zeros)

@@ -33,7 +33,7 @@ def test_uri_helpers_and_where_a_bucket_run_is_staged(tmp_path, monkeypatch) -> 
     assert storage.staging_dir("gs://b/runs/x") == tmp_path / "staging" / "gs" / "b" / "runs" / "x"
     # A bucket is shared by every node, wherever they are; a node-local disk is not.
     storage.check_shared_storage("s3://b/runs", ["10.0.0.1", "10.0.0.2"], "ext4")
-    with pytest.raises(storage.StorageError, match=r"s3://bucket/runs"):
+    with pytest.raises(storage.StorageError, match=r"Set train.storage_path to a bucket \(s3://bucket/"):
         storage.check_shared_storage("runs", ["10.0.0.1", "10.0.0.2"], "ext4")
 
 

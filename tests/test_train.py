@@ -133,15 +133,32 @@ def test_blank_mask_collapse_stops_the_run(ray_session, tmp_path: Path) -> None:
     assert len(result.history) == 1 and result.history[0]["collapsed_epochs"] == 1
 
 
+def _labelled_folder(root: Path, n: int = 6) -> Path:
+    from dotseg.synthesis import SynthesisConfig, make_sample
+
+    for i in range(n):
+        s = make_sample(SynthesisConfig(size=80), 9, i, noise_scale=0.3)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        np.save(root / "images" / f"x{i}.npy", s.image)
+        np.save(root / "masks" / f"x{i}.npy", s.mask)
+    return root
+
+
 def test_fine_tuning_starts_from_the_checkpoints_weights(ray_session, tmp_path: Path) -> None:
-    """`train.init` (dotseg train --init): the run starts from the file's weights, and its
-    checkpoints record where it started."""
+    """`train.init` (dotseg train --init) with `data.labelled`: the run starts from the file's
+    weights, trains on labelled windows mixed with synthesis, validates on the held-out pairs
+    (`labelled_dice`, which picks the best checkpoint), and its checkpoints record where it started
+    and each dataset's digest."""
     import torch
 
     from dotseg.checkpoint import load_checkpoint, save_checkpoint
+    from dotseg.labelled import digest
     from dotseg.models import build_model
 
-    cfg = smoke(tmp_path, "train.lr=1e-9")  # the weights barely move: what comes out is what went in
+    folder = _labelled_folder(tmp_path / "mine")
+    # The weights barely move: what comes out is what went in.
+    cfg = smoke(tmp_path, "train.lr=1e-9", f"data.labelled=[{{path: {folder}}}]", "data.labelled_fraction=0.5")
     torch.manual_seed(123)
     start = build_model(cfg.model)
     with torch.no_grad():
@@ -158,6 +175,21 @@ def test_fine_tuning_starts_from_the_checkpoints_weights(ray_session, tmp_path: 
     assert max(float((fresh[k] - ref.state_dict[k]).abs().max()) for k in weights) > 0.01
     assert out.cfg is not None and out.cfg.train.init == str(init)
     assert out.meta.run_id == cfg.replace(**{"train.init": str(init)}).run_id != cfg.run_id  # another run
+    assert all(0.0 <= h["labelled_dice"] <= 1.0 for h in result.history)
+    assert result.best_metrics["labelled_dice"] == max(h["labelled_dice"] for h in result.history)
+    assert out.meta.provenance.datasets == {str(folder): digest(folder)}
+    assert cfg.run_id != cfg.replace(**{"data.labelled": ()}).run_id  # the data a model learned from is identity
+
+
+def test_a_bad_labelled_dataset_stops_training_before_it_starts(cli, tmp_path: Path) -> None:
+    folder = _labelled_folder(tmp_path / "mine", n=3)
+    (folder / "masks" / "x1.npy").unlink()
+    args = ("train", "--config", "smoke", "--set", f"train.storage_path={tmp_path / 'runs'}")
+    r = cli(*args, "--set", f"data.labelled=[{{path: {folder}}}]")
+    assert r.returncode == 2 and f"data.labelled[0]: {folder}: 1 image(s) without a mask (x1.npy)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()  # nothing started
+    r = cli(*args, "--set", f"data.labelled=[{{path: {tmp_path / 'nope'}}}]")
+    assert r.returncode == 2 and "no such directory" in r.stderr
 
 
 def test_fine_tuning_refuses_another_model_in_one_line(cli, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from dotseg.plots import overlay, save_png
+from dotseg.plots import overlay
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -35,6 +35,9 @@ __all__ = [
     "write_mask_png",
     "write_prob_npy",
     "write_overlay_png",
+    "encode_png",
+    "encode_npy",
+    "overlay_rgb",
 ]
 
 SUPPORTED_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
@@ -274,19 +277,47 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     return out
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """A bool mask (0/255) or a uint8 (H, W[, 3]) array as the bytes of a PNG file."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="PNG")
+    return out.getvalue()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """An array as the bytes of an ``.npy`` file (float32 probabilities, never pickled)."""
+    out = io.BytesIO()
+    np.save(out, np.asarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image in grey (contrast-stretched) with the mask's outline in red, (H, W, 3) uint8."""
+    return overlay(to_grey(image), pred=mask)
+
+
 def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
-    """(H, W) bool -> 8-bit grey PNG, 255 inside the shape and 0 outside."""
-    return save_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, path)
+    """(H, W) bool -> 8-bit grey PNG, 255 inside the shape and 0 outside (written atomically)."""
+    return _write(path, encode_png(np.asarray(mask, dtype=bool)))
 
 
 def write_prob_npy(prob: np.ndarray, path: str | Path) -> Path:
-    """(H, W) probabilities -> float32 ``.npy``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(prob, dtype=np.float32))
-    return path
+    """(H, W) probabilities -> float32 ``.npy`` (written atomically)."""
+    return _write(path, encode_npy(np.asarray(prob, dtype=np.float32)))
 
 
 def write_overlay_png(image: np.ndarray, mask: np.ndarray, path: str | Path) -> Path:
-    """The image in grey (contrast-stretched) with the mask's outline in red, as RGB PNG."""
-    return save_png(overlay(to_grey(image), pred=mask), path)
+    """:func:`overlay_rgb` as RGB PNG (written atomically)."""
+    return _write(path, encode_png(overlay_rgb(image, mask)))
+
+
+def _write(path: str | Path, data: bytes) -> Path:
+    from dotseg.files import write_atomic
+
+    write_atomic(path, data)  # a kill leaves the old output or the new one, never a cut file
+    return Path(path)

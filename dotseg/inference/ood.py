@@ -123,3 +123,30 @@ def estimate_snr_db(image: np.ndarray, mask: np.ndarray) -> float:
     if sigma == 0.0:
         return float("inf") if amplitude > 0 else float("nan")
     return float(10.0 * np.log10(max(amplitude, 1e-12) ** 2 / sigma**2))
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a person wants to know of one prediction besides its mask (``/predict/json`` and the
+    batch manifest report the same numbers)."""
+
+    foreground_fraction: float
+    """Share of the image's pixels inside the mask."""
+    mean_confidence: float
+    """Mean over pixels of the probability of the class the mask gave them, in [0.5, 1]."""
+    snr_db_estimate: float
+    """:func:`estimate_snr_db` of the image, with the predicted mask as the dots."""
+    check: InDistribution
+    """:func:`in_distribution` of the image."""
+
+
+def describe(
+    image: np.ndarray, mask: np.ndarray, prob: np.ndarray, synthesis: SynthesisConfig | None = None
+) -> Description:
+    """The :class:`Description` of one image's prediction (CPU work: ~30 ms at 512 px)."""
+    return Description(
+        foreground_fraction=float(mask.mean()),
+        mean_confidence=float(np.where(mask, prob, 1.0 - prob).mean()),
+        snr_db_estimate=estimate_snr_db(image, mask),
+        check=in_distribution(image, synthesis),
+    )

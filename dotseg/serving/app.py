@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 
+from dotseg.inference.images import encode_png
 from dotseg.serving import http
 from dotseg.serving.config import ServeConfig
 from dotseg.synthesis.noise import ORDER as NOISE_ORDER
@@ -242,7 +243,7 @@ class Segmenter:
     async def predict(self, request: Request) -> Response:
         image = await http.read_upload(request, self.cfg)
         pred, _ = await self._predict(image)
-        return Response(await asyncio.to_thread(http.png_bytes, pred.mask), media_type="image/png")
+        return Response(await asyncio.to_thread(encode_png, pred.mask), media_type="image/png")
 
     @api.post("/predict/json", summary="An image file -> mask, probabilities, confidence and whether to trust it")
     async def predict_json(
@@ -250,26 +251,25 @@ class Segmenter:
         request: Request,
         display: int = Query(1024, ge=64, le=4096, description="Longest side (px) of the returned pictures."),
     ) -> dict[str, Any]:
-        from dotseg.inference.ood import estimate_snr_db, in_distribution
+        from dotseg.inference.ood import describe
 
         t0 = time.perf_counter()
         image = await http.read_upload(request, self.cfg)
         decoded = time.perf_counter()
         pred, timings = await self._predict(image)
 
-        def describe() -> tuple[Any, float, float, float, dict[str, str]]:  # CPU work, off the event loop
-            ood = in_distribution(image, self.predictor.synthesis)
-            fg = float(pred.mask.mean())
-            confidence = float(np.where(pred.mask, pred.prob, 1.0 - pred.prob).mean())
-            return ood, fg, confidence, estimate_snr_db(image, pred.mask), http.pictures(image, pred, display=display)
+        def work() -> tuple[Any, dict[str, str]]:  # CPU work, off the event loop
+            about = describe(image, pred.mask, pred.prob, self.predictor.synthesis)
+            return about, http.pictures(image, pred, display=display)
 
-        ood, fg, confidence, snr, images = await asyncio.to_thread(describe)
+        about, images = await asyncio.to_thread(work)
+        ood = about.check
         return {
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
-            "foreground_fraction": fg,
-            "mean_confidence": confidence,
-            "snr_db_estimate": _finite(snr),
+            "foreground_fraction": about.foreground_fraction,
+            "mean_confidence": about.mean_confidence,
+            "snr_db_estimate": _finite(about.snr_db_estimate),
             "in_distribution": {"score": ood.score, "ok": ood.in_distribution, "reason": ood.reason},
             **images,
             "model": self.model_info(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import time
 from typing import Any
 
@@ -27,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dotseg.inference.images import encode_png
 from dotseg.serving.config import ServeConfig
 
 #: The multipart field that carries the file.
@@ -251,20 +251,8 @@ def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return to_grey(image) if image.ndim == 3 else image  # RGB(A) -> grey, as the Predictor would do
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """A bool mask (0/255) or uint8 (H, W[, 3]) array as PNG bytes."""
-    from PIL import Image
-
-    arr = np.asarray(array)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    out = io.BytesIO()
-    Image.fromarray(arr).save(out, format="PNG")
-    return out.getvalue()
-
-
 def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(png_bytes(array)).decode("ascii")
+    return base64.b64encode(encode_png(array)).decode("ascii")
 
 
 def pictures(image: np.ndarray, pred: Any, truth: np.ndarray | None = None, display: int = 1024) -> dict[str, str]:

@@ -67,10 +67,30 @@ def rows_of(batch: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarr
         yield batch["image"][i], batch["mask"][i], batch["dots"][i], meta
 
 
+def write_labelled(out_dir: Path, image: np.ndarray, mask: np.ndarray, index: int) -> None:
+    """``images/sample_<index>.png`` (16-bit, the image's range stretched to 0..65535: predictions
+    do not change, normalization is affine-invariant) and ``masks/sample_<index>.png`` (0/255): a
+    labelled dataset in the layout :mod:`dotseg.labelled` reads."""
+    from dotseg.files import write_atomic
+    from dotseg.inference.images import encode_png
+
+    lo, hi = float(image.min()), float(image.max())
+    u16 = np.round((image - lo) / max(hi - lo, 1e-12) * 65535).astype(np.uint16)
+    write_atomic(out_dir / "images" / f"sample_{index:06d}.png", encode_png(u16))
+    write_atomic(out_dir / "masks" / f"sample_{index:06d}.png", encode_png(np.asarray(mask, dtype=bool)))
+
+
 def write_samples(
-    batches: Iterable[dict[str, np.ndarray]], out_dir: Path, total: int, *, preview: bool = True, progress: bool = True
+    batches: Iterable[dict[str, np.ndarray]],
+    out_dir: Path,
+    total: int,
+    *,
+    preview: bool = True,
+    progress: bool = True,
+    labelled: bool = False,
 ) -> int:
-    """Write every sample of ``batches`` (as :func:`make_batch` gives them) into ``out_dir``; returns the count."""
+    """Write every sample of ``batches`` (as :func:`make_batch` gives them) into ``out_dir``; returns
+    the count. ``labelled``: as a labelled dataset (:func:`write_labelled`) instead of npz files."""
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +98,10 @@ def write_samples(
     with tqdm(total=total, desc="synth", unit="sample", disable=not progress) as bar:
         for batch in batches:
             for image, mask, dots, meta in rows_of(batch):
-                write_sample(out_dir, image, mask, dots, meta, preview=preview)
+                if labelled:
+                    write_labelled(out_dir, image, mask, int(meta["index"]))
+                else:
+                    write_sample(out_dir, image, mask, dots, meta, preview=preview)
                 written += 1
                 bar.update(1)
     return written

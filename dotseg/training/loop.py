@@ -53,6 +53,8 @@ class LoopArgs:
     remote: str | None = None
     """The run's bucket URI when ``train.storage_path`` is one (``run_dir`` is then a staging
     directory on each node, and rank 0 uploads its W&B run there at the end)."""
+    datasets: dict[str, str] = field(default_factory=dict)
+    """``data.labelled`` paths and their content digests (the driver checked them): provenance."""
 
     @property
     def run_name(self) -> str:
@@ -67,6 +69,7 @@ class LoopArgs:
             "origin": self.origin,
             "records": self.records,
             "remote": self.remote,
+            "datasets": self.datasets,
         }
 
     @classmethod
@@ -78,6 +81,7 @@ class LoopArgs:
             origin=dict(data.get("origin") or {}),
             records=data.get("records"),
             remote=data.get("remote"),
+            datasets=dict(data.get("datasets") or {}),
         )
 
 
@@ -157,7 +161,7 @@ def _epoch_batches(
     """This rank's training batches of ``epoch``: (images, masks) as (B, 1, H, W) float32 on ``device``."""
     import ray.data
 
-    from dotseg.data import synthesis_dataset
+    from dotseg.data import LabelledMix, synthesis_dataset
 
     steps = steps_per_epoch(cfg, world)
     per_rank = steps * cfg.train.batch_size
@@ -176,6 +180,7 @@ def _epoch_batches(
         model_input=True,
         augment=cfg.data.augment,
         priority=cfg.data.priority,
+        labelled=LabelledMix.of(cfg.data, cfg.train.seed),
     )
     batches = ds.iter_torch_batches(
         batch_size=cfg.train.batch_size, drop_last=True, prefetch_batches=cfg.data.prefetch_batches
@@ -205,6 +210,20 @@ def _validation(cfg: Config, rank: int, world: int) -> Any | None:
         noise_scale=1.0,
         mixed_prob=mixed,
     )
+
+
+def _labelled_validation(cfg: Config, rank: int, world: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's share of the held-out labelled pairs (``data.labelled``), whole images as
+    (model input (1, H, W), mask (1, H, W) uint8): validated at full size, as they are predicted."""
+    from dotseg import labelled
+    from dotseg.normalize import normalize
+
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    for source in cfg.data.labelled:
+        _, images, masks = labelled.arrays(source.path)
+        _, out = labelled.split(len(images), cfg.data.labelled_holdout, cfg.train.seed)
+        held += [(normalize(images[k])[None], masks[k][None].astype(np.uint8)) for k in out]
+    return held[rank::world]
 
 
 def _val_batches(shard: Any | None, batch_size: int, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -296,6 +315,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
     model = session.prepare_model(model)  # moves to device; DDP when world > 1
     loss_fn = CompoundLoss(cfg.loss)
     val = _validation(cfg, rank, world)
+    held_out = _labelled_validation(cfg, rank, world)
     # A sweep trial's W&B run is the sweep driver's (tracking.start_trial_run).
     run = tracking.start_training_run(cfg, args.run_dir, args.run_name) if rank == 0 and not args.origin else None
     epoch_times: list[float] = []
@@ -333,6 +353,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
             # All-reduced metrics: every rank takes the same stopping decision below.
             noisy = evaluate(model, _val_batches(val, tcfg.batch_size, "image"), device, tcfg.amp, tcfg.threshold)
             clean = evaluate(model, _val_batches(val, tcfg.batch_size, "clean"), device, tcfg.amp, tcfg.threshold)
+            own = evaluate(model, iter(held_out), device, tcfg.amp, tcfg.threshold) if cfg.data.labelled else None
             epoch_time = time.perf_counter() - t0
             epoch_times.append(epoch_time)
             metrics: dict[str, Any] = {
@@ -344,6 +365,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
                 **{f"val_{k}": v for k, v in noisy.items()},
                 "clean_dice": clean["dice"],
                 "clean_fg_ratio": clean["fg_ratio"],
+                **({"labelled_dice": own["dice"], "labelled_iou": own["iou"]} if own else {}),
                 "lr": scheduler.get_last_lr()[0],
                 "w_dice": weights.dice,
                 "w_bce": weights.bce,
@@ -366,7 +388,9 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
                 log.info(
                     f"epoch {epoch}/{tcfg.epochs} {phase.name} (noise {phase.noise_scale:.2f}, "
                     f"mixed {phase.mixed_prob:.1f}) | loss {metrics['loss']:.4f} | val dice {metrics['val_dice']:.4f} "
-                    f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f} | "
+                    f"iou {metrics['val_iou']:.4f} clean dice {metrics['clean_dice']:.4f}"
+                    + (f" labelled dice {metrics['labelled_dice']:.4f}" if own else "")
+                    + " | "
                     f"{metrics['samples_per_s']:.1f} samples/s | {epoch_time:.0f} s/epoch | ETA {_fmt(eta)}"
                 )
                 guard = tcfg.collapse
@@ -394,7 +418,10 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
                         scheduler=scheduler,
                         scaler=scaler,
                         loop=state.to_dict(),
-                        origin={k: args.origin[k] for k in ("sweep", "trial") if k in args.origin},
+                        origin={
+                            **{k: args.origin[k] for k in ("sweep", "trial") if k in args.origin},
+                            **({"datasets": args.datasets} if args.datasets else {}),
+                        },
                     )
                     checkpoint = tmp
                 session.report(

@@ -41,6 +41,7 @@ from dotseg.config import (
 from dotseg.configbase import dict_value, diff_keys, drop_paths
 from dotseg.files import copy_atomic, write_atomic
 from dotseg.plots import plot_history
+from dotseg.training.stopping import monitored
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
 RAY_LOG = "ray.log"
@@ -151,9 +152,9 @@ def upload_run(run_dir: Path, remote: str) -> None:
     storage.upload(run_dir, remote)
 
 
-def _storage(fn: Any, *args: Any) -> Any:
+def _storage(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except storage.StorageError as e:
         raise TrainError(str(e)) from None
 
@@ -206,6 +207,27 @@ def check_init(cfg: Config) -> str | None:
         raise TrainError(
             f"train.init: {e} (fine-tuning starts from a checkpoint of the model that model.* builds)"
         ) from None
+
+
+def check_labelled(cfg: Config) -> dict[str, str]:
+    """Checks every ``data.labelled`` dataset whole on the driver, before anything starts (the
+    same one-line errors as ``dotseg data check``), and that each has at least 2 pairs (one to
+    train on, one held out). Returns ``{path: content digest}`` for the checkpoint's provenance."""
+    from dotseg import labelled
+
+    digests: dict[str, str] = {}
+    for i, source in enumerate(cfg.data.labelled):
+        try:
+            rows = labelled.load(source.path)
+        except labelled.DatasetError as e:
+            raise TrainError(f"data.labelled[{i}]: {e}") from None
+        if len(rows) < 2:
+            raise TrainError(
+                f"data.labelled[{i}]: {source.path} has {len(rows)} pair(s); it needs 2 or more "
+                f"(some are held out to validate on, data.labelled_holdout)"
+            )
+        digests[source.path] = labelled.pairs_digest([p for p, _, _ in rows])
+    return digests
 
 
 def check_resources(cfg: Config, resources: dict[str, float]) -> None:
@@ -261,6 +283,7 @@ def train(
     t0 = time.perf_counter()
     if resume is None:
         check_init(cfg)
+    datasets = check_labelled(cfg)
     if resume is not None:
         run_dir, remote = locate_run(resume)
     else:
@@ -281,9 +304,17 @@ def train(
             )
             check_resources(cfg, resources)
             _storage(storage.check_shared_storage, cfg.train.storage_path, storage.cluster_hosts())
+            for source in cfg.data.labelled:  # every synthesis task reads the datasets itself
+                _storage(
+                    storage.check_shared_storage,
+                    source.path,
+                    storage.cluster_hosts(),
+                    what="data.labelled path",
+                    lost="training tasks on the other machines could not read it",
+                )
             # Workers' log records reach this process through an actor on its node: no shared disk needed.
             records, sink = start_record_sink(run_dir / WORKER_LOG)
-            trainer_ = trainer(cfg, run_dir, stop_after_epoch, records=records, remote=remote)
+            trainer_ = trainer(cfg, run_dir, stop_after_epoch, records=records, remote=remote, datasets=datasets)
             if not quiet:
                 log.info(
                     f"run {where}  (config hash {cfg.hash}, {cfg.train.num_workers} worker(s), "
@@ -317,6 +348,7 @@ def trainer(
     callbacks: list[Any] | tuple[Any, ...] = (),
     records: str | None = None,
     remote: str | None = None,
+    datasets: dict[str, str] | None = None,
 ) -> Any:
     """The ``TorchTrainer`` of a run in ``run_dir`` (its name and storage; ``remote``, the run's
     bucket URI, if it has one): ``dotseg train``'s, and a trainer-style sweep trial's (``origin``
@@ -336,6 +368,7 @@ def trainer(
             origin=dict(origin or {}),
             records=records,
             remote=remote,
+            datasets=dict(datasets or {}),
         ).to_ray(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
@@ -344,7 +377,9 @@ def trainer(
             name=run_dir.name,
             storage_path=storage.parent(remote) if remote else str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_dice", checkpoint_score_order="max"
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute="labelled_dice" if cfg.data.labelled else "val_dice",  # stopping.monitored
+                checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]  # V2 RunConfig
@@ -360,7 +395,7 @@ def _finish(run_dir: Path, result: Any, wall_s: float, remote: str | None = None
 
     best_path, best_metrics = None, {}
     if result.best_checkpoints:
-        ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", -1.0))
+        ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(monitored(cm[1]), -1.0))
         best_path = run_dir / "best.safetensors"
         with ckpt.as_directory() as d:  # a bucket's checkpoint is downloaded; a directory's is read in place
             copy_atomic(Path(d) / MODEL_FILE, best_path)

@@ -53,6 +53,13 @@ def first_epoch(state: LoopState) -> int:
     return state.epoch + 1 if state.stop_reason not in FINAL else 1 << 30
 
 
+def monitored(metrics: dict[str, Any]) -> str:
+    """The metric early stopping and the best checkpoint follow: the Dice on the held-out part of
+    the user's labelled images when the run trains on some (``data.labelled``), else the
+    synthetic validation Dice."""
+    return "labelled_dice" if "labelled_dice" in metrics else "val_dice"
+
+
 def is_collapsed(epoch: int, clean_dice: float, fg_ratio: float, guard: CollapseGuardConfig) -> bool:
     """The seed's blank-mask failure: clean-image Dice or predicted foreground far too low, after the grace epochs."""
     return epoch > guard.grace_epochs and (clean_dice < guard.min_clean_dice or fg_ratio < guard.min_foreground_ratio)
@@ -67,12 +74,14 @@ def after_epoch(
     epochs: int,
     stop_after: int | None = None,
 ) -> LoopState:
-    """The state after an epoch with these metrics (``epoch``, ``val_dice``, ``clean_dice``,
+    """The state after an epoch with these metrics (``epoch``, ``val_dice`` or ``labelled_dice``
+    (:func:`monitored`), ``clean_dice``,
     ``clean_fg_ratio``), including whether the run stops now and why. ``metrics`` gains
     ``collapsed_epochs`` in the history."""
     epoch = int(metrics["epoch"])
-    if metrics["val_dice"] > state.best_dice + early.min_delta:
-        best, bad = float(metrics["val_dice"]), 0
+    score = float(metrics[monitored(metrics)])
+    if score > state.best_dice + early.min_delta:
+        best, bad = score, 0
     else:
         best, bad = state.best_dice, state.bad_epochs + 1
     collapsed = (
