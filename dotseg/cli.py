@@ -317,6 +317,7 @@ def _predict_at_scale(args: argparse.Namespace) -> int:
         precision=args.precision,
         prob=args.prob,
         overlay=args.overlay,
+        describe=not args.no_describe,
     )
     try:
         with _ray_logs(args):
@@ -333,7 +334,10 @@ def _predict_at_scale(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     failed = f", {len(result.failed)} failed" if result.failed else ""
     skipped = f", {result.skipped} done earlier and skipped" if result.skipped else ""
-    rate = f" ({result.done / result.seconds:.2f} images/s)" if result.seconds > 0 and result.done else ""
+    rate = f" ({result.done / result.seconds:.2f} images/s" if result.seconds > 0 and result.done else ""
+    if rate:
+        steady = result.steady_rate
+        rate += f"; {steady:.2f} images/s after {result.startup_s:.1f} s of start-up)" if steady else ")"
     where = f" on {result.nodes} Ray node(s)" if result.nodes else ""
     print(
         f"predicted {result.done} of {result.total} images{skipped}{failed} into {args.output} "
@@ -495,7 +499,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"[dotseg] best checkpoint: {best}  (epoch {m.get('epoch')}, "
             f"val dice {m.get('val_dice', float('nan')):.4f}, clean dice {m.get('clean_dice', float('nan')):.4f}, "
-            f"val iou {m.get('val_iou', float('nan')):.4f})"
+            f"val iou {m.get('val_iou', float('nan')):.4f}"
+            + (f", held-out labelled dice {m['labelled_dice']:.4f}" if "labelled_dice" in m else "")
+            + ")"
         )
         print(
             f"[dotseg] learning curves: {result.where('curves.png')}; history: {result.where('history.json')}; "
@@ -1041,6 +1047,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|MIN-MAX",
         help="Ray runner: predictor actors, a fixed number or an autoscaling range (default 1); each takes "
         "--threads CPUs (default: up to 4 threads per actor)",
+    )
+    p.add_argument(
+        "--no-describe",
+        action="store_true",
+        help="Ray runner: leave the manifest's estimated SNR and in-distribution columns empty (they cost "
+        "about as much as the forward pass)",
     )
     p.add_argument(
         "--overwrite",

@@ -185,22 +185,23 @@ def test_batch_predict_job_over_a_bucket_survives_a_killed_actor_with_every_file
 
     from dotseg.synthesis import SynthesisConfig, make_sample
 
-    n = 40
+    n = 120
     for i in range(n):
         buf = io.BytesIO()
-        np.save(buf, make_sample(SynthesisConfig(size=384), 11, i, noise_scale=0.5).image)
-        put(bucket, "dotseg-runs", f"scans/s{i:02d}.npy", buf.getvalue())
+        np.save(buf, (make_sample(SynthesisConfig(size=384), 11, i, noise_scale=0.5).image * 30000).astype(np.uint16))
+        put(bucket, "dotseg-runs", f"scans/s{i:03d}.npy", buf.getvalue())
     job = subprocess.Popen(
         [sys.executable, "-m", "dotseg.cli", "submit", "predict", "--address", cluster["jobs"], "--", "--input",
          "s3://dotseg-runs/scans/", "--output", "s3://dotseg-runs/masks", "--actors", "2", "--threads", "1",
          "--engine", "eager"],
         env=cluster["env"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    killed = None
+    killed, parts_then = None, 0
     try:
         deadline = time.monotonic() + 240
         while killed is None and job.poll() is None and time.monotonic() < deadline:
-            if any("/part-" in k for k in keys(bucket, "dotseg-runs", "masks/")):
+            parts_then = sum("/part-" in k for k in keys(bucket, "dotseg-runs", "masks/"))
+            if parts_then:
                 actors = [
                     p for p in psutil.process_iter(["name", "cmdline"])
                     if "MapBatches(_PredictActor)" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or [])
@@ -214,14 +215,15 @@ def test_batch_predict_job_over_a_bucket_survives_a_killed_actor_with_every_file
         if job.poll() is None:
             job.kill()
     assert killed is not None, "no actor was found to kill before the job ended"
+    assert parts_then < 4, parts_then  # killed mid-run: 8 batches of 15 files, fewer than half written
     assert job.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
     assert f"predicted {n} of {n} images" in out, out[-4000:]
     stored = keys(bucket, "dotseg-runs", "masks/")
     rows = list(csv.DictReader(io.StringIO(read(bucket, "dotseg-runs", "masks/manifest.csv").decode())))
     inputs = [r["input"] for r in rows]
-    assert len(inputs) == n and sorted(set(inputs)) == [f"s3://dotseg-runs/scans/s{i:02d}.npy" for i in range(n)]
+    assert len(inputs) == n and sorted(set(inputs)) == [f"s3://dotseg-runs/scans/s{i:03d}.npy" for i in range(n)]
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
-    assert all(f"masks/s{i:02d}_mask.png" in stored for i in range(n)), stored
+    assert all(f"masks/s{i:03d}_mask.png" in stored for i in range(n)), stored
     assert "masks/manifest.parquet" in stored and not any("/part-" in k for k in stored), stored
     assert len({r["node"] for r in rows}) == 2, {r["node"] for r in rows}  # the work spread over both nodes
 
