@@ -530,9 +530,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             except CheckpointError as e:
                 raise UserError(str(e)) from None
             params = ", ".join(f"{k}={v}" for k, v in p["params"].items())
+            metric = p["metric"]
             print(
-                f"[dotseg] promoted {p['trial']} ({params}), epoch {p['epoch']}, val dice "
-                f"{p.get('val_dice', float('nan')):.4f} -> {p['out']}  (model id {p['model_id']})"
+                f"[dotseg] promoted {p['trial']} ({params}), epoch {p['epoch']}, {metric.replace('_', ' ')} "
+                f"{p.get(metric, float('nan')):.4f} -> {p['out']}  (model id {p['model_id']})"
             )
             print(f"[dotseg] next: dotseg serve --checkpoint {p['out']}   or   dotseg evaluate --checkpoint {p['out']}")
             return 0
@@ -542,7 +543,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             sweep_dir = Path(args.report).expanduser().resolve()
             cfg = sweep_config(sweep_dir)
             rows = write(sweep_dir, cfg)
-            print("\n".join(table_lines(rows, [d.key for d in cfg.tune.space])))
+            print("\n".join(table_lines(rows, [d.key for d in cfg.tune.space], cfg.tune.metric)))
             return 0
         if args.resume:
             if args.config or args.overrides:
@@ -556,7 +557,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = sweep_config(result.sweep_dir)
     d = result.sweep_dir
-    print("\n".join(table_lines(result.rows, [dim.key for dim in cfg.tune.space])))
+    print("\n".join(table_lines(result.rows, [dim.key for dim in cfg.tune.space], cfg.tune.metric)))
     print(f"[dotseg] sweep finished in {result.wall_s / 60:.1f} min: {d / 'results.md'}, {d / 'results.csv'}")
     print(f"[dotseg] pictures: {d / 'parallel.png'}, {d / 'curves.png'}")
     print(f"[dotseg] W&B (offline, one run per trial in group {d.name}): wandb sync {d / 'wandb'}")

@@ -174,6 +174,12 @@ class Config(Section):
             f"function trials run in one process, but train.num_workers={self.train.num_workers}; "
             f"use tune.trial_style=trainer (or auto) for DDP trials",
         )
+        check(
+            self.tune.metric not in ("labelled_dice", "labelled_iou") or bool(self.data.labelled),
+            "tune.metric",
+            f"{self.tune.metric} is reported only by runs that train on labelled images; set data.labelled "
+            f"or optimise val_dice",
+        )
         for i, dim in enumerate(self.tune.space):
             check(
                 has_key(Config, dim.key),

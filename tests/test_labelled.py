@@ -172,3 +172,20 @@ def test_training_rows_mix_labelled_windows_from_the_training_split_deterministi
     everything = LabelledMix(paths=(str(root),), weights=(1.0,), fraction=1.0, holdout=0.2, split_seed=7)
     model_input = _mixed_batch(cfg, 11, ids[:8], 1.0, 0.0, False, True, everything)["image"]
     assert np.allclose(model_input, 0.0)  # normalized per sample (a constant image maps to zeros)
+
+
+def test_a_sweep_or_a_metric_that_needs_labelled_data_is_refused_in_one_line(tmp_path: Path, cli) -> None:
+    r = cli("config", "--set", "tune.metric=labelled_dice")
+    assert r.returncode == 2 and "tune.metric: labelled_dice is reported only by runs that train on labelled" in r.stderr
+    good = _write(tmp_path / "good", 3)
+    r = cli("config", "--set", f"data.labelled=[{{path: {good}}}]", "--set", "tune.metric=labelled_dice")
+    assert r.returncode == 0, r.stderr
+    (good / "masks" / "s02.png").unlink()
+    runs = tmp_path / "runs"
+    r = cli(
+        "sweep", "--config", "sweep-smoke", "--set", f"train.storage_path={runs}",
+        "--set", f"data.labelled=[{{path: {good}}}]", "--set", "tune.space[0].values=[0.3, 0.7]",
+        "--set", "tune.space[0].key=data.labelled_fraction",
+    )  # fmt: skip
+    assert r.returncode == 2 and "data.labelled[0]: " in r.stderr and "1 image(s) without a mask (s02.png)" in r.stderr
+    assert not runs.exists()  # refused before anything was made

@@ -116,9 +116,10 @@ def _fmt(v: Any, digits: str = ".4g") -> str:
     return format(v, digits) if isinstance(v, float) else str(v)
 
 
-def table_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+def table_lines(rows: list[dict[str, Any]], keys: list[str], metric: str = "val_dice") -> list[str]:
     """The results as a Markdown table (what results.md holds and the console prints)."""
-    head = ["#", "trial", *keys, "val Dice (best)", "epoch", "epochs run", "time s", "status"]
+    label = {"val_dice": "val Dice", "labelled_dice": "held-out labelled Dice"}.get(metric, metric)
+    head = ["#", "trial", *keys, f"{label} (best)", "epoch", "epochs run", "time s", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -147,7 +148,7 @@ def write(sweep_dir: Path, cfg: Config) -> list[dict[str, Any]]:
         for r in rows:
             w.writerow([r[c] if r[c] is not None else "" for c in COLUMNS] + [r["params"].get(k, "") for k in keys])
     title = f"# Sweep {sweep_dir.name}\n\nTrials by best validation Dice ({cfg.tune.metric}, {cfg.tune.scheduler}).\n\n"
-    write_atomic(sweep_dir / "results.md", title + "\n".join(table_lines(rows, keys)) + "\n")
+    write_atomic(sweep_dir / "results.md", title + "\n".join(table_lines(rows, keys, cfg.tune.metric)) + "\n")
     if rows:
         plot_parallel(rows, keys, sweep_dir / "parallel.png")
         plot_trial_curves(rows, sweep_dir / "curves.png")
@@ -185,6 +186,7 @@ def promote(sweep_dir: Path, out: Path) -> dict[str, Any]:
         "params": best["params"],
         "epoch": epoch,
         metric: loaded.metrics.get(metric),
+        "metric": metric,
         "source": str(path),
         "out": str(out),
         "model_id": loaded.model_id,

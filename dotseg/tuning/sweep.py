@@ -36,6 +36,7 @@ from typing import Any
 
 from dotseg.config import Config, config_from_dict, dump_yaml, load_yaml
 from dotseg.files import write_atomic
+from dotseg.training.run import TrainError, check_labelled
 from dotseg.tuning.config import SearchDim
 from dotseg.tuning.results import TRIAL_FILE
 
@@ -139,7 +140,15 @@ def trial_name(trial: Any) -> str:
 # -- the trial --------------------------------------------------------------------------------------
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep_dir: str, style: str) -> None:
+def run_trial(
+    params: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    sweep: str,
+    sweep_dir: str,
+    style: str,
+    datasets: dict[str, str] | None = None,
+) -> None:
     """One trial (runs in a Ray Tune trial process): the base config with the sampled ``params``,
     trained in the trial's directory by the same loop as ``dotseg train``."""
     import ray.tune
@@ -169,7 +178,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     write_atomic(run_dir / TRIAL_FILE, json.dumps(record, indent=1))
     origin = {"sweep": sweep, "trial": name, "params": params}
     if style == "function":
-        args = LoopArgs(cfg=cfg, run_dir=run_dir, origin=origin)
+        args = LoopArgs(cfg=cfg, run_dir=run_dir, origin=origin, datasets=dict(datasets or {}))
         with records_to(run_dir / WORKER_LOG):
             run_loop(args, tune_session(cfg))
         return
@@ -180,7 +189,7 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: str, sweep
     from dotseg.training.run import trainer
 
     (run_dir / "run").mkdir(exist_ok=True)
-    trainer(cfg, run_dir / "run", None, origin=origin, callbacks=[TuneReportCallback()]).fit()
+    trainer(cfg, run_dir / "run", None, origin=origin, callbacks=[TuneReportCallback()], datasets=datasets).fit()
 
 
 # -- progress lines ---------------------------------------------------------------------------------
@@ -481,11 +490,16 @@ def sweep(
     if resume is not None:
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
+    assert cfg is not None
+    try:  # every labelled dataset whole, before anything starts; digests for the trials' checkpoints
+        datasets = check_labelled(cfg)
+    except TrainError as e:
+        raise SweepError(str(e)) from None
+    if resume is not None:
         restored, source = repair_state(sweep_dir)
         if restored:
             log.warning(f"Tune's state was cut short by the kill; resuming from {source} ({', '.join(restored)})")
     else:
-        assert cfg is not None
         sweep_dir = new_sweep_dir(cfg)
         sweep_dir.mkdir(parents=True)
         write_atomic(sweep_dir / SWEEP_FILE, f"# dotseg sweep config, hash {cfg.hash}\n" + dump_yaml(cfg))
@@ -512,7 +526,12 @@ def sweep(
             )
         trainable = tune.with_resources(
             tune.with_parameters(
-                run_trial, base=cfg.to_dict(), sweep=sweep_dir.name, sweep_dir=str(sweep_dir), style=style
+                run_trial,
+                base=cfg.to_dict(),
+                sweep=sweep_dir.name,
+                sweep_dir=str(sweep_dir),
+                style=style,
+                datasets=datasets,
             ),
             trial_resources(cfg, style),
         )
