@@ -47,8 +47,10 @@ import numpy as np
 from dotseg import storage
 from dotseg.inference.images import SUPPORTED_SUFFIXES, ImageError, list_images
 
-#: ``--runner auto`` takes Ray Data above this many files (below it, starting Ray costs more than it gives).
-AUTO_RAY_FILES = 500
+#: ``--runner auto`` takes Ray Data above this many local files with no cluster given: Ray's and the
+#: actors' start-up (~15 s on 2 cores) is then under ~5% of the run (benchmarks/predict.py), and the
+#: manifest and resumption are worth it; below it, one process finishes first.
+AUTO_RAY_FILES = 5000
 MANIFEST = "manifest.csv"
 MANIFEST_PARQUET = "manifest.parquet"
 PARTS = ".dotseg-manifest"

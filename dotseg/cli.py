@@ -1038,7 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "local", "ray"),
         default="auto",
         help="local: this process; ray: Ray Data, an actor pool of predictors writing a manifest, resumable; "
-        "auto (default): ray for bucket URIs, --address or more than 500 files, else local",
+        "auto (default): ray for bucket URIs, --address or more than 5000 files, else local",
     )
     p.add_argument("--address", default=None, help="Ray cluster to run on (auto, host:port); implies --runner ray")
     p.add_argument(

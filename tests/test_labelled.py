@@ -176,7 +176,8 @@ def test_training_rows_mix_labelled_windows_from_the_training_split_deterministi
 
 def test_a_sweep_or_a_metric_that_needs_labelled_data_is_refused_in_one_line(tmp_path: Path, cli) -> None:
     r = cli("config", "--set", "tune.metric=labelled_dice")
-    assert r.returncode == 2 and "tune.metric: labelled_dice is reported only by runs that train on labelled" in r.stderr
+    assert r.returncode == 2
+    assert "tune.metric: labelled_dice is reported only by runs that train on labelled" in r.stderr
     good = _write(tmp_path / "good", 3)
     r = cli("config", "--set", f"data.labelled=[{{path: {good}}}]", "--set", "tune.metric=labelled_dice")
     assert r.returncode == 0, r.stderr
