@@ -65,3 +65,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    # Tests that start a Ray of their own (a cluster, `dotseg serve`) run first, before the session's
+    # Ray exists: they skip beside it (two Rays on 2 cores must never run side by side), and file
+    # names alone once let a new module put the session's Ray first and skip them all.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)

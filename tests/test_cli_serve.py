@@ -19,7 +19,7 @@ import psutil
 import pytest
 import requests
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 
 def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_path) -> None:

@@ -24,7 +24,7 @@ import pytest
 from s3_server import keys, put, read, s3_server
 from wandb_log import wandb_run
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.own_ray]
 
 ROOT = Path(__file__).resolve().parent.parent
 

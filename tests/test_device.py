@@ -26,6 +26,10 @@ def test_a_channels_last_step_computes_what_a_contiguous_one_does() -> None:
     compared: Adam moves each by ~lr * sign(gradient), so a gradient within rounding of zero may
     step either way.)"""
     cfg = load_config("smoke", ["synthesis.size=64", "train.amp=false"])
+    # A seeded input: the layouts sum in different orders, and on some random inputs a difference
+    # in the last bit flips a discrete choice in the loss (1 draw in ~8 moved one gradient past
+    # rtol 1e-3), which made this test depend on what ran before it.
+    torch.manual_seed(101)
     x = torch.randn(2, 1, 64, 64)
     y = (torch.rand(2, 1, 64, 64) > 0.7).float()
     weights = loss_weights(cfg.loss, 1, cfg.train.epochs)

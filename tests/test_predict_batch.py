@@ -1,6 +1,7 @@
 """Batch inference on Ray Data (dotseg.batch): ``dotseg predict --runner ray`` over a folder, its
 manifest, bad files recorded, and resumption. The 2-node cluster run with a killed actor and a
-bucket is in test_cluster.py.
+bucket is in test_cluster.py. (Named to sort after test_cli_serve.py and test_cluster.py: those
+start Ray clusters of their own and skip once the session's Ray runs.)
 
 A tiny model (base 4, depth 3) from a local file: what is tested is the bookkeeping, and that the
 masks are exactly the single-process path's; the file travels to the actors through Ray's object
