@@ -159,6 +159,10 @@ class Place:
     def get(self, name: str) -> bytes:
         return read_bytes(self.join(name))
 
+    def exists(self, name: str) -> bool:
+        target = self.join(name)
+        return storage.exists(target) if self.remote else Path(target).is_file()
+
     def names(self, sub: str = "") -> list[str]:
         """Names of the files directly in this place (or in its folder ``sub``); [] if it does not exist."""
         where = self.join(sub) if sub else self.location
@@ -254,7 +258,7 @@ def from_csv(data: bytes) -> list[dict[str, Any]]:
 def read_manifest(out: Place) -> dict[str, dict[str, Any]]:
     """Input -> its latest row: ``manifest.csv``, then the part files of an unfinished run."""
     rows: dict[str, dict[str, Any]] = {}
-    if MANIFEST in out.names():
+    if out.exists(MANIFEST):
         rows.update((r["input"], r) for r in from_csv(out.get(MANIFEST)))
     for name in out.names(PARTS):
         if name.startswith("part-") and name.endswith(".csv"):
@@ -313,6 +317,7 @@ def still_done(rows: dict[str, dict[str, Any]], out: Place, inputs: list[str], o
 
 def predict_file(predictor: Any, location: str, out: Place, options: BatchOptions) -> dict[str, Any]:
     """Read, predict and write one input; its manifest row (a failure is a row, not an exception)."""
+    from dotseg.inference.files import failure_line
     from dotseg.inference.images import decode_image, encode_npy, encode_png, overlay_rgb
     from dotseg.inference.ood import describe, mean_confidence
 
@@ -329,8 +334,7 @@ def predict_file(predictor: Any, location: str, out: Place, options: BatchOption
         if options.overlay:
             out.put(names["overlay"], encode_png(overlay_rgb(image, pred.mask)))
     except (ValueError, OSError, MemoryError) as e:  # one bad file (ImageError, StorageError) must not stop the others
-        message = " ".join(str(e).split())
-        row.update(status="failed", error=message if message.startswith(location) else f"{location}: {message}")
+        row.update(status="failed", error=failure_line(location, e))
     else:
         row.update(
             status="ok",
@@ -394,13 +398,17 @@ def _materialize(data: bytes, name: str) -> Path:
 # -- the driver ------------------------------------------------------------------------------------
 
 
+def remote(inputs: list[str], output: str, address: str | None) -> bool:
+    """Whether the run involves a cluster or a bucket, which only the Ray runner serves."""
+    return bool(address) or storage.is_uri(output) or any(storage.is_uri(i) for i in inputs)
+
+
 def use_ray(runner: str, inputs: list[str], output: str, address: str | None, n_files: int | None = None) -> bool:
-    """Whether ``dotseg predict`` runs on Ray Data (``runner`` auto/local/ray)."""
+    """Whether ``dotseg predict`` runs on Ray Data (``runner`` auto/local/ray); ``n_files`` is the
+    local file count when known."""
     if runner != "auto":
         return runner == "ray"
-    if address or storage.is_uri(output) or any(storage.is_uri(i) for i in inputs):
-        return True
-    return n_files is not None and n_files > AUTO_RAY_FILES
+    return remote(inputs, output, address) or (n_files is not None and n_files > AUTO_RAY_FILES)
 
 
 def predict_at_scale(
@@ -527,7 +535,7 @@ def _start_ray(address: str | None, options: BatchOptions, min_actors: int, file
     return cpus
 
 
-def default_threads(n_cpus: int | None = None) -> int:
+def default_threads() -> int:
     """Torch threads per actor when none are given: all of a small machine's cores in one actor,
     up to 4 (beyond that, more actors scale better than more threads per convolution)."""
-    return max(1, min(4, n_cpus or os.cpu_count() or 1))
+    return max(1, min(4, os.cpu_count() or 1))

@@ -254,19 +254,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dotseg.batch import use_ray
+    from dotseg.batch import remote, use_ray
     from dotseg.checkpoint import CheckpointError
     from dotseg.inference.images import ImageError, list_images
-    from dotseg.storage import StorageError, is_uri
+    from dotseg.storage import StorageError
 
-    remote = args.address or is_uri(args.output) or any(is_uri(i) for i in args.input)
     try:
-        inputs = None if remote or args.runner == "ray" else list_images(args.input)
-        if use_ray(args.runner, args.input, args.output, args.address, None if inputs is None else len(inputs)):
+        if use_ray(args.runner, args.input, args.output, args.address):  # a bucket, a cluster, or --runner ray
             return _predict_at_scale(args)
-        if remote:
+        if remote(args.input, args.output, args.address):
             raise UserError("--runner local reads and writes local files only: drop --address and bucket URIs")
-        assert inputs is not None
+        inputs = list_images(args.input)
+        if use_ray(args.runner, args.input, args.output, args.address, len(inputs)):
+            return _predict_at_scale(args)
         return _predict_here(args, inputs)
     except (ImageError, CheckpointError, StorageError) as e:
         raise UserError(str(e)) from None

@@ -176,18 +176,19 @@ def _mixed_batch(
     images = np.empty((len(ids), size, size), np.float32)
     masks = np.empty((len(ids), size, size), np.uint8)
     probs = np.asarray(mix.weights) / sum(mix.weights)
+    sources = [labelled.arrays(path) for path in mix.paths]  # read once per process (cached)
+    training = [labelled.split(len(data), mix.holdout, mix.split_seed)[0] for _, data, _ in sources]
     real: list[int] = []
     for i, index in enumerate(ids):
         rng = np.random.default_rng([int(seed), int(index), _LABELLED_STREAM])
         if rng.random() >= mix.fraction:
             continue
         real.append(i)
-        path = mix.paths[int(rng.choice(len(mix.paths), p=probs))]
-        _, data, truth = labelled.arrays(path)
-        train, _ = labelled.split(len(data), mix.holdout, mix.split_seed)
-        k = int(train[rng.integers(len(train))])
+        j = int(rng.choice(len(mix.paths), p=probs))
+        _, data, truth = sources[j]
+        k = int(training[j][rng.integers(len(training[j]))])
         images[i], masks[i] = labelled.window(data[k], truth[k], size, rng)
-    synthetic = np.array([i for i in range(len(ids)) if i not in set(real)], dtype=np.int64)
+    synthetic = np.setdiff1d(np.arange(len(ids)), real).astype(np.int64)
     if len(synthetic):
         out = make_batch(cfg, seed, ids[synthetic], noise_scale=noise_scale, mixed_prob=mixed_prob)
         images[synthetic], masks[synthetic] = out["image"], out["mask"]

@@ -32,6 +32,23 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny model (base 4, depth 3, 64 px) with random weights, saved once per session: enough
+    where what is tested is shapes, files and bookkeeping, not masks."""
+    import torch
+
+    from dotseg.checkpoint import save_checkpoint
+    from dotseg.config import Config
+    from dotseg.models import build_model
+
+    cfg = Config().replace(**{"model.base_channels": 4, "model.depth": 3, "synthesis.size": 64})
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, model, cfg, threshold=0.5, metrics={"val_dice": 0.5}, epoch=1)
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """Run ``dotseg ARGS...`` in this process (``dotseg.cli.main``), as a subprocess would be run:

@@ -15,13 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dotseg import batch
-from dotseg.checkpoint import save_checkpoint
-from dotseg.config import Config
 from dotseg.inference.images import read_image, write_mask_png
-from dotseg.models import build_model
 from dotseg.plots import save_png
 from dotseg.synthesis import make_sample
 from dotseg.synthesis.config import SynthesisConfig
@@ -30,12 +26,8 @@ N_GOOD = 10
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = Config().replace(**{"model.base_channels": 4, "model.depth": 3, "synthesis.size": 64})
-    torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, cfg, threshold=0.5, metrics={"val_dice": 0.5}, epoch=1)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,24 +19,17 @@ import tifffile
 import torch
 from PIL import Image
 
-from dotseg.checkpoint import save_checkpoint
 from dotseg.cli import main
-from dotseg.config import Config
 from dotseg.inference.images import ImageError, list_images, read_image, to_grey
 from dotseg.inference.predictor import Predictor, resolve_device
 from dotseg.inference.segmenter import Prediction, Segmenter
-from dotseg.models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = Config().replace(**{"model.base_channels": 4, "model.depth": 3, "synthesis.size": 64})
-    torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, model, cfg, threshold=0.5, metrics={"val_dice": 0.5}, epoch=1)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

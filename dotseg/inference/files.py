@@ -27,6 +27,12 @@ class FilesResult:
     seconds: float = 0.0
 
 
+def failure_line(location: str, error: BaseException) -> str:
+    """The one line a failed input gets: the error on one line, starting with the input's name."""
+    message = " ".join(str(error).split())
+    return message if message.startswith(location) else f"{location}: {message}"
+
+
 def stem_clashes(paths: list[Path]) -> str:
     """'a.png, a.tif' for inputs whose outputs (named by stem) would overwrite each other; '' if none."""
     by_stem: dict[str, list[Path]] = {}
@@ -67,8 +73,7 @@ def predict_files(
             if overlay:
                 write_overlay_png(image, pred.mask, out / f"{path.stem}_overlay.png")
         except (ValueError, OSError, MemoryError) as e:  # one bad file (ImageError too) must not stop the others
-            message = " ".join(str(e).split())
-            failed[path] = message if message.startswith(str(path)) else f"{path}: {message}"
+            failed[path] = failure_line(str(path), e)
             tqdm.write(f"dotseg predict: {failed[path]}", file=sys.stderr)
     bar.close()
     return FilesResult(written=len(inputs) - len(failed), failed=failed, seconds=time.perf_counter() - t0)
