@@ -225,7 +225,9 @@ def test_batch_predict_job_over_a_bucket_survives_a_killed_actor_with_every_file
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     assert all(f"masks/s{i:03d}_mask.png" in stored for i in range(n)), stored
     assert "masks/manifest.parquet" in stored and not any("/part-" in k for k in stored), stored
-    assert len({r["node"] for r in rows}) == 2, {r["node"] for r in rows}  # the work spread over both nodes
+    # Which node did each batch is Ray's choice: the pool spread over both nodes in most runs, but
+    # a restarted actor may land beside the other one, and then one node writes every row.
+    assert 1 <= len({r["node"] for r in rows}) <= 2, {r["node"] for r in rows}
 
 
 def test_a_job_with_a_bad_config_fails_with_its_error_line(cluster) -> None:
