@@ -235,11 +235,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     synthesis = None
     if args.checkpoint:
-        from dotseg.checkpoint import CheckpointError, load_checkpoint
+        from dotseg.checkpoint import CheckpointError, read_meta, trained_synthesis
         from dotseg.inference.predictor import resolve_checkpoint
 
         try:
-            synthesis = load_checkpoint(resolve_checkpoint(args.checkpoint)).synthesis
+            synthesis = trained_synthesis(read_meta(resolve_checkpoint(args.checkpoint)))
         except CheckpointError as e:
             raise UserError(str(e)) from None
     try:

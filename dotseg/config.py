@@ -120,6 +120,7 @@ IDENTITY_NEUTRAL: tuple[str, ...] = (
     "synthesis.dots.amplitude",
     "synthesis.noise.correlation",
     "synthesis.image",
+    "synthesis.seed_fraction",
     "train.init",
     "data.labelled",
     "data.labelled_fraction",

@@ -74,12 +74,13 @@ def filesystem(uri: str) -> tuple[Any, str]:
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except Exception as e:  # pyarrow raises ArrowInvalid / ArrowNotImplementedError / OSError
-        raise StorageError(f"{uri}: not a storage location pyarrow can open: {_one_line(e)}") from None
+        raise StorageError(f"{uri}: not a storage location pyarrow can open: {one_line(e)}") from None
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+def one_line(e: BaseException | str) -> str:
+    """An error's message on one line (for the one-line errors users see); an empty one by its type."""
+    text = " ".join(str(e).split())
+    return text or (type(e).__name__ if isinstance(e, BaseException) else "")
 
 
 def call(uri: str, what: str, fn: Any, *args: Any) -> Any:
@@ -90,7 +91,7 @@ def call(uri: str, what: str, fn: Any, *args: Any) -> Any:
     except FileNotFoundError:
         raise StorageError(f"{uri} does not exist") from None
     except Exception as e:
-        raise StorageError(f"cannot {what} {uri}: {_one_line(e)}; {CREDENTIALS_HELP}") from None
+        raise StorageError(f"cannot {what} {uri}: {one_line(e)}; {CREDENTIALS_HELP}") from None
 
 
 def exists(uri: str) -> bool:

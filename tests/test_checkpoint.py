@@ -135,12 +135,12 @@ def test_save_is_atomic_and_leaves_no_temp_files(
     path, model, cfg = saved
     before = path.read_bytes()
 
-    def broken_save(*args: object, **kwargs: object) -> None:
+    def disk_full(fd: int) -> None:  # the bytes are in the temporary file; flushing them fails
         raise OSError("disk full")
 
-    import safetensors.torch
+    import dotseg.files
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    monkeypatch.setattr(dotseg.files.os, "fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, cfg, threshold=0.5, metrics={}, epoch=8)
     assert path.read_bytes() == before
@@ -503,3 +503,25 @@ def test_identity_does_not_depend_on_where_the_run_was_stored(tmp_path: Path) ->
     pc = load_checkpoint(save_checkpoint(tmp_path / "c.safetensors", model, c, threshold=0.5, metrics={}, epoch=3))
     pd = load_checkpoint(save_checkpoint(tmp_path / "d.safetensors", model, a, threshold=0.5, metrics={}, epoch=4))
     assert len({pa.model_id, pc.model_id, pd.model_id}) == 3
+
+
+def test_a_file_is_read_once_until_it_is_replaced(saved: tuple[Path, torch.nn.Module, Config]) -> None:
+    """The driver checks a checkpoint, describes it and loads it: one header read, not one per step;
+    a file replaced under the same name (a re-promotion) is read anew, never served from the cache."""
+    from dotseg.checkpoint import read_meta
+    from dotseg.checkpoint.sniff import _read_header
+
+    path, model, cfg = saved
+    _read_header.cache_clear()
+    first = read_meta(path)
+    read_meta(path, expect=cfg.model)
+    assert load_checkpoint(path).model_id == first.model_id
+    assert _read_header.cache_info().misses == 1
+    save_checkpoint(path, model, cfg, threshold=0.4, metrics={}, epoch=9)  # os.replace: a new file
+    assert read_meta(path).model_id != first.model_id and read_meta(path).epoch == 9
+    assert _read_header.cache_info().misses == 2
+    # A check that fails says so every time (errors are not cached as results).
+    path.write_bytes(path.read_bytes()[:100])
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match="truncated"):
+            read_meta(path)

@@ -85,6 +85,29 @@ def test_each_variation_does_what_its_field_says() -> None:
     assert sorted(gap)[1] <= 0.03 * 256 + 3
 
 
+def test_seed_fraction_renders_that_share_of_samples_with_the_seeds_generator_exactly() -> None:
+    wide = SynthesisConfig(size=128).replace(
+        **{"dots.count": (5, 40), "dots.profile": ("gaussian",), "image.offset": (1.0, 2.0)}
+    )
+    mixed = wide.replace(seed_fraction=0.5)
+    idx = range(48)
+    b_mix = make_batch(mixed, 5, idx, noise_scale=0.6, mixed_prob=0.3)
+    b_wide = make_batch(wide, 5, idx, noise_scale=0.6, mixed_prob=0.3)
+    b_seed = make_batch(SMALL, 5, idx, noise_scale=0.6, mixed_prob=0.3)
+    picked = b_mix["seed_generator"]
+    assert 12 <= picked.sum() <= 36 and not b_wide["seed_generator"].any()
+    # A picked sample is the seed's generator's sample, byte for byte (up to 80 dots: wider padding);
+    # the others are the wide generator's.
+    for key in ("image", "mask", "snr_db"):
+        np.testing.assert_array_equal(b_mix[key][picked], b_seed[key][picked])
+        np.testing.assert_array_equal(b_mix[key][~picked], b_wide[key][~picked])
+    assert b_mix["dots"].shape[1] == 80 and (b_mix["n_dots"][picked] >= 15).all()
+    # The same per sample in any batch; 0 and 1 are the two generators.
+    one = make_sample(mixed, 5, 7, noise_scale=0.6, mixed_prob=0.3)
+    assert one.image.tobytes() == b_mix["image"][7].tobytes()
+    assert make_batch(wide.replace(seed_fraction=1.0), 5, idx)["seed_generator"].all()
+
+
 def test_a_blob_scaled_to_fill_the_frame_exactly_is_placed() -> None:
     """Regression (found by the v2 training run): an outline shrunk to exactly the room between the
     margins could overshoot it by a rounding error, and the placement's uniform draw failed with

@@ -36,19 +36,22 @@ def check_checkpoint(checkpoint: str | None, precision: str = "auto", local: boo
     not passed the gate for the engine the replicas will run (ServeError), decided as they decide it."""
     import torch
 
-    from dotseg.checkpoint import load_checkpoint
+    from dotseg.checkpoint import read_meta
     from dotseg.inference import engines
     from dotseg.inference import precision as gate
     from dotseg.inference.predictor import is_shipped, resolve_checkpoint
+    from dotseg.storage import is_uri, local_copy
 
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    path = resolve_checkpoint(checkpoint)
+    meta = read_meta(path)  # the header only (cached): the replicas load the tensors
     if local and precision not in ("auto", "fp32"):
-        record = gate.load_record(engines.cache_dirs(ckpt.path, is_shipped(ckpt.path)), ckpt.model_id)
+        local_path = Path(local_copy(str(path))) if is_uri(path) else Path(path)  # where the replicas' cache is
+        record = gate.load_record(engines.cache_dirs(local_path, is_shipped(local_path)), meta.model_id)
         try:
             gate.choose(record, engines.resolve_engine(engine, torch.device("cpu")), precision, engine != "auto")
         except ValueError:
             raise ServeError(
-                f"serve.precision={precision}: it has not passed the precision gate for model {ckpt.model_id} on "
+                f"serve.precision={precision}: it has not passed the precision gate for model {meta.model_id} on "
                 "this CPU; run `dotseg evaluate --gate --checkpoint CHECKPOINT`, or use serve.precision=auto"
             ) from None
 

@@ -164,3 +164,8 @@ class SynthesisConfig(Section):
     """Noise types and their parameter ranges."""
     image: ImageConfig = ImageConfig()
     """Variation: optics and export (blur, illumination, gain, offset, bit depth)."""
+    seed_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Variation: fraction of samples rendered by the seed's generator exactly (``shape``, ``dots``,
+    ``noise`` and ``image`` at their defaults; ``size`` kept), drawn per sample. A wide generator
+    spends its samples across its ranges; this keeps part of every batch on the seed's distribution,
+    so a model trained wider does not lose what it knew there (docs/model-v2-candidate)."""

@@ -9,6 +9,7 @@ dots of its noisy version whatever the noise settings.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ from dotseg.synthesis.noise import ORDER, PARAM, apply_noise, choose_types, draw
 from dotseg.synthesis.optics import export, illuminate, optical_blur
 from dotseg.synthesis.shapes import make_blob
 
-#: The sample's random streams: the seed's geometry and noise, and the variation fields' draws.
-_GEOMETRY_STREAM, _NOISE_STREAM, _VARIATION_STREAM = 0, 1, 2
+#: The sample's random streams: the seed's geometry and noise, the variation fields' draws, and the
+#: choice of generator (``seed_fraction``).
+_GEOMETRY_STREAM, _NOISE_STREAM, _VARIATION_STREAM, _GENERATOR_STREAM = 0, 1, 2, 3
 
 #: Scalar metadata columns of a batch, with their dtypes.
 META_COLUMNS: dict[str, Any] = {
@@ -54,6 +56,7 @@ META_COLUMNS: dict[str, Any] = {
     "gain": np.float32,
     "offset": np.float32,
     "export": "U7",
+    "seed_generator": np.bool_,
 }
 
 
@@ -120,6 +123,11 @@ def _render(
     severity: float | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Draw one sample into the preallocated ``image`` (zeros) and ``mask``; return (dots, meta)."""
+    seed_generator = False
+    if cfg.seed_fraction > 0.0:  # its own stream: a config without it draws nothing more
+        pick = np.random.default_rng([int(seed), int(index), _GENERATOR_STREAM])
+        if pick.random() < cfg.seed_fraction:
+            cfg, seed_generator = _seed_generator(cfg.size), True
     size = cfg.size
     scale = size / cfg.dots.reference_size  # px lengths of the config are given at reference_size
     geo = np.random.default_rng([int(seed), int(index), _GEOMETRY_STREAM])
@@ -169,6 +177,7 @@ def _render(
         "gain": gain,
         "offset": offset,
         "export": bits,
+        "seed_generator": seed_generator,
     }
     if noisy:
         rng = np.random.default_rng([int(seed), int(index), _NOISE_STREAM])
@@ -182,6 +191,12 @@ def _render(
         meta.update(params, noise="+".join(types), snr_db=snr_db(image, clean))
     export(image, gain, offset, bits)
     return dots, meta
+
+
+@functools.lru_cache(maxsize=8)
+def _seed_generator(size: int) -> SynthesisConfig:
+    """The seed's generator at this image size: what a ``seed_fraction`` sample is rendered with."""
+    return SynthesisConfig(size=size)
 
 
 def _pick(rng: np.random.Generator, choices: Sequence[str]) -> str:
@@ -241,7 +256,7 @@ def make_batch(
     out: dict[str, np.ndarray] = {
         "image": np.zeros((b, size, size), dtype=np.float32),
         "mask": np.zeros((b, size, size), dtype=np.uint8),
-        "dots": np.full((b, cfg.dots.count[1], 3), np.nan, dtype=np.float32),
+        "dots": np.full((b, _max_dots(cfg), 3), np.nan, dtype=np.float32),
     }
     metas = []
     for i, index in enumerate(indices):
@@ -262,3 +277,9 @@ def make_batch(
     for name, dtype in META_COLUMNS.items():
         out[name] = np.array([m[name] for m in metas], dtype=dtype)
     return out
+
+
+def _max_dots(cfg: SynthesisConfig) -> int:
+    """The most dots a sample of ``cfg`` can have (the seed's generator's too, where it mixes it in)."""
+    most = cfg.dots.count[1]
+    return max(most, _seed_generator(cfg.size).dots.count[1]) if cfg.seed_fraction > 0.0 else most

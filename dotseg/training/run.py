@@ -198,11 +198,11 @@ def check_init(cfg: Config) -> str | None:
     model ``model.*`` builds. Returns its model id (None without ``train.init``)."""
     if cfg.train.init is None:
         return None
-    from dotseg.checkpoint import CheckpointError, load_checkpoint
+    from dotseg.checkpoint import CheckpointError, read_meta
     from dotseg.inference.predictor import resolve_checkpoint
 
     try:
-        return load_checkpoint(resolve_checkpoint(cfg.train.init), expect=cfg.model).model_id
+        return read_meta(resolve_checkpoint(cfg.train.init), expect=cfg.model).model_id
     except CheckpointError as e:
         raise TrainError(
             f"train.init: {e} (fine-tuning starts from a checkpoint of the model that model.* builds)"
