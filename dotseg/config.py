@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -39,6 +40,7 @@ from dotseg.configbase import (
     drop_paths,
     has_key,
     load_yaml,
+    set_path,
     to_dict,
 )
 from dotseg.curriculum import CurriculumConfig
@@ -51,6 +53,7 @@ from dotseg.training.config import TrainConfig
 from dotseg.tuning.config import TuneConfig
 
 __all__ = [
+    "Override",
     "Config",
     "ConfigError",
     "load_config",
@@ -260,11 +263,16 @@ def resolve_path(path: str | Path) -> Path:
     raise ConfigError(f"config file {str(path)!r} not found (shipped configs: {shipped})")
 
 
+#: A config override: ``"KEY=VALUE"`` (the value parsed as YAML, as ``--set`` gives it) or ``(KEY, value)``
+#: (a value as it is: a flag's path, port or count, never re-parsed).
+Override = str | tuple[str, Any]
+
+
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: Config | None = None
+    path: str | Path | None = None, overrides: Sequence[Override] = (), base: Config | None = None
 ) -> Config:
     """The YAML file at ``path`` over the defaults (or, without a file, the config ``base``), then
-    ``KEY=VALUE`` overrides, all checked."""
+    the overrides in order, all checked."""
     data: dict[str, Any] = base.to_dict() if base is not None else {}
     if path is not None:
         p = resolve_path(path)
@@ -273,7 +281,10 @@ def load_config(
             data = serve_file_section(data, str(p))
     data = copy.deepcopy(data)
     for item in overrides:
-        apply_override(data, item, Config)
+        if isinstance(item, tuple):
+            set_path(data, item[0], item[1], Config)
+        else:
+            apply_override(data, item, Config)
     return Config.from_dict(data)
 
 

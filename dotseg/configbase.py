@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 import annotated_types as at
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 
@@ -205,6 +205,19 @@ def _interval(meta: list[Any]) -> str | None:
     lo_s = "-inf" if lo is None else (str(lo) if isinstance(lo, int) else f"{lo:g}")
     hi_s = "inf" if hi is None else (str(hi) if isinstance(hi, int) else f"{hi:g}")
     return f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
+
+
+def field_adapter(root: type, key: str) -> tuple[TypeAdapter[Any], str]:
+    """A validator of one value of the field at ``key`` (``serve.port``, ``curriculum.phases[0].noise_scale``)
+    with the field's own constraints, and its allowed values in words (``in [1, 65535]``)."""
+    loc = tuple(int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]\.?", key) if p)
+    found = _walk(root, loc)
+    if found is None:
+        raise KeyError(key)
+    tp, meta = found
+    interval = _interval(meta)
+    allowed = f"in {interval}" if interval else f"a value of type {type_name(tp)}"
+    return TypeAdapter(Annotated[tp, *meta] if meta else tp), allowed
 
 
 def type_name(tp: Any) -> str:

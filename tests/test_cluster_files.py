@@ -560,12 +560,12 @@ def _ignored(path: str) -> bool:
 def test_dockerignore_keeps_the_context_small_and_the_model_in() -> None:
     for path in (".venv/bin/python", "runs/x/best.safetensors", ".git/HEAD", "wandb/run-1/x", "checkpoints/a.pt"):
         assert _ignored(path), path
-    assert _ignored("dotseg/__pycache__/cli.cpython-311.pyc")
+    assert _ignored("dotseg/cli/__pycache__/common.cpython-311.pyc")
     for path in (
         "pyproject.toml",
         "README.md",
         "dotseg/assets/model.safetensors",
-        "dotseg/cli.py",
+        "dotseg/cli/__init__.py",
         "configs/serve.yaml",
     ):
         assert not _ignored(path), path

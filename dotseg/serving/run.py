@@ -56,6 +56,23 @@ def check_checkpoint(checkpoint: str | None, precision: str = "auto", local: boo
             ) from None
 
 
+def until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM (the foreground ``dotseg serve``; the caller then :func:`stop` s)."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # Ctrl-C must stop it even when we were started with SIGINT ignored (a parent that ignores it,
+    # nohup-like launchers, a test runner): Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
 def urls(cfg: ServeConfig) -> dict[str, str]:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     base = f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

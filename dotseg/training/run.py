@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from dotseg.config import (
     CHANGEABLE_ON_RESUME,
     NOT_IN_RUN_IDENTITY,
     Config,
+    Override,
     config_from_dict,
     dump_yaml,
     load_config,
@@ -159,9 +161,7 @@ def _storage(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise TrainError(str(e)) from None
 
 
-def resume_config(
-    location: str | Path, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> Config:
+def resume_config(location: str | Path, config: str | Path | None = None, overrides: Sequence[Override] = ()) -> Config:
     """The config to resume the run at ``location`` (a directory or a bucket URI) with: its saved
     ``config.yaml``, or ``config`` if given, with ``overrides`` on top. Refused, naming the keys, if
     the run identity would change (anything that shapes the weights but
