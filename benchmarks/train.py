@@ -185,9 +185,9 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     if not args.no_ray:
         from dotseg.runtime import init_ray
-        from dotseg.training.run import local_cpus
+        from dotseg.training.resources import RunNeed
 
-        init_ray(num_cpus=max(local_cpus(c) for c in cfgs.values()))
+        init_ray(num_cpus=max(RunNeed.of(c).local_cpus() for c in cfgs.values()))
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for n in names:

@@ -184,11 +184,26 @@ def test_a_trial_in_a_suffixed_directory_is_read_and_promoted_from_there(smoke, 
     assert {k: {**r, "dir": ""} for k, r in after.items()} == {k: {**r, "dir": ""} for k, r in before.items()}
 
 
+def test_tunes_state_files_are_where_the_repair_looks_for_them(smoke) -> None:
+    """dotseg.tuning.state relies on Ray Tune's private layout (file names, the staging directory):
+    when a Ray upgrade moves them, this fails naming the version, not a resume months later."""
+    import ray
+
+    from dotseg.tuning.state import layout_problems
+
+    problems = layout_problems(smoke[0])
+    assert not problems, (
+        f"Ray {ray.__version__} moved Tune's state files ({'; '.join(problems)}); dotseg/tuning/state.py "
+        "was written for Ray 2.60's layout: update STATE_FILES / _staging_copies"
+    )
+
+
 def test_a_state_file_cut_short_is_put_back_from_its_whole_copy_or_named(tmp_path: Path) -> None:
     """Tune's experiment state (JSON) and its searcher's (a pickle) are kept and put back as a set."""
     import pickle
 
-    from dotseg.tuning.sweep import STATE_BACKUP, SweepError, back_up_state, repair_state
+    from dotseg.tuning.layout import SweepError
+    from dotseg.tuning.state import STATE_BACKUP, back_up_state, repair_state
 
     state = tmp_path / "experiment_state-2026-11-30_23-04-04.json"
     searcher = tmp_path / "basic-variant-state-2026-11-30_23-04-04.json"  # a pickle, despite its name
@@ -330,7 +345,7 @@ def test_trials_that_cannot_fit_are_refused_up_front_with_numbers() -> None:
     cfg = load_config("sweep-smoke")
     assert concurrency(cfg, "function", {"CPU": 4.0}) == 2  # 1 + 0.5 per trial; max 2 at once
     assert concurrency(cfg, "function", {"CPU": 2.0}) == 1
-    with pytest.raises(SweepError, match=r"one trial needs 1\.5 CPUs.*the cluster has 1 CPUs"):
+    with pytest.raises(SweepError, match=r"one trial cannot start: the cluster has 1 CPUs but .* need 1\.5"):
         concurrency(cfg, "function", {"CPU": 1.0})
     gpu = cfg.replace(**{"train.use_gpu": True})
     with pytest.raises(SweepError, match="GPU"):

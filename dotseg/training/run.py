@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -43,6 +42,7 @@ from dotseg.config import (
 from dotseg.configbase import dict_value, diff_keys, drop_paths
 from dotseg.files import copy_atomic, write_atomic
 from dotseg.plots import plot_history
+from dotseg.training.resources import RunNeed
 from dotseg.training.stopping import monitored
 
 #: In the run directory: the driver's Ray log, and the records dotseg code logged in the workers.
@@ -230,32 +230,6 @@ def check_labelled(cfg: Config) -> dict[str, str]:
     return digests
 
 
-def check_resources(cfg: Config, resources: dict[str, float]) -> None:
-    """Fail now, with numbers, instead of letting Ray wait forever for resources that never come."""
-    t = cfg.train
-    need_cpu = t.num_workers * t.cpus_per_worker + cfg.data.cpus_per_task
-    have_cpu = resources.get("CPU", 0.0)
-    if need_cpu > have_cpu:
-        raise TrainError(
-            f"the cluster has {have_cpu:g} CPUs but {t.num_workers} workers x {t.cpus_per_worker:g} CPUs "
-            f"+ {cfg.data.cpus_per_task:g} for a synthesis task need {need_cpu:g}; lower "
-            f"train.num_workers / train.cpus_per_worker / data.cpus_per_task or add nodes"
-        )
-    if t.use_gpu and resources.get("GPU", 0.0) < t.num_workers:
-        raise TrainError(
-            f"--gpu asks for {t.num_workers} GPU(s) but the cluster has {resources.get('GPU', 0.0):g}; "
-            f"drop --gpu or use fewer workers"
-        )
-
-
-def local_cpus(cfg: Config) -> int:
-    """Logical CPUs for an embedded local Ray: at least what the run reserves, so a 2-core laptop
-    can host 2 training workers plus synthesis tasks (they share the cores; nothing deadlocks)."""
-    t, d = cfg.train, cfg.data
-    need = t.num_workers * t.cpus_per_worker + d.synth_tasks * d.cpus_per_task
-    return max(os.cpu_count() or 1, int(-(-need // 1)))
-
-
 def train(
     cfg: Config,
     *,
@@ -299,10 +273,13 @@ def train(
 
     try:
         with ray_logs_to(run_dir / RAY_LOG, console=verbose):
+            need = RunNeed.of(cfg)
             resources = init_ray(
-                address, num_cpus=None if address else local_cpus(cfg), quiet=not verbose, logging_level=logging.INFO
+                address, num_cpus=None if address else need.local_cpus(), quiet=not verbose, logging_level=logging.INFO
             )
-            check_resources(cfg, resources)
+            problem = need.unfit(resources)  # now, with numbers: Ray would wait forever
+            if problem:
+                raise TrainError(problem)
             _storage(storage.check_shared_storage, cfg.train.storage_path, storage.cluster_hosts())
             for source in cfg.data.labelled:  # every synthesis task reads the datasets itself
                 _storage(

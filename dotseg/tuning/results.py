@@ -16,10 +16,10 @@ from typing import Any
 from dotseg.checkpoint import HISTORY_FILE, MODEL_FILE
 from dotseg.config import Config
 from dotseg.files import copy_atomic, write_atomic
+from dotseg.tuning.layout import TRIAL_FILE, SweepError, sweep_config
 
 log = logging.getLogger(__name__)
 
-TRIAL_FILE = "trial.json"
 
 #: Columns of results.csv before the parameters; ``dir`` is the trial's directory in the sweep.
 COLUMNS = (
@@ -159,7 +159,6 @@ def promote(sweep_dir: Path, out: Path) -> dict[str, Any]:
     """Copy the best trial's best checkpoint to ``out`` (a regular dotseg checkpoint whose
     provenance names the sweep and the trial); returns what was promoted."""
     from dotseg.checkpoint import load_checkpoint
-    from dotseg.tuning.sweep import SweepError, sweep_config
 
     cfg = sweep_config(sweep_dir)
     rows = [r for r in collect(sweep_dir, cfg) if r["best_val_dice"] is not None]
