@@ -97,7 +97,7 @@ def test_no_client_header_lifts_the_request_timeout(monkeypatch) -> None:
     from dotseg.serving import http
 
     app = FastAPI()
-    http.install(app)
+    http.install(app, limits=lambda: http.Limits(max_body=1000, request_timeout_s=0.3))
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
@@ -108,8 +108,6 @@ def test_no_client_header_lifts_the_request_timeout(monkeypatch) -> None:
     async def echo(request: Request) -> dict[str, int]:
         return {"bytes": len(await request.body())}
 
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(http, "MAX_BODY", 1000)
     client = TestClient(app)
     t0 = time.monotonic()
     r = client.get("/slow", headers={"x-request-timeout-seconds": "0"})

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from dotseg.configbase import ConfigError
-    from dotseg.runtime import configure_console
+    from dotseg.logs import configure_console
 
     # dotseg's library code logs; the CLI prints its records as plain `[dotseg] ...` lines.
     configure_console(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)

@@ -59,7 +59,7 @@ def ray_logs(args: argparse.Namespace) -> Iterator[None]:
     """Ray's own driver log lines go to a file under the cache dir, not between the progress lines."""
     from datetime import datetime
 
-    from dotseg.runtime import ray_logs_to
+    from dotseg.logs import ray_logs_to
     from dotseg.storage import CACHE_DIR
 
     path = CACHE_DIR / "logs" / f"{args.command}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"

@@ -45,13 +45,23 @@ STATIC = Path(__file__).parent / "static"
 #: The known sample every replica predicts before it reports ready, and in every health check.
 WARMUP_SEED, WARMUP_SIZE = 12345, 64
 
+
+def _replica_limits() -> http.Limits:
+    """This replica's limits, read from the replica itself: Serve runs a copy of ``api`` (its ingress
+    pickles the app), so nothing set on the module's object would reach the app that serves."""
+    from ray import serve
+
+    replica: Segmenter = serve.get_replica_context().servable_object  # type: ignore[assignment]
+    return replica.limits
+
+
 api = FastAPI(
     title="dotseg",
     description="Delineate organic shapes drawn only as dots, under heavy noise. Bad input gets a JSON error "
     "naming the problem and the fix.",
     version="1",
 )
-http.install(api)
+http.install(api, limits=_replica_limits)
 if STATIC.is_dir():
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -91,8 +101,7 @@ class Segmenter:
         # One caller of the Predictor at a time: the batch thread and the health check would
         # otherwise share an engine's infer requests and shape cache from two threads.
         self.predictor_lock = threading.Lock()
-        http.CORS_ORIGINS, http.MAX_BODY = self.cfg.cors_origins, self.cfg.max_upload_bytes
-        http.REQUEST_TIMEOUT_S = self.cfg.request_timeout_s
+        self.limits = http.Limits.of(self.cfg)  # what this replica's copy of the app enforces
         self.predict_batch.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]  # @serve.batch
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         # The model comes with reconfigure (user_config), which Serve calls right after __init__:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,14 +33,23 @@ from dotseg.serving.config import ServeConfig
 
 #: The multipart field that carries the file.
 FIELD = "file"
-#: CORS origins of this process (set by the replica from ``serve.cors_origins``); credentials never.
-CORS_ORIGINS: tuple[str, ...] = ()
-#: Body cap of this process before the config is known (the replica sets it from ``serve.max_upload_bytes``).
-MAX_BODY = ServeConfig().max_upload_bytes
-#: Longest a request may take in this process (the replica sets it from ``serve.request_timeout_s``).
-#: Serve's proxy lets a client lift its own timeout with ``x-request-timeout-seconds: 0``; this one
-#: it cannot.
-REQUEST_TIMEOUT_S: float | None = ServeConfig().request_timeout_s
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the edge enforces, from the serve config."""
+
+    max_body: int
+    """Body cap in bytes (``serve.max_upload_bytes``)."""
+    request_timeout_s: float | None
+    """Longest a request may take (``serve.request_timeout_s``). Serve's proxy lets a client lift
+    its own timeout with ``x-request-timeout-seconds: 0``; this one it cannot."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call from a browser (``serve.cors_origins``); credentials never."""
+
+    @classmethod
+    def of(cls, cfg: ServeConfig) -> Limits:
+        return cls(cfg.max_upload_bytes, cfg.request_timeout_s, tuple(cfg.cors_origins))
 
 
 class ClientError(Exception):
@@ -60,8 +71,10 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
-    """Error handlers, the body-size guard and CORS on ``app``."""
+def install(app: FastAPI, limits: Callable[[], Limits]) -> None:
+    """Error handlers, the body-size guard, the request timeout and CORS on ``app``, enforcing the
+    :class:`Limits` that ``limits()`` gives, asked once per app instance at its first request (a
+    Serve replica runs its own copy of the app, and answers with its own config)."""
 
     @app.exception_handler(ClientError)
     async def _client(_: Request, e: ClientError) -> JSONResponse:
@@ -76,23 +89,29 @@ def install(app: FastAPI) -> None:
         problem = f"must be {bounds}" if bounds else first["msg"][0].lower() + first["msg"][1:]
         return error(422, f"{name}: {problem}, got {first.get('input')!r}")
 
-    app.add_middleware(_Guard)
+    app.add_middleware(_Guard, limits=limits)
 
 
 class _Guard:
-    """ASGI middleware: a 413 from Content-Length before the body is read, and CORS."""
+    """ASGI middleware: a 413 from Content-Length before the body is read or as it streams, the
+    request timeout, CORS."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, limits: Callable[[], Limits]) -> None:
         self.app = app
+        self.limits_of = limits
+        self.limits: Limits | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.limits is None:
+            self.limits = self.limits_of()
+        max_body, timeout_s, origins = self.limits.max_body, self.limits.request_timeout_s, self.limits.cors_origins
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         origin = headers.get("origin")
-        allowed = origin is not None and ("*" in CORS_ORIGINS or origin in CORS_ORIGINS)
-        cors = {"access-control-allow-origin": "*" if "*" in CORS_ORIGINS else origin or "", "vary": "Origin"}
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        cors = {"access-control-allow-origin": "*" if "*" in origins else origin or "", "vary": "Origin"}
         if scope["method"] == "OPTIONS" and allowed and "access-control-request-method" in headers:
             preflight = {
                 **cors,
@@ -103,8 +122,8 @@ class _Guard:
             await _respond(send, 204, b"", preflight)
             return
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            body = _json({"status": 413, "error": _too_big(int(length))})
+        if length is not None and length.isdigit() and int(length) > max_body:
+            body = _json({"status": 413, "error": _too_big(max_body, int(length))})
             await _respond(send, 413, body, {"content-type": "application/json", **(cors if allowed else {})})
             return
 
@@ -117,8 +136,8 @@ class _Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY:
-                    raise BodyTooLarge(_too_big(received, streamed=True))
+                if received > max_body:
+                    raise BodyTooLarge(_too_big(max_body, received, streamed=True))
             return message
 
         t0 = time.perf_counter()
@@ -134,14 +153,13 @@ class _Guard:
             await send(message)
 
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 await self.app(scope, capped_receive, send_with_cors)
         except TimeoutError:
             status[0] = 408
             if not started[0]:
                 message = (
-                    f"request took longer than {REQUEST_TIMEOUT_S:g} s (serve.request_timeout_s); "
-                    "send a smaller image or retry"
+                    f"request took longer than {timeout_s:g} s (serve.request_timeout_s); send a smaller image or retry"
                 )
                 body = _json({"status": 408, "error": message})
                 await _respond(send, 408, body, {"content-type": "application/json", **(cors if allowed else {})})
@@ -185,11 +203,11 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
         pass
 
 
-def _too_big(size: int, streamed: bool = False) -> str:
+def _too_big(max_body: int, size: int, streamed: bool = False) -> str:
     what = (
-        f"request body is over the {MAX_BODY:,}-byte limit ({size:,} bytes read so far)"
+        f"request body is over the {max_body:,}-byte limit ({size:,} bytes read so far)"
         if streamed
-        else (f"request body of {size:,} bytes is over the {MAX_BODY:,}-byte limit")
+        else (f"request body of {size:,} bytes is over the {max_body:,}-byte limit")
     )
     return f"{what} (serve.max_upload_bytes); send a smaller image"
 

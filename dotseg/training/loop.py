@@ -48,7 +48,7 @@ class LoopArgs:
     """A sweep trial's identity: ``sweep``, ``trial`` (recorded in its checkpoints and W&B run) and
     ``params`` (the sampled values); empty for a plain training run."""
     records: str | None = None
-    """The driver's :class:`~dotseg.runtime.RecordSink` actor that dotseg's log records go to;
+    """The driver's :class:`~dotseg.logs.RecordSink` actor that dotseg's log records go to;
     None: straight to ``run_dir/worker_log.jsonl``."""
     remote: str | None = None
     """The run's bucket URI when ``train.storage_path`` is one (``run_dir`` is then a staging
@@ -260,7 +260,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point, run on every rank; dotseg's log records go to the run's
     ``worker_log.jsonl`` (through the driver's record sink, if it has one), which the driver
     relays to its console."""
-    from dotseg.runtime import records_to
+    from dotseg.logs import records_to
 
     args = LoopArgs.from_ray(loop_config)
     args.run_dir.mkdir(parents=True, exist_ok=True)  # a bucket run's staging directory, on this node

@@ -251,7 +251,8 @@ def train(
     """
     import ray
 
-    from dotseg.runtime import RecordRelay, init_ray, ray_logs_to, start_record_sink
+    from dotseg.logs import RecordRelay, ray_logs_to, start_record_sink
+    from dotseg.runtime import init_ray
     from dotseg.training.loop import WORKER_LOG
 
     t0 = time.perf_counter()

@@ -59,7 +59,8 @@ def sweep(
     from ray import tune
 
     from dotseg import storage
-    from dotseg.runtime import init_ray, ray_logs_to
+    from dotseg.logs import ray_logs_to
+    from dotseg.runtime import init_ray
     from dotseg.tuning import results
     from dotseg.tuning.events import TrialEvents
 

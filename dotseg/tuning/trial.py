@@ -84,7 +84,7 @@ def run_trial(
     trained in the trial's directory by the same loop as ``dotseg train``."""
     import ray.tune
 
-    from dotseg.runtime import records_to
+    from dotseg.logs import records_to
     from dotseg.training.loop import WORKER_LOG, LoopArgs, run_loop, tune_session
 
     context = ray.tune.get_context()
