@@ -19,7 +19,6 @@ Two digests identify what a config makes:
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import functools
 from collections.abc import Sequence
@@ -60,6 +59,7 @@ __all__ = [
     "config_from_dict",
     "config_hash",
     "run_identity",
+    "check_space",
     "to_dict",
     "dump_yaml",
     "CONFIG_DIR",
@@ -191,9 +191,6 @@ class Config(Section):
                 f"{dim.key!r} is not a config key (use a full path such as loss.boundary.end)",
             )
             check(not dim.key.startswith("tune."), f"tune.space[{i}].key", "a sweep cannot vary tune.* itself")
-            for value in dim.values if not _CHECKING_TRIAL.get() else ():  # each choice / both bounds
-                problem = _trial_problem(self, dim.key, value)
-                check(problem is None, f"tune.space[{i}].values", f"{dim.key}={value!r} is not valid: {problem}")
         return self
 
     @property
@@ -207,28 +204,21 @@ class Config(Section):
         return run_identity(self.to_dict())
 
 
-def _trial_problem(cfg: Config, key: str, value: Any) -> str | None:
-    """Why ``cfg`` with ``key`` set to ``value`` is not a valid config (None if it is). The sweep
-    section is left out, so checking a trial does not check the sweep again."""
-    from pydantic import ValidationError
-
-    from dotseg.configbase import describe_error, set_path
-
-    data = {**cfg.to_dict(), "tune": {"space": []}}
-    token = _CHECKING_TRIAL.set(True)  # Config() defaults are built inside from_dict: do not recurse
-    try:
-        set_path(data, key, value, Config)
-        Config.from_dict(data)
-    except ConfigError as e:
-        return str(e)
-    except ValidationError as e:
-        return describe_error(Config, e)
-    finally:
-        _CHECKING_TRIAL.reset(token)
-    return None
-
-
-_CHECKING_TRIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("checking_trial", default=False)
+def check_space(cfg: Config) -> Config:
+    """``cfg`` if every value its sweep may give a trial (each choice, both bounds of a range) makes
+    a valid config, else a :class:`ConfigError` naming the first that does not. Outside the
+    validator: a trial's config is a whole config (a value may clash with another section, e.g. a
+    curriculum phase after a swept ``train.epochs``), built here once per value, never recursively."""
+    base = {**cfg.to_dict(), "tune": {"space": []}}
+    for i, dim in enumerate(cfg.tune.space):
+        for value in dim.values:
+            data = copy.deepcopy(base)
+            try:
+                set_path(data, dim.key, value, Config)
+                Config.from_dict(data)
+            except ConfigError as e:
+                raise ConfigError(f"tune.space[{i}].values: {dim.key}={value!r} is not valid: {e}") from None
+    return cfg
 
 
 def run_identity(data: dict[str, Any]) -> str:
@@ -285,7 +275,7 @@ def load_config(
             set_path(data, item[0], item[1], Config)
         else:
             apply_override(data, item, Config)
-    return Config.from_dict(data)
+    return check_space(Config.from_dict(data))
 
 
 def serve_file_section(data: dict[str, Any], source: str = "<serve config>") -> dict[str, Any]:

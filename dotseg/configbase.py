@@ -29,6 +29,7 @@ import annotated_types as at
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -74,9 +75,9 @@ class Section(BaseModel):
 
 def check(cond: bool, key: str, message: str) -> None:
     """For cross-field checks in ``model_validator``s: raise naming the field (relative to the
-    section; the error handler prefixes the section's path)."""
+    section; :func:`describe_error` prefixes the section's path, read from the error's context)."""
     if not cond:
-        raise ValueError(f"{key}: {message}")
+        raise PydanticCustomError("dotseg_check", "{key}: {message}", {"key": key, "message": message})
 
 
 def _ordered(pair: tuple[Any, Any]) -> tuple[Any, Any]:
@@ -298,13 +299,10 @@ def describe_error(root: type, error: ValidationError, prefix: str = "") -> str:
     if kind in _BOUND_ERRORS:
         interval = _interval(where[1]) if where else None
         return f"{path}: must be in {interval}, got {value!r}"
+    if kind == "dotseg_check":  # check(cond, "field", msg): a field of the section the validator runs on
+        return f"{path + '.' if path else ''}{e['ctx']['key']}: {e['ctx']['message']}"
     if kind == "value_error":
         message = str(e["ctx"]["error"]) if "ctx" in e else e["msg"]
-        # ``check(cond, "field", msg)`` names a field of the section the validator runs on.
-        m = re.match(r"^([A-Za-z_]\w*(?:\[\d+\])?(?:\.\w+(?:\[\d+\])?)*): (.*)$", message)
-        if m and where and is_section(_optional_inner(where[0])):
-            sub = m.group(1)
-            return f"{path + '.' if path else ''}{sub}: {m.group(2)}"
         return f"{path}: {message}" if path else message
     return f"{path}: {e['msg']}, got {value!r}" if path else e["msg"]
 

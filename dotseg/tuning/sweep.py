@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dotseg.config import Config, dump_yaml
+from dotseg.config import Config, check_space, dump_yaml
+from dotseg.configbase import ConfigError
 from dotseg.files import write_atomic
 from dotseg.training.run import TrainError, check_labelled
 from dotseg.tuning.layout import SWEEP_FILE, SweepError, new_sweep_dir, sweep_config
@@ -76,6 +77,10 @@ def sweep(
         sweep_dir = Path(resume).expanduser().resolve()
         cfg = sweep_config(sweep_dir)
     assert cfg is not None
+    try:  # every trial's config valid (load_config checked a YAML sweep; a Config built in code is checked here)
+        check_space(cfg)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
     try:  # every labelled dataset whole, before anything starts; digests for the trials' checkpoints
         datasets = check_labelled(cfg)
     except TrainError as e:
