@@ -242,3 +242,22 @@ def test_serve_yaml_is_a_serve_config_file_whose_args_are_the_serve_section(tmp_
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"^serve\.max_replica: unknown key"):
         load_config(bad)
+
+
+def test_every_shipped_config_keeps_its_run_identity() -> None:
+    """Run ids of the shipped configs as dotseg 0.1-0.x computed them: a refactor of the config
+    machinery, or a new field at its default, must not move them (runs would stop resuming and
+    checkpoints would stop matching their configs)."""
+    expected = {
+        "default": "272632fbd0f9",
+        "cpu": "983fe2324ffa",
+        "v2": "b5e829d4095f",
+        "v2-finetune": "52d82da300b1",
+        "finetune": "36e999af9a9d",
+        "quickstart": "26f92fecee83",
+        "smoke": "d4b5c800f231",
+        "sweep": "3c473a3857d8",
+        "sweep-smoke": "318a24e7bb15",
+        "serve": "272632fbd0f9",
+    }
+    assert {name: load_config(name).run_id for name in expected} == expected

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dotseg import gate
 from dotseg.cli import main
 from dotseg.device import native_bf16
 from dotseg.inference import engines, precision
@@ -134,12 +135,12 @@ def test_the_gate_verdict_applies_the_rule() -> None:
         checkpoint = None
 
     labels = ["clean", "> 30 dB"]
-    s32 = precision._Stats("eager", "fp32", [(lbl, 0.9) for lbl in labels], [1.0, 1.0], [0.05, 0.05])
-    good = precision._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [0.999, 0.995], [0.03, 0.03])
-    cut = precision._Stats("eager", "bf16", [("clean", 0.9), ("> 30 dB", 0.897)], [1.0, 1.0], [0.03, 0.03])
-    flip = precision._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [1.0, 0.95], [0.03, 0.03])
+    s32 = gate._Stats("eager", "fp32", [(lbl, 0.9) for lbl in labels], [1.0, 1.0], [0.05, 0.05])
+    good = gate._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [0.999, 0.995], [0.03, 0.03])
+    cut = gate._Stats("eager", "bf16", [("clean", 0.9), ("> 30 dB", 0.897)], [1.0, 1.0], [0.03, 0.03])
+    flip = gate._Stats("eager", "bf16", [(lbl, 0.9) for lbl in labels], [1.0, 0.95], [0.03, 0.03])
     for stats, passed, why in ((good, True, ""), (cut, False, "Dice -0.0030 in > 30 dB"), (flip, False, "1 image(s)")):
-        result = precision._verdict({("eager", "fp32"): s32, ("eager", "bf16"): stats}, _P(), 1, 2, [])
+        result = gate._verdict({("eager", "fp32"): s32, ("eager", "bf16"): stats}, _P(), 1, 2, [])
         row = next(r for r in result["rows"] if r["precision"] == "bf16")
         assert row["passed"] is passed and why in "; ".join(row["reasons"])
         assert row["x_eager"] == pytest.approx(50 / 30)

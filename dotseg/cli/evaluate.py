@@ -14,7 +14,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from dotseg import tracking
     from dotseg.checkpoint import CheckpointError
-    from dotseg.evaluation import EVAL_SEED, SUITE_N, evaluate, summary_lines
+    from dotseg.evaluation import EVAL_SEED, summary_lines
+    from dotseg.suites import SUITE_N, evaluate
 
     cfg = load_config_args(args)  # the baseline's settings and W&B's
     out = Path(args.out or f"runs/eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -88,7 +89,7 @@ def _evaluate_data(args: argparse.Namespace, cfg: Any, out: Path) -> int:
 
 def _gate(args: argparse.Namespace, out: Path) -> int:
     from dotseg.checkpoint import CheckpointError
-    from dotseg.inference.precision import GATE_N, gate_lines, run_gate
+    from dotseg.gate import GATE_N, gate_lines, run_gate
 
     if args.baseline or args.suite != "standard":
         raise UserError("--gate runs on the standard benchmark with a model: drop --baseline / --suite")
