@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from dotseg import gate
 from dotseg.cli import main
@@ -117,6 +119,9 @@ def test_gate_preview_compares_and_does_not_record(cache: Path, tmp_path: Path, 
         assert set(r["dice"]) >= {"overall"} and 0.0 < r["dice"]["overall"] <= 1.0
         if r["precision"] == "fp32":
             assert r["agreement_min"] == 1.0
+    if engines.installed("openvino") and engines.precision_problem("openvino", "int8", torch.device("cpu")) is None:
+        int8 = next(r for r in result["rows"] if (r["engine"], r["precision"]) == ("openvino", "int8"))
+        assert int8["agreement_min"] > 0.9  # quantized, not broken
     if native_bf16():
         assert ("eager", "bf16") in pairs
         bf16 = next(r for r in result["rows"] if r["precision"] == "bf16")
@@ -161,3 +166,29 @@ def test_serve_refuses_an_ungated_precision_before_starting(cache: Path) -> None
         run.check_checkpoint(None, "bf16", local=True)
     run.check_checkpoint(None, "auto", local=True)  # auto and fp32 always start
     run.check_checkpoint(None, "bf16", local=False)  # a cluster's replicas judge on their own CPU
+
+
+def test_int8_is_quantized_once_from_the_models_own_inputs_and_only_a_gate_lets_it_in(cache: Path) -> None:
+    """OpenVINO int8: NNCF post-training quantization on images of the model's training
+    distribution, cached beside the export (the weights written before the graph that names them),
+    reused at the next start; refused without a passed gate like bf16."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from dotseg.synthesis import make_sample
+
+    with pytest.raises(ValueError, match="has not passed the precision gate"):
+        Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8")
+    p8 = Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8", require_gate=False)
+    assert (p8.engine, p8.precision) == ("openvino", "int8")
+    (xml,) = cache.glob(f"{SHIPPED_ID}.int8-nncf*.xml")
+    assert xml.with_suffix(".bin").is_file() and not list(cache.glob(".*.tmp*"))
+    exact = Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="fp32")
+    image = make_sample(p8.synthesis, 5, 3).image
+    a, b = p8.predict(image).mask, exact.predict(image).mask
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9  # close to fp32; how close is the gate's call
+    stamp = xml.stat().st_mtime_ns
+    Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8", require_gate=False)
+    assert xml.stat().st_mtime_ns == stamp  # read from the cache, not quantized again
+    xml.with_suffix(".bin").unlink()  # a cache cut short: quantized again, not served
+    again = Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8", require_gate=False)
+    assert xml.with_suffix(".bin").is_file() and np.array_equal(again.predict(image).mask, a)

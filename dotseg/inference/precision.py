@@ -35,7 +35,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Reduced precisions a gate may accept (fp32 is always allowed).
-REDUCED = ("bf16",)
+REDUCED = ("bf16", "int8")
 PRECISIONS = ("auto", "fp32", *REDUCED)
 #: The largest loss of Dice against the truth, overall and in any SNR bin, a reduced precision may cost.
 DICE_TOLERANCE = 0.002
@@ -63,7 +63,7 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("torch", "openvino"):
+    for pkg in ("torch", "openvino", "nncf"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
     return out
@@ -82,7 +82,8 @@ def load_record(caches: list[Path], model_id: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         log.info("ignoring the precision gate record %s (%s); fp32 until `dotseg evaluate --gate` runs again", path, e)
         return None
-    if record.get("packages") != _versions():
+    now = _versions()  # a package the record does not name (nncf installed since) gates nothing it holds
+    if any(now.get(pkg) != version for pkg, version in (record.get("packages") or {}).items()):
         log.info(
             "the precision gate record %s was made with %s, this is %s; fp32 until `dotseg evaluate --gate` runs again",
             path,

@@ -147,7 +147,13 @@ class Predictor:
                 run = engines.build_engine(
                     self.engine,
                     engines.EngineContext(
-                        self.model, self.device, n_threads, model_id, cache, precision=self.precision
+                        self.model,
+                        self.device,
+                        n_threads,
+                        model_id,
+                        cache,
+                        precision=self.precision,
+                        synthesis=self.synthesis,
                     ),
                 )
             except Exception as exc:  # auto: any engine that cannot start leaves eager, which always works
