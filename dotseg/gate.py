@@ -28,6 +28,7 @@ from dotseg.inference.precision import (
     cpu_key,
     record_path,
 )
+from dotseg.storage import one_line
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,21 @@ def run_gate(
                 pairs.append((e, p))
             elif p in eng.ENGINES[e].precisions:
                 skipped.append({"engine": e, "precision": p, "why": problem})
-    predictors = {
-        pair: base
-        if pair == ("eager", "fp32")
-        else Predictor.from_checkpoint(
-            checkpoint, threads=threads, engine=pair[0], precision=pair[1], require_gate=False
-        )
-        for pair in pairs
-    }
+    predictors = {}
+    for pair in pairs:
+        try:
+            predictors[pair] = (
+                base
+                if pair == ("eager", "fp32")
+                else Predictor.from_checkpoint(
+                    checkpoint, threads=threads, engine=pair[0], precision=pair[1], require_gate=False
+                )
+            )
+        except Exception as e:  # an engine that cannot run this pair is a row of the table, not the end of the gate
+            if pair[1] == "fp32":
+                raise
+            skipped.append({"engine": pair[0], "precision": pair[1], "why": one_line(e)})
+    pairs = list(predictors)
     stats = {pair: _Stats(*pair, [], [], []) for pair in pairs}
     bench = SynthesisConfig(size=base.contract.input_size)
     for pred in predictors.values():  # first calls compile shapes and fill caches: not timed

@@ -1,15 +1,16 @@
 """Ship a finished training run as the package's default model, with its training record.
 
     python scripts/ship_model.py /root/dotseg-runs/shipped-cpu-v1
-    python scripts/ship_model.py /root/dotseg-runs/v2-cpu --config configs/v2.yaml --docs docs/shipped-model/v2
+    python scripts/ship_model.py /root/dotseg-runs/v2-mix --config configs/v2-mix.yaml \
+        --asset model-v2.safetensors --docs docs/shipped-model/v2
 
-Copies the run's ``best.safetensors`` to ``dotseg/assets/model.safetensors`` (refused if it does
+Copies the run's ``best.safetensors`` to ``dotseg/assets/<asset>`` (refused if it does
 not load or is over 25 MB: it travels inside every wheel and clone), and writes the record next to
 the evaluation report in ``docs/shipped-model/``: ``training.json`` (run, config hash, epochs, wall
 time, hardware), ``history.json`` (per-epoch metrics) and ``curves.png`` (the learning curves).
 Then evaluate it: ``dotseg evaluate --n 1000 --out docs/shipped-model`` (and the stratified and
-shift suites). The model it replaces stays loadable by name: before shipping a new version, keep
-the old file under the name ``SHIPPED_MODELS`` gives it in ``dotseg/inference/predictor.py``.
+shift suites). The model it replaces stays loadable by name: each version has a file of its own,
+and ``SHIPPED_MODELS`` in ``dotseg/inference/predictor.py`` says which one ``shipped`` names.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a finished `dotseg train` run directory")
     ap.add_argument("--config", default="configs/cpu.yaml", help="the config file the run reproduces (recorded)")
+    ap.add_argument("--asset", default=ASSET.name, help=f"file name under dotseg/assets/ (default {ASSET.name}, v1's)")
     ap.add_argument("--docs", type=Path, default=DOCS, help=f"where the record goes (default {DOCS.relative_to(ROOT)})")
     ap.add_argument(
         "--record-only",
@@ -63,9 +65,10 @@ def main() -> int:
     if cfg is None:
         sys.exit(f"{best}: its stored config is not readable by this dotseg; ship a run trained by this version")
 
+    asset = ASSET.with_name(args.asset)
     if not args.record_only:
-        ASSET.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, ASSET)
+        asset.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, asset)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "history.json").write_text(json.dumps(history, indent=1))
     plot_history(history, docs / "curves.png")
@@ -101,7 +104,7 @@ def main() -> int:
     (docs / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
     size_mb = best.stat().st_size / 2**20
-    shipped = "not shipped (--record-only)" if args.record_only else f"shipped {ASSET.relative_to(ROOT)}"
+    shipped = "not shipped (--record-only)" if args.record_only else f"shipped {asset.relative_to(ROOT)}"
     print(f"{shipped} ({size_mb:.1f} MB); record in {docs}/")
     return 0
 

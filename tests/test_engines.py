@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dotseg.checkpoint import save_checkpoint
+from dotseg.checkpoint import read_meta, save_checkpoint
 from dotseg.cli import build_parser
 from dotseg.config import Config
 from dotseg.evaluation import EVAL_SEED, benchmark_cases
@@ -32,7 +32,7 @@ from dotseg.synthesis import make_sample
 EXPORTED = [name for name in engines.ENGINES if name != "eager" and engines._missing(engines.ENGINES[name]) is None]
 pytestmark = pytest.mark.skipif(not EXPORTED, reason=f"no exported engine installed ({engines.INSTALL_HINT})")
 #: The shipped model's identity, the key of its cached export.
-SHIPPED_ID = "a78329d38a86"
+SHIPPED_ID = read_meta(shipped_checkpoint()).model_id  # the default shipped model (v2)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from dotseg import gate
+from dotseg.checkpoint import read_meta
 from dotseg.cli import main
 from dotseg.device import native_bf16
 from dotseg.inference import engines, precision
 from dotseg.inference.predictor import Predictor, shipped_checkpoint
 
-SHIPPED_ID = "a78329d38a86"
+SHIPPED_ID = read_meta(shipped_checkpoint()).model_id  # the default shipped model (v2)
 bf16_native = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 
 

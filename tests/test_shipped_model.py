@@ -1,5 +1,6 @@
-"""The model shipped inside the package: it loads, it is the one the committed report describes,
-`dotseg train --config cpu` reproduces its settings, and it works out of the box (predict, evaluate)."""
+"""The models shipped inside the package: the default (v2) and v1 by name load, each is the one its
+committed report describes, its config reproduces its settings, and the default works out of the
+box (predict, evaluate)."""
 
 from __future__ import annotations
 
@@ -20,31 +21,50 @@ from dotseg.metrics import segmentation_metrics
 from dotseg.synthesis import make_sample
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "shipped-model"
+#: Each shipped version: its name, file, record directory, the config that reproduces it, its model id.
+VERSIONS = {
+    "v1": ("shipped-v1", "model.safetensors", DOCS, "cpu", "a78329d38a86"),
+    "v2": ("shipped-v2", "model-v2.safetensors", DOCS / "v2", "v2-mix", None),
+}
 
 
-@pytest.fixture(scope="module")
-def shipped() -> Predictor:
+@pytest.fixture(scope="module", params=sorted(VERSIONS))
+def version(request: pytest.FixtureRequest) -> tuple[str, Predictor]:
     # Eager, not the default engine ("auto": OpenVINO or ONNX Runtime when installed): the recorded masks are
     # eager's, bit for bit; tests/test_engines.py holds every other engine to eager's masks.
-    return Predictor.from_checkpoint(None, threads=1, engine="eager")
+    return request.param, Predictor.from_checkpoint(VERSIONS[request.param][0], threads=1, engine="eager")
 
 
-def test_shipped_model_is_installed_small_and_loads(shipped: Predictor) -> None:
-    asset = resources.files("dotseg").joinpath("assets", "model.safetensors")
-    assert asset.is_file() and shipped_checkpoint() == Path(str(asset))
+def test_shipped_models_are_installed_small_and_load(version: tuple[str, Predictor]) -> None:
+    name, shipped = version
+    asset = resources.files("dotseg").joinpath("assets", VERSIONS[name][1])
+    assert asset.is_file() and shipped_checkpoint(VERSIONS[name][0]) == Path(str(asset))
     assert Path(str(asset)).stat().st_size <= 25 * 1024 * 1024
     assert shipped.contract.model.variant == "attention_unet" and shipped.contract.input_size == 512
-    assert shipped.checkpoint is not None and shipped.checkpoint.meta.format_version == 1  # converted never
+    assert shipped.checkpoint is not None
+    assert shipped.checkpoint.meta.format_version == (1 if name == "v1" else 2)  # v1's file is never converted
     assert 0.0 < shipped.threshold < 1.0
+
+
+def test_the_default_is_v2_and_v1_stays_loadable_by_name() -> None:
+    from dotseg.checkpoint import read_meta
+
+    assert shipped_checkpoint() == shipped_checkpoint("shipped-v2") != shipped_checkpoint("shipped-v1")
+    v1, v2 = read_meta(shipped_checkpoint("shipped-v1")), read_meta(shipped_checkpoint())
+    assert v1.model_id == "a78329d38a86" and v2.model_id != v1.model_id
+    assert v2.provenance.config["train"]["init"] == "shipped-v1"  # v2 is v1 trained on, on a wider generator
 
 
 def _reject(token: str) -> NoReturn:
     raise ValueError(f"not strict JSON: {token}")
 
 
-def test_shipped_model_matches_its_record_and_report(shipped: Predictor) -> None:
-    record = json.loads((DOCS / "training.json").read_text())
-    report = json.loads((DOCS / "report.json").read_text(), parse_constant=_reject)  # strict JSON
+def test_shipped_models_match_their_records_and_reports(version: tuple[str, Predictor]) -> None:
+    name, shipped = version
+    docs = VERSIONS[name][2]
+    record = json.loads((docs / "training.json").read_text())
+    standard = docs / ("standard" if name != "v1" else "")
+    report = json.loads((standard / "report.json").read_text(), parse_constant=_reject)  # strict JSON
     ckpt = shipped.checkpoint
     assert ckpt is not None
     assert record["config_hash"] == ckpt.meta.provenance.config_hash == report["about"]["config_hash"]
@@ -57,17 +77,22 @@ def test_shipped_model_matches_its_record_and_report(shipped: Predictor) -> None
         "beats_baseline",
         "margin_below_10db",
     ]
-    assert (DOCS / "curves.png").stat().st_size > 10_000 and (DOCS / "dice_vs_snr.png").stat().st_size > 10_000
-    assert len(json.loads((DOCS / "history.json").read_text())) == record["epochs_run"]
+    assert (docs / "curves.png").stat().st_size > 10_000 and (standard / "dice_vs_snr.png").stat().st_size > 10_000
+    assert len(json.loads((docs / "history.json").read_text())) == record["epochs_run"]
+    for suite in ("stratified", "shift"):  # the other two suites of the ship gate, of this very model
+        about = json.loads((docs / suite / "report.json").read_text(), parse_constant=_reject)["about"]
+        assert about["model_id"] == shipped.checkpoint.model_id
 
 
-def test_configs_cpu_reproduces_the_shipped_settings(shipped: Predictor) -> None:
-    # Only where the run was stored may differ: everything that shapes the model is configs/cpu.yaml.
+def test_the_shipped_configs_reproduce_the_shipped_settings(version: tuple[str, Predictor]) -> None:
+    # Only where the run was stored may differ: everything that shapes the model is in the config file.
     # (The sections of other components -- serving, sweeps -- change with dotseg versions.)
+    name, shipped = version
+    config = load_config(VERSIONS[name][3])
     assert shipped.checkpoint is not None and shipped.checkpoint.cfg is not None
-    differ = diff_keys(shipped.checkpoint.cfg, load_config("cpu"))
+    differ = diff_keys(shipped.checkpoint.cfg, config)
     assert {k for k in differ if k.split(".")[0] not in ("serve", "tune", "data", "baseline")} <= {"train.storage_path"}
-    assert shipped.checkpoint.meta.run_id == load_config("cpu").run_id
+    assert shipped.checkpoint.meta.run_id == config.run_id
 
 
 def test_fresh_install_predicts_a_png_without_training(cli, tmp_path: Path) -> None:
@@ -143,7 +168,7 @@ def test_shipped_names_and_an_unknown_one(cli, tmp_path: Path) -> None:
     from dotseg.checkpoint import CheckpointError
     from dotseg.inference.predictor import SHIPPED_MODELS, resolve_checkpoint
 
-    assert {"shipped", "shipped-v1"} <= set(SHIPPED_MODELS)
+    assert {"shipped", "shipped-v1", "shipped-v2"} <= set(SHIPPED_MODELS)
     for name in SHIPPED_MODELS:
         assert Path(resolve_checkpoint(name)).is_file()
     assert resolve_checkpoint("runs/x/best.safetensors") == "runs/x/best.safetensors"

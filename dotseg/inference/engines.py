@@ -345,14 +345,14 @@ def _export_onnx(model: nn.Module, path: Path, model_id: str) -> None:
     log.info("exported in %.1f s", time.perf_counter() - t0)
 
 
-def _probe(model: nn.Module, run: Engine) -> float:
-    """max |prob - prob_eager| on a small fixed input of an awkward size (padding included)."""
+def _probe(model: nn.Module, run: Engine, statistic: Callable[[np.ndarray], float] = np.max) -> float:
+    """``statistic`` (max) of |prob - prob_eager| on a small fixed input of an awkward size (padding included)."""
     multiple = int(getattr(model, "size_multiple", 1))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 1, multiple + 3, 2 * multiple + 5), dtype=np.float32)
     with torch.inference_mode(), denormals_flushed():
         expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
-    return float(np.abs(run(x).astype(np.float64) - expected).max())
+    return float(statistic(np.abs(run(x).astype(np.float64) - expected)))
 
 
 def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]) -> Engine:
@@ -374,12 +374,13 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
         return run
 
     tolerance = {"fp32": PROBE_TOLERANCE, "int8": INT8_PROBE_TOLERANCE}.get(ctx.precision, REDUCED_PROBE_TOLERANCE)
+    statistic: Callable[[np.ndarray], float] = np.mean if ctx.precision == "int8" else np.max
     fresh = not path.is_file()
     if fresh:
         _export_onnx(ctx.model, path, ctx.model_id)
     try:
         run = make()
-        diff = _probe(ctx.model, run)
+        diff = _probe(ctx.model, run, statistic)
     except Exception as exc:  # a damaged file: re-exported below; a fresh one that fails: raised
         if fresh:
             raise
@@ -392,7 +393,7 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
             log.warning("the cached %s differs from this model (%.2g); exporting it again", path, diff)
         _export_onnx(ctx.model, path, ctx.model_id)
         run = make()
-        diff = _probe(ctx.model, run)
+        diff = _probe(ctx.model, run, statistic)
         if diff > tolerance:
             raise RuntimeError(f"the exported model differs from eager by {diff:.2g} (> {tolerance:g})")
     return run
@@ -446,9 +447,10 @@ OPENVINO_SHAPES = 4
 #: int8: images of the calibration set (NNCF's default subset is 300; 128 measured as good on the
 #: shipped model: the same Dice and mask agreement as 300, in half the time).
 INT8_CALIBRATION = 128
-#: int8: the probe's bound (quantization moves probabilities by up to ~0.1 on the probe's noise input;
-#: a stale or damaged file moves them by ~0.5-1).
-INT8_PROBE_TOLERANCE = 0.25
+#: int8: the probe's bound, on the *mean* |prob - prob_eager|: on the probe's noise input (nothing like
+#: an image) quantization moves single probabilities by up to ~0.6 but the mean by 0.003-0.08 (v1, v2);
+#: a stale or damaged file moves the mean by ~0.3-0.5. How good int8 is on images is the gate's call.
+INT8_PROBE_TOLERANCE = 0.15
 
 
 def _calibration_set(synthesis: SynthesisConfig | None, n: int = INT8_CALIBRATION) -> list[np.ndarray]:

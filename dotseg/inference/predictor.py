@@ -34,12 +34,17 @@ __all__ = ["Predictor", "resolve_device", "shipped_checkpoint", "resolve_checkpo
 log = logging.getLogger(__name__)
 
 #: The models installed with the package (``dotseg/assets/``), by the names every ``--checkpoint``
-#: accepts: ``shipped`` is the default model; older ones stay loadable by their version's name.
-SHIPPED_MODELS: dict[str, str] = {"shipped": "model.safetensors", "shipped-v1": "model.safetensors"}
+#: accepts: ``shipped`` is the default model; every version stays loadable by its version's name
+#: (v1 keeps the file name it had when it was the default).
+SHIPPED_MODELS: dict[str, str] = {
+    "shipped": "model-v2.safetensors",
+    "shipped-v2": "model-v2.safetensors",
+    "shipped-v1": "model.safetensors",
+}
 
 
 def shipped_checkpoint(name: str = "shipped") -> Path:
-    """A model installed with the package, by name (default: ``dotseg/assets/model.safetensors``).
+    """A model installed with the package, by name (default: ``shipped``, the newest version).
 
     Raises:
         CheckpointError: for an unknown name, or if that model is not installed.
@@ -284,8 +289,6 @@ class Predictor:
 
 
 def is_shipped(path: Path) -> bool:
-    """Whether ``path`` is the model installed inside the package (its cache goes to the user cache dir)."""
-    try:
-        return path.resolve() == shipped_checkpoint().resolve()
-    except CheckpointError:
-        return False
+    """Whether ``path`` is a model installed inside the package (its cache goes to the user cache dir)."""
+    assets = resources.files("dotseg").joinpath("assets")
+    return any(path.resolve() == Path(str(assets.joinpath(name))).resolve() for name in set(SHIPPED_MODELS.values()))
