@@ -95,10 +95,10 @@ def run_gate(
                     checkpoint, threads=threads, engine=pair[0], precision=pair[1], require_gate=False
                 )
             )
-        except Exception as e:  # an engine that cannot run this pair is a row of the table, not the end of the gate
+        except Exception as exc:  # an engine that cannot run this pair is a row of the table, not the end of the gate
             if pair[1] == "fp32":
                 raise
-            skipped.append({"engine": pair[0], "precision": pair[1], "why": one_line(e)})
+            skipped.append({"engine": pair[0], "precision": pair[1], "why": one_line(exc)})
     pairs = list(predictors)
     stats = {pair: _Stats(*pair, [], [], []) for pair in pairs}
     bench = SynthesisConfig(size=base.contract.input_size)
