@@ -37,6 +37,7 @@ from ray import serve
 from dotseg.inference.images import encode_png
 from dotseg.serving import http
 from dotseg.serving.config import ServeConfig
+from dotseg.synthesis.config import SynthesisConfig
 from dotseg.synthesis.noise import ORDER as NOISE_ORDER
 
 log = logging.getLogger(__name__)
@@ -217,8 +218,11 @@ class Segmenter:
         from dotseg.synthesis import make_sample
         from dotseg.synthesis.noise import ORDER
 
-        synth = self.predictor.synthesis.replace(
-            size=size, **{"dots.count": (num_dots, num_dots), "dots.jitter": jitter, "dots.placement": (placement,)}
+        # The benchmark's generator (the seed's, as `dotseg evaluate` uses), whatever the model trained
+        # on: the knobs above are the seed's, and a wider training generator would override them
+        # for some samples (model v2 renders half its samples with the seed's exact settings).
+        synth = SynthesisConfig(size=size).replace(
+            **{"dots.count": (num_dots, num_dots), "dots.jitter": jitter, "dots.placement": (placement,)}
         )
         types = None if noise in ("none", "mixed") else (noise,)
         if noise == "mixed":
