@@ -565,6 +565,7 @@ def test_dockerignore_keeps_the_context_small_and_the_model_in() -> None:
         "pyproject.toml",
         "README.md",
         "dotseg/assets/model.safetensors",
+        "dotseg/assets/model-v2.safetensors",
         "dotseg/cli/__init__.py",
         "configs/serve.yaml",
     ):
@@ -593,7 +594,8 @@ def test_dockerfile_installs_torch_first_then_the_package_non_editable() -> None
     assert torch_at[0] < copy_dotseg < package_at[0]  # a code change does not reinstall torch
     package = steps[package_at[0]][1]
     assert "-e " not in package and "--editable" not in package
-    assert "model.safetensors" in package  # the build checks the model is in the installed package
+    # the build checks that every shipped model is in the installed package
+    assert all(name in package for name in ("model.safetensors", "model-v2.safetensors"))
 
 
 def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
@@ -621,8 +623,10 @@ def test_the_model_is_package_data() -> None:
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "assets/*" in pyproject["tool"]["setuptools"]["package-data"]["dotseg"]
-    model = REPO / "dotseg" / "assets" / "model.safetensors"
-    assert model.stat().st_size > 1_000_000  # the weights, not a Git LFS pointer
+    from dotseg.inference.predictor import SHIPPED_MODELS
+
+    for name in set(SHIPPED_MODELS.values()):  # every shipped model: the weights, not a Git LFS pointer
+        assert (REPO / "dotseg" / "assets" / name).stat().st_size > 1_000_000
 
 
 # -- cluster/README.md and the names the files use -------------------------------------------------
