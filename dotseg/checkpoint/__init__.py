@@ -33,7 +33,9 @@ was expected, raised before any model is built.
 The package, one concept per module, in the order a load crosses them: :mod:`~dotseg.checkpoint.meta`
 (the metadata types, the model identity, the error), :mod:`~dotseg.checkpoint.sniff` (what a file
 is), :mod:`~dotseg.checkpoint.format1`, :mod:`~dotseg.checkpoint.store` (save, check, load, build) and
-:mod:`~dotseg.checkpoint.training` (the training-state directory). None imports the root config.
+:mod:`~dotseg.checkpoint.training` (the training-state directory). None imports the root config
+when a checkpoint loads: only format-1 run ids and ``LoadedCheckpoint.cfg`` (provenance) reach for
+it, lazily.
 """
 
 from dotseg.checkpoint.meta import (

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from dotseg.cli.common import UserError, add_config_args, config_field, load_config_args
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dotseg.config import Override
-    from dotseg.training.run import TrainError, resume_config, train
+    from dotseg.training.run import TrainError, new_run_dir, resume_config, train
 
     overrides: list[Override] = list(args.overrides)  # the flags below as values: no YAML re-parsing of a path
     if args.workers is not None:
@@ -21,30 +22,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             raise UserError("--init starts a new run from a checkpoint's weights; --resume continues a run: use one")
         overrides.append(("train.init", args.init))
-    args.overrides = overrides  # _load reads them from args
+    args.overrides = overrides  # load_config_args reads them from args
     try:
         if args.resume:
             cfg = resume_config(args.resume, args.config, overrides)
-            result = train(
-                cfg,
-                resume=args.resume,
-                address=args.address,
-                quiet=args.quiet,
-                verbose=args.verbose,
-                stop_after_epoch=args.stop_after_epoch,
-            )
+            where: dict[str, Any] = {"resume": args.resume}
         else:
             cfg = load_config_args(args)
-            from dotseg.training.run import new_run_dir
-
-            result = train(
-                cfg,
-                run_dir=new_run_dir(cfg, args.name),
-                address=args.address,
-                quiet=args.quiet,
-                verbose=args.verbose,
-                stop_after_epoch=args.stop_after_epoch,
-            )
+            where = {"run_dir": new_run_dir(cfg, args.name)}
+        result = train(
+            cfg,
+            **where,
+            address=args.address,
+            quiet=args.quiet,
+            verbose=args.verbose,
+            stop_after_epoch=args.stop_after_epoch,
+        )
     except TrainError as e:
         raise UserError(str(e)) from None
     m = result.best_metrics

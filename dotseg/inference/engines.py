@@ -373,8 +373,7 @@ def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.
 
         return run
 
-    tolerance = {"fp32": PROBE_TOLERANCE, "int8": INT8_PROBE_TOLERANCE}.get(ctx.precision, REDUCED_PROBE_TOLERANCE)
-    statistic: Callable[[np.ndarray], float] = np.mean if ctx.precision == "int8" else np.max
+    statistic, tolerance = _PROBE_RULE.get(ctx.precision, (np.max, REDUCED_PROBE_TOLERANCE))
     fresh = not path.is_file()
     if fresh:
         _export_onnx(ctx.model, path, ctx.model_id)
@@ -451,6 +450,11 @@ INT8_CALIBRATION = 128
 #: an image) quantization moves single probabilities by up to ~0.6 but the mean by 0.003-0.08 (v1, v2);
 #: a stale or damaged file moves the mean by ~0.3-0.5. How good int8 is on images is the gate's call.
 INT8_PROBE_TOLERANCE = 0.15
+#: How the load-time probe judges an engine, by precision: (statistic of |prob - prob_eager|, bound).
+_PROBE_RULE: dict[str, tuple[Callable[[np.ndarray], float], float]] = {
+    "fp32": (np.max, PROBE_TOLERANCE),
+    "int8": (np.mean, INT8_PROBE_TOLERANCE),
+}
 
 
 def _calibration_set(synthesis: SynthesisConfig | None, n: int = INT8_CALIBRATION) -> list[np.ndarray]:
