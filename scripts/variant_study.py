@@ -37,20 +37,20 @@ def best_checkpoint(trial_dir: Path) -> Path:
     return max(scored)[2]
 
 
-def evaluate(ckpt: Path, out: Path, n: int) -> dict[str, Any]:
+def evaluate(ckpt: Path, out: Path, n: int, suite: str = "standard") -> dict[str, Any]:
     if not (out / "report.json").exists():
         cmd = [sys.executable, "-m", "dotseg.cli", "evaluate", "--checkpoint", str(ckpt), "--n", str(n)]
-        subprocess.run([*cmd, "--out", str(out), "--quiet", "--threads", "1"], check=True)
+        subprocess.run([*cmd, "--suite", suite, "--out", str(out), "--quiet", "--threads", "1"], check=True)
     return json.loads((out / "report.json").read_text())
 
 
-def latency_ms(ckpt: Path) -> float:
+def latency_ms(ckpt: Path, size: int = 256) -> float:
     import numpy as np
 
     from dotseg.inference.predictor import Predictor
 
     p = Predictor.from_checkpoint(ckpt, threads=1, engine="eager")
-    image = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+    image = np.random.default_rng(0).random((size, size), dtype=np.float32)
     for _ in range(3):
         p.predict(image)
     times = []

@@ -258,6 +258,8 @@ def test_every_shipped_config_keeps_its_run_identity() -> None:
         "smoke": "d4b5c800f231",
         "sweep": "3c473a3857d8",
         "sweep-smoke": "318a24e7bb15",
+        "sweep-finalists": "66f013e2ebb4",
+        "v2-mix": "bae7eab81f66",
         "serve": "272632fbd0f9",
     }
     assert {name: load_config(name).run_id for name in expected} == expected
