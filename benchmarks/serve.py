@@ -152,7 +152,7 @@ def serve_uvicorn(kind: str, port: int) -> None:
     from dotseg.checkpoint import ModelContract
     from dotseg.inference.images import decode_image, to_grey
     from dotseg.inference.predictor import Predictor
-    from dotseg.serving.http import png_bytes
+    from dotseg.inference.images import encode_png
 
     infer: Callable[[np.ndarray], np.ndarray]
     if kind == "seed":
@@ -199,7 +199,7 @@ def serve_uvicorn(kind: str, port: int) -> None:
         image = to_grey(decode_image(data, "body"))
         with lock:  # one request per forward pass
             mask = infer(image)
-        return Response(png_bytes(mask), media_type="image/png")
+        return Response(encode_png(mask), media_type="image/png")
 
     uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="warning", access_log=False)
 
@@ -525,13 +525,13 @@ def bare_rows(body: bytes, calls: int, engine: str = "auto", precision: str = "a
     """In-process Predictor calls configured as one replica is (1 thread, ``engine``): no HTTP."""
     from dotseg.inference.images import decode_image, to_grey
     from dotseg.inference.predictor import Predictor
-    from dotseg.serving.http import png_bytes
+    from dotseg.inference.images import encode_png
 
     predictor = Predictor.from_checkpoint(None, threads=1, engine=engine, precision=precision)
     image = to_grey(decode_image(body))
     cells: dict[str, Callable[[], object]] = {
         "bare": lambda: predictor.predict(image),
-        "bare+io": lambda: png_bytes(predictor.predict(to_grey(decode_image(body))).mask),
+        "bare+io": lambda: encode_png(predictor.predict(to_grey(decode_image(body))).mask),
     }
     times: dict[str, list[float]] = {k: [] for k in cells}
     for fn in cells.values():
