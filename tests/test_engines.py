@@ -87,6 +87,26 @@ def test_engine_matches_eager_on_the_shipped_model(
         _assert_agree(predictor.predict_batch(images[4:6]), expected[4:6])
 
 
+def test_openvino_compiles_an_image_size_once_for_every_batch_size(
+    fast: dict[str, Predictor], eager: Predictor, images: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: a replica's batches come in every size from 1 to max_batch_size. A model compiled
+    per (batch, H, W) with 4 kept thrashed under load (random batch sizes ran 1.8x slower per image
+    than one size); now an image size that recurs is compiled once, with a dynamic batch."""
+    if "openvino" not in fast:
+        pytest.skip("OpenVINO is not installed")
+    predictor = Predictor.from_checkpoint(None, threads=1, engine="openvino")
+    crops = [im[:160, :96].copy() for im in images[:8]]  # a size no other test compiles
+    expected = [eager.predict(c) for c in crops]
+    caplog.set_level(logging.DEBUG, logger="dotseg.inference.engines")
+    for _ in range(engines.OPENVINO_PROMOTE_AT):
+        for b in (1, 3, 8, 2, 5):
+            _assert_agree(predictor.predict_batch(crops[:b], batch_size=8), expected[:b])
+    compiled = [r for r in caplog.records if "compiled a model for" in r.getMessage()]
+    # 160x96 runs padded to the network's size multiple (64 px): one size, one model, 15 batches.
+    assert [r.getMessage() for r in compiled] == ["OpenVINO: compiled a model for 1x192x128 inputs, any batch size"]
+
+
 def test_auto_picks_the_first_installed_engine_of_the_measured_order(fast: dict[str, Predictor]) -> None:
     expected = next(n for n in engines.AUTO_ORDER if n in EXPORTED)
     assert Predictor.from_checkpoint(None, threads=1).engine == expected  # the default is "auto"
