@@ -107,6 +107,24 @@ def test_openvino_compiles_an_image_size_once_for_every_batch_size(
     assert [r.getMessage() for r in compiled] == ["OpenVINO: compiled a model for 1x192x128 inputs, any batch size"]
 
 
+def test_openvino_leaves_threads_unpinned_unless_one_process_takes_every_core(
+    fast: dict[str, Predictor], user_cache: Path
+) -> None:
+    """Issue 18: OpenVINO pins its threads to the first cores, so two 1-thread replicas (or Ray Data
+    actors) on 2 cores shared core 0: each ran 2.2x slower than alone (benchmarks/serve.py)."""
+    if "openvino" not in fast:
+        pytest.skip("OpenVINO is not installed")
+    import openvino as ov
+
+    cores = len(os.sched_getaffinity(0))
+    assert engines.openvino_config("fp32", 1)["ENABLE_CPU_PINNING"] is (cores <= 1)
+    assert engines.openvino_config("bf16", cores)["ENABLE_CPU_PINNING"] is True
+    core = ov.Core()
+    model = core.read_model(str(user_cache / f"{SHIPPED_ID}.onnx"))
+    compiled = core.compile_model(model, "CPU", engines.openvino_config("fp32", 1))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is (cores <= 1)  # what the replicas' models run with
+
+
 def test_auto_picks_the_first_installed_engine_of_the_measured_order(fast: dict[str, Predictor]) -> None:
     expected = next(n for n in engines.AUTO_ORDER if n in EXPORTED)
     assert Predictor.from_checkpoint(None, threads=1).engine == expected  # the default is "auto"
