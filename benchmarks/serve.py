@@ -150,9 +150,8 @@ def serve_uvicorn(kind: str, port: int) -> None:
     from PIL import Image
 
     from dotseg.checkpoint import ModelContract
-    from dotseg.inference.images import decode_image, to_grey
+    from dotseg.inference.images import decode_image, encode_png, to_grey
     from dotseg.inference.predictor import Predictor
-    from dotseg.inference.images import encode_png
 
     infer: Callable[[np.ndarray], np.ndarray]
     if kind == "seed":
@@ -523,9 +522,8 @@ def run_levels(variant: str, url: str, body: bytes, levels: list[int], s: LoadSe
 
 def bare_rows(body: bytes, calls: int, engine: str = "auto", precision: str = "auto", tag: str = "") -> list[Row]:
     """In-process Predictor calls configured as one replica is (1 thread, ``engine``): no HTTP."""
-    from dotseg.inference.images import decode_image, to_grey
+    from dotseg.inference.images import decode_image, encode_png, to_grey
     from dotseg.inference.predictor import Predictor
-    from dotseg.inference.images import encode_png
 
     predictor = Predictor.from_checkpoint(None, threads=1, engine=engine, precision=precision)
     image = to_grey(decode_image(body))
