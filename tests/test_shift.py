@@ -20,12 +20,17 @@ SMALL = SynthesisConfig(size=128)
 
 def test_the_seeds_generator_renders_the_same_bytes_as_before_the_variation_fields() -> None:
     # Digest of this exact batch as rendered before the variation fields existed (commit cdd34ff):
-    # checkpoints, validation sets and benchmark reports made then stay reproducible.
+    # checkpoints, validation sets and benchmark reports made then stay reproducible. Images, masks
+    # and dots are pinned byte for byte on every machine. The SNR is a float32 reduction (np.dot,
+    # OpenBLAS) whose last bit depends on the kernel the CPU gets (Haswell/Zen vs SkylakeX: found
+    # when an AVX-512 host broke the all-in-one digest), so it is pinned to 1e-3 dB.
     b = make_batch(SMALL, 11, range(24), noise_scale=1.0, mixed_prob=0.5)
     h = hashlib.sha256()
-    for key in ("image", "mask", "dots", "snr_db"):
+    for key in ("image", "mask", "dots"):
         h.update(np.ascontiguousarray(b[key]).tobytes())
-    assert h.hexdigest() == "cc7614efa712a3a8331d8d6342f51c2b0b78098700f0da09c0d5eed9288e5f84"
+    assert h.hexdigest() == "e7ca2c9d3dfd7388c18f9e9a90e40fe3c13588accdfd12f2a0e47f93a75e39bd"
+    snr = hashlib.sha256(np.round(b["snr_db"].astype(np.float64), 3).tobytes()).hexdigest()
+    assert snr.startswith("d54ad60949afa363")
 
 
 @pytest.mark.parametrize("level", LEVELS, ids=lambda lv: lv.label)
