@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from variant_study import best_checkpoint, evaluate, latency_ms, summarize
+from variant_study import best_checkpoint, evaluate, finished_trials, latency_ms, summarize
 
 FINALISTS = ("unet", "unet_cbam", "attention_unet")
 BINS = ("clean", "> 30 dB", "20-30 dB", "10-20 dB", "0-10 dB", "< 0 dB")
@@ -79,15 +79,10 @@ def main() -> None:
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    events = [json.loads(x) for x in (args.sweep_dir / "events.jsonl").read_text().splitlines() if x.strip()]
-    finished = {e["trial"] for e in events if e["event"] == "finished"}
     trials = []
-    for tf in sorted(args.sweep_dir.glob("trial-*/trial.json")):
-        name = json.loads(tf.read_text())["trial"]
-        if name not in finished:
-            print(f"{name}: not finished, left out", flush=True)
-            continue
-        trials.append(score(tf.parent, args.sweep_dir / "eval", args.n, args.shift_n))
+    for trial_dir, info in finished_trials(args.sweep_dir):
+        name = info["trial"]
+        trials.append(score(trial_dir, args.sweep_dir / "eval", args.n, args.shift_n))
         m = trials[-1]["metrics"]
         print(
             f"{name}: {trials[-1]['variant']:<15} seed {trials[-1]['seed']}  overall {m['overall']:.4f}  "

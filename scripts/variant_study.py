@@ -61,6 +61,20 @@ def latency_ms(ckpt: Path, size: int = 256) -> float:
     return statistics.median(times)
 
 
+def finished_trials(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(trial directory, its trial.json) of every trial the sweep's events say finished."""
+    events = [json.loads(x) for x in (sweep_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+    finished = {e["trial"] for e in events if e["event"] == "finished"}
+    out = []
+    for tf in sorted(sweep_dir.glob("trial-*/trial.json")):
+        info = json.loads(tf.read_text())
+        if info["trial"] in finished:
+            out.append((tf.parent, info))
+        else:
+            print(f"{info['trial']}: not finished, left out", flush=True)
+    return out
+
+
 def summarize(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "spread": max(values) - min(values), "n": len(values)}
 
@@ -73,15 +87,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    events = [json.loads(x) for x in (args.sweep_dir / "events.jsonl").read_text().splitlines() if x.strip()]
-    finished = {e["trial"] for e in events if e["event"] == "finished"}
     trials = []
-    for tf in sorted(args.sweep_dir.glob("trial-*/trial.json")):
-        info = json.loads(tf.read_text())
-        if info["trial"] not in finished:
-            print(f"{info['trial']}: not finished, left out", flush=True)
-            continue
-        ckpt = best_checkpoint(tf.parent)
+    for trial_dir, info in finished_trials(args.sweep_dir):
+        ckpt = best_checkpoint(trial_dir)
         report = evaluate(ckpt, args.sweep_dir / "eval" / info["trial"], args.n)
         by_bin = report["by_snr_bin"]
         dice = {
