@@ -33,8 +33,7 @@ SHIFT = ("in_training", "held_out", "all")
 VERDICT_KEYS = ("overall", "0-10 dB", "< 0 dB", "shift in_training", "shift held_out")
 
 
-def score(trial_dir: Path, eval_dir: Path, n: int, shift_n: int) -> dict[str, Any]:
-    info = json.loads((trial_dir / "trial.json").read_text())
+def score(trial_dir: Path, info: dict[str, Any], eval_dir: Path, n: int, shift_n: int) -> dict[str, Any]:
     ckpt = best_checkpoint(trial_dir)
     strat = evaluate(ckpt, eval_dir / info["trial"] / "stratified", n, suite="stratified")
     shift = evaluate(ckpt, eval_dir / info["trial"] / "shift", shift_n, suite="shift")
@@ -82,7 +81,7 @@ def main() -> None:
     trials = []
     for trial_dir, info in finished_trials(args.sweep_dir):
         name = info["trial"]
-        trials.append(score(trial_dir, args.sweep_dir / "eval", args.n, args.shift_n))
+        trials.append(score(trial_dir, info, args.sweep_dir / "eval", args.n, args.shift_n))
         m = trials[-1]["metrics"]
         print(
             f"{name}: {trials[-1]['variant']:<15} seed {trials[-1]['seed']}  overall {m['overall']:.4f}  "
