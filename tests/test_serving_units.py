@@ -4,6 +4,7 @@ The same paths run over real HTTP in tests/test_serving.py and tests/test_cluste
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -60,7 +61,7 @@ def test_health_checks_never_use_the_predictor_beside_a_batch() -> None:
     assert user_class.__module__ == "dotseg.serving.app" and "ASGI" not in user_class.__name__
     replica = user_class.__new__(user_class)
     user_class.__init__(replica, ServeConfig(engine="eager").to_dict())
-    replica.reconfigure({"checkpoint": None})
+    asyncio.run(replica.reconfigure({"checkpoint": None}))
     probe = _Probe(replica.predictor)
     replica.predictor = probe
     images = [np.random.default_rng(i).random((64, 64), dtype=np.float32) for i in range(2)]
@@ -159,3 +160,16 @@ def test_haproxy_mode_keeps_its_admin_socket_private_and_says_what_it_opens(monk
         assert any(str(private / "admin.sock") in ln for ln in lines)
     finally:
         private.rmdir()
+
+
+def test_the_deployment_version_moves_with_what_replicas_are_built_from_only() -> None:
+    """A new checkpoint or scale setting keeps the version (Serve reconfigures or rescales the running
+    replicas); an engine, precision, CPU or limit change moves it (Serve starts new replicas)."""
+    from dotseg.serving.app import NOT_IN_REPLICA, replica_version
+
+    base = ServeConfig()
+    assert set(base.to_dict()) >= NOT_IN_REPLICA, NOT_IN_REPLICA - set(base.to_dict())
+    same = base.replace(checkpoint="runs/x/best.safetensors", min_replicas=0, max_replicas=8, port=8080)
+    assert replica_version(same) == replica_version(base)
+    for change in ({"engine": "eager"}, {"precision": "fp32"}, {"cpus_per_replica": 2.0}, {"max_pixels": 1 << 20}):
+        assert replica_version(base.replace(**change)) != replica_version(base), change

@@ -7,12 +7,15 @@ Replicas batch concurrent requests (``@serve.batch``) into one forward pass, sca
 (autoscaling on in-flight requests), and report unhealthy when a tiny known prediction fails
 (``check_health``). The checkpoint travels in ``user_config`` and is loaded by ``reconfigure``:
 
-* ``dotseg.serving.run.roll_out`` (``serve.run`` with a new checkpoint) starts new replicas, which
-  load and warm the model up before Serve stops the old ones, so no request fails; replicas that
-  cannot start leave the old ones serving, and ``roll_out`` says why;
-* a ``serve deploy`` that changes only ``user_config`` reconfigures running replicas in place: each
-  loads and warms up the new model and swaps only then; one that fails keeps its old model and
-  ``/ready`` reports the ``rollout_error``.
+* ``dotseg.serving.run.roll_out`` (``serve.run`` with a new checkpoint) first runs the warm-up in
+  its own process and refuses a model that fails it; then, as the deployment's version (dotseg's
+  code and the settings a replica is built from, :func:`replica_version`) is unchanged, Serve calls
+  ``reconfigure`` on the running replicas: each loads and warms up the new model off its event loop
+  and swaps only then, so no request fails and no capacity is lost; one that fails keeps its old
+  model and ``/ready`` reports the ``rollout_error``;
+* a change to what replicas are built from (engine, precision, CPUs, limits, a new dotseg) starts
+  new replicas instead; replicas that cannot start leave the old ones serving, and ``roll_out``
+  says why.
 
 Every error a client can cause is a JSON body ``{"status": ..., "error": "<problem and fix>"}``
 with a 4xx status, never a 5xx, a hang or a dead replica (see :mod:`dotseg.serving.http`).
@@ -120,25 +123,33 @@ class Segmenter:
         _warmup(predictor)
         return predictor
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Roll out ``{"checkpoint": path, "model_id": id}``: load and warm up, then swap; on failure
-        keep the old model. The same path with another model id (a file replaced) rolls out too."""
+        keep the old model. The same path with another model id (a file replaced) rolls out too.
+        The load runs off the event loop: a running replica keeps answering while it loads."""
         checkpoint = user_config.get("checkpoint")
         if self.predictor is None:  # the replica's first model: without it there is nothing to serve
-            self.predictor = self._load(checkpoint)
+            self.predictor = await asyncio.to_thread(self._load, checkpoint)
             self.cfg = self.cfg.replace(checkpoint=checkpoint)
             return
         served = self.predictor.checkpoint.model_id if self.predictor.checkpoint is not None else None
         if checkpoint == self.cfg.checkpoint and user_config.get("model_id") in (None, served):
             return  # the same file with the same model: nothing to roll out
+        t0 = time.monotonic()
         try:
-            new = self._load(checkpoint)
+            new = await asyncio.to_thread(self._load, checkpoint)
         except Exception as e:  # CheckpointError, a failed warm-up: the old model keeps serving
             self.rollout_error = f"checkpoint {checkpoint!r} was not rolled out: {' '.join(str(e).split())}"
             log.error(self.rollout_error)
             return
         self.predictor, self.rollout_error = new, None
         self.cfg = self.cfg.replace(checkpoint=checkpoint)
+        log.info(
+            "rolled out %s (model %s) in %.1f s",
+            checkpoint or "the shipped model",
+            new.checkpoint.model_id if new.checkpoint is not None else "?",
+            time.monotonic() - t0,
+        )
 
     def check_health(self) -> None:
         """Serve replaces a replica whose model no longer predicts the known sample."""
@@ -310,7 +321,7 @@ def build(args: dict[str, Any]) -> serve.Application:
     """The Serve application builder (``import_path: serve_app:build``): ``args`` is a ServeConfig
     section, checked (unknown keys, types and ranges fail with the key's name)."""
     cfg = ServeConfig.from_dict(dict(args or {}))
-    return Segmenter.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
+    deployment = Segmenter.options(  # type: ignore[attr-defined]  # @serve.deployment makes it a Deployment
         autoscaling_config={
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,
@@ -329,4 +340,43 @@ def build(args: dict[str, Any]) -> serve.Application:
         # so Serve reconfigures the running replicas instead of leaving them on the old file.
         user_config={"checkpoint": cfg.checkpoint, "model_id": _model_id(cfg.checkpoint)},
         max_constructor_retry_count=3,  # a checkpoint that cannot start a replica fails fast
-    ).bind(cfg.replace(checkpoint=None).to_dict())  # the checkpoint travels in user_config only
+    )
+    # Serve gives a deployment without a version a random one on every `serve.run`, so each rollout
+    # restarted every replica (stopping an old one before its replacement was up). With the version
+    # of what the replicas are built from, a new checkpoint is an in-place `reconfigure`.
+    deployment = deployment.options(version=replica_version(cfg), _internal=True)
+    return deployment.bind(cfg.replace(checkpoint=None).to_dict())  # the checkpoint travels in user_config only
+
+
+#: ServeConfig keys a replica never reads: Serve applies them itself (autoscaling, queueing) or they
+#: belong to the HTTP ingress, so changing them restarts no replica. Every other key does.
+NOT_IN_REPLICA = frozenset(
+    {
+        "checkpoint",  # user_config: reconfigure
+        "min_replicas",
+        "max_replicas",
+        "target_ongoing_requests",
+        "upscale_delay_s",
+        "downscale_delay_s",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "host",
+        "port",
+        "route_prefix",
+        "ingress",
+    }
+)
+
+
+def replica_version(cfg: ServeConfig) -> str:
+    """The deployment version: dotseg's code and the settings a replica is built from. Equal
+    versions let Serve update running replicas in place; any change in either restarts them."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parents[1].rglob("*.py")):  # the dotseg package
+        digest.update(path.read_bytes())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_REPLICA}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]

@@ -243,6 +243,7 @@ def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
     from dotseg.serving.app import build
 
     check_checkpoint(checkpoint)
+    check_warmup(checkpoint, cfg)
     new = cfg.replace(checkpoint=checkpoint)
     try:
         serve.run(build(new.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
@@ -256,6 +257,24 @@ def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
             f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
         ) from None
     return new
+
+
+def check_warmup(checkpoint: str | None, cfg: ServeConfig) -> None:
+    """The replicas' warm-up (load, predict the known sample, check the mask), run here first: a
+    rollout swaps models in place, and a model that fails it is refused before any replica loads it
+    (ServeError, one line). On the replicas' engine: a new model's export (~15 s on 2 cores) then
+    happens once, here, and replicas on this machine find it cached instead of each leaving the
+    rotation for that long."""
+    from dotseg.inference.predictor import Predictor
+    from dotseg.serving.app import _warmup
+
+    try:
+        _warmup(Predictor.from_checkpoint(checkpoint, engine=cfg.engine, precision=cfg.precision))
+    except Exception as e:  # CheckpointError, a blank or non-finite warm-up mask
+        raise ServeError(
+            f"checkpoint {checkpoint!r} was not rolled out: {' '.join(str(e).split())}; "
+            f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
+        ) from None
 
 
 def _replica_error() -> str:
