@@ -788,6 +788,10 @@ AB_RAY: tuple[tuple[str, str, dict[str, str], dict[str, Any]], ...] = (
 )
 
 
+#: Variants that run on every engine of :data:`AB_ENGINES`, not only the default one.
+AB_EVERY_ENGINE = ("proxy-w10", "proxy-w0", "haproxy-lean")
+
+
 def _engine_tag(engine: str, precision: str) -> str:
     return f"{engine} {precision}"
 
@@ -836,6 +840,8 @@ def ab_run(body: bytes, levels: list[int], settings: LoadSettings, log_dir: Path
             server.stop()
     groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for key, label, env_extra, overrides in AB_RAY:
+        if args.ab_only and key not in args.ab_only:
+            continue
         groups.setdefault(json.dumps(env_extra, sort_keys=True), []).append((key, label, overrides))
     for env_key, variants in groups.items():
         env_extra = json.loads(env_key)
@@ -844,8 +850,8 @@ def ab_run(body: bytes, levels: list[int], settings: LoadSettings, log_dir: Path
         try:
             with ray_server(variants[0][0], haproxy, log_dir, args.wait_ray_s, env) as (server, _):
                 for key, label, overrides in variants:
-                    # the Python proxy's default settings also run on every engine: the per-engine goals
-                    runs = engines if key in ("proxy-w10", "proxy-w0") else [default]
+                    # the Python proxy and the lean HAProxy also run on every engine: the per-engine goals
+                    runs = engines if key in AB_EVERY_ENGINE else [default]
                     for engine, precision in runs:
                         tag = f"[{_engine_tag(engine, precision)}]"
                         cfg = {**table_config(), **overrides, "engine": engine, "precision": precision}
@@ -930,6 +936,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="issue 18's A/B instead: Python proxy / throughput-optimized / HAProxy (bundled; nbthread, metrics), "
         "batch wait 10 ms vs none, 2×1 vs 1×2, on every engine, each against bare uvicorn with that engine (~15 min)",
+    )
+    parser.add_argument(
+        "--ab-only",
+        nargs="+",
+        choices=[key for key, *_ in AB_RAY],
+        default=None,
+        help="with --ab: only these Ray variants (bare uvicorn per engine always runs)",
     )
     parser.add_argument("--no-autoscale", action="store_true", help="the tables only")
     parser.add_argument("--wait-ray-s", type=float, default=3600.0, help="how long to wait for another Ray to end")

@@ -120,6 +120,7 @@ def _listens_on_loopback_and_refuses_drivers_without_the_token(main: int, starte
     # turns 127.0.0.1 into the routable address, where nothing listens).
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     base["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    base["RAY_NUM_REDIS_GET_RETRIES"] = "3"  # a refused driver retries 20 times, 1 s apart, by default
     for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}):
         r = subprocess.run(
             [sys.executable, "-c", probe], env={**base, "HOME": str(home), **extra},
