@@ -22,7 +22,10 @@ import requests
 pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 
-def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_path) -> None:
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_path, ingress: str) -> None:
+    """With either ingress. HAProxy's: its stats and metrics listeners were on every interface, and
+    its metrics socket path was too long for HAProxy, which then did not start at all."""
     import ray
 
     if ray.is_initialized():
@@ -31,7 +34,18 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dotseg.cli", "serve", "--port", str(port), "--set", "serve.max_replicas=1"],
+        [
+            sys.executable,
+            "-m",
+            "dotseg.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--set",
+            "serve.max_replicas=1",
+            "--set",
+            f"serve.ingress={ingress}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -50,6 +64,8 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
         assert "Ctrl-C stops it." in text, text[-2000:]
         assert f"http://127.0.0.1:{port}/docs" in text and f"dashboard  http://127.0.0.1:{port}/" in text
         assert "Traceback" not in text
+        if ingress == "haproxy":
+            assert "HAProxy stats page on 127.0.0.1:" in text and "HAProxy Prometheus metrics on 127.0.0.1:" in text
         assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["status"] == "ready"
         started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert started, "no Ray processes under dotseg serve"

@@ -137,29 +137,58 @@ def test_a_scale_only_resubmission_never_swaps_the_model_of_an_app_that_is_not_s
         assert "\n" not in str(info.value)
 
 
-def test_haproxy_mode_keeps_its_admin_socket_private_and_says_what_it_opens(monkeypatch) -> None:
+def test_haproxy_mode_keeps_its_admin_socket_private_and_its_listeners_on_loopback(monkeypatch, tmp_path) -> None:
     """Issue 18: Ray 2.60 creates HAProxy's admin socket with mode 666 in a shared /tmp directory
-    and opens its stats and metrics ports on every interface without saying so."""
+    and binds its stats and metrics listeners on every interface, with no setting to change either.
+    The wrapper Ray runs as its HAProxy binary moves those two to loopback; the real HAProxy then
+    checks the rewritten configuration (``-c``)."""
     import os
+    import shutil
     import stat
+    import subprocess
 
     from dotseg.serving import run
 
-    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+    for key in (
+        "RAY_SERVE_ENABLE_HA_PROXY",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_BINARY_PATH",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+    ):
         monkeypatch.delenv(key, raising=False)
     private = run.haproxy_env()
     try:
         assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(private / "admin.sock")
         assert os.environ["RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"].startswith(str(private))
+        # HAProxy refuses socket paths over 97 characters; Ray adds a 56-character node-id directory.
+        assert len(str(private / ("0" * 56) / "metrics.sock")) <= 97
         mode = stat.S_IMODE(private.stat().st_mode)
         assert mode == 0o700, oct(mode)  # a 666 socket inside is out of reach of other users
         lines = run.haproxy_listeners()
-        assert any("*:8404" in ln and "stats" in ln for ln in lines)
-        assert any("*:9101" in ln and "metrics" in ln for ln in lines)
+        assert any("127.0.0.1:8404" in ln and "stats" in ln for ln in lines)
+        assert any("127.0.0.1:9101" in ln and "metrics" in ln for ln in lines)
         assert any(str(private / "admin.sock") in ln for ln in lines)
+
+        cfg = tmp_path / "haproxy.cfg"  # the sections of Ray's template that bind
+        cfg.write_text(
+            "global\n    maxconn 100\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n"
+            "frontend prometheus\n    bind :9101\n    mode http\n"
+            "    http-request use-service prometheus-exporter if { path /metrics }\n    no log\n"
+            "frontend http_frontend\n    bind *:8000\n    default_backend app\n"
+            "backend app\n    server r1 127.0.0.1:30000\n"
+            "listen stats\n  bind *:8404\n  stats enable\n  stats uri /stats\n"
+        )
+        wrapper = os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
+        r = subprocess.run([wrapper, "-db", "-f", str(cfg), "-c"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        text = cfg.read_text()
+        assert "bind 127.0.0.1:9101" in text and "bind 127.0.0.1:8404" in text
+        assert "bind *:8000" in text  # the app's frontend keeps serve.host (here every interface)
     finally:
-        private.rmdir()
+        shutil.rmtree(private)
 
 
 def test_the_deployment_version_moves_with_what_replicas_are_built_from_only() -> None:

@@ -145,24 +145,55 @@ def check_http_options(wanted: dict[str, Any]) -> None:
 _APPLIED = _AppliedOptions()
 
 
+#: HAProxy as Ray starts it, with its stats page and Prometheus exporter moved to loopback. Ray 2.60
+#: renders them as ``bind :PORT`` / ``bind *:PORT`` (every interface) and offers no setting; it
+#: does take another binary (``RAY_SERVE_HAPROXY_BINARY_PATH``) and always passes ``-f CONFIG``, so
+#: this wrapper rewrites those two sections' bind lines and then becomes the real binary (``exec``:
+#: the same PID, which Ray's reloads signal). The app's own frontend keeps ``serve.host``.
+_HAPROXY_WRAPPER = """#!/bin/sh
+# dotseg: {real} with its stats and metrics listeners on 127.0.0.1 (see dotseg.serving.run).
+cfg=""; prev=""
+for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
+if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+  awk '/^[^[:space:]#]/ {{ sec = $1 " " $2 }}
+       (sec == "frontend prometheus" || sec == "listen stats") && $1 == "bind" {{
+           sub(/bind[[:space:]]+[*]?:/, "bind 127.0.0.1:") }}
+       {{ print }}' "$cfg" > "$cfg.dotseg" && mv "$cfg.dotseg" "$cfg"
+fi
+exec "{real}" "$@"
+"""
+
+
 def haproxy_env() -> Path:
     """Environment of the HAProxy ingress on an embedded Ray: Ray 2.60 creates HAProxy's admin socket
     with mode 666 in a shared /tmp directory (any local user could reconfigure the proxy); here it
-    lives in a private directory (0700) of this process, so only its owner reaches it. Returns it."""
-    private = Path(tempfile.mkdtemp(prefix="dotseg-haproxy-"))  # mkdtemp: mode 0700
+    lives in a private directory (0700) of this process, so only its owner reaches it. HAProxy's
+    stats page and Prometheus exporter, which Ray binds on every interface, listen on loopback
+    (:data:`_HAPROXY_WRAPPER`). Returns the directory."""
+    from ray.serve._private.haproxy import _resolve_haproxy_binary  # get_haproxy_binary logs to the console
+
+    # mkdtemp: mode 0700. Short: Ray puts the sockets one node-id directory (56 characters) deeper,
+    # and HAProxy refuses a socket path over 97 characters.
+    private = Path(tempfile.mkdtemp(prefix="dsh-", dir="/tmp" if os.path.isdir("/tmp") else None))
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     os.environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", str(private / "admin.sock"))
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", str(private / "metrics.sock"))
+    wrapper = private / "haproxy"
+    wrapper.write_text(_HAPROXY_WRAPPER.format(real=_resolve_haproxy_binary()))  # the user's binary too, if set
+    wrapper.chmod(0o700)
+    os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
+    # A stopping replica stays reachable this long "so load balancers can deregister" it (30 s by
+    # default, which Ctrl-C waited out); here the balancer is Serve's own HAProxy, updated at once.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
     return Path(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
 
 
 def haproxy_listeners() -> list[str]:
-    """What the HAProxy ingress opens besides the app's port, for the console (Ray 2.60 binds its
-    stats page and Prometheus exporter on every interface and lets no one choose otherwise)."""
+    """What the HAProxy ingress opens besides the app's port, for the console."""
     env = os.environ.get
     return [  # Ray's defaults (ray.serve._private.constants), read from the environment Ray reads
-        f"HAProxy stats page on *:{env('RAY_SERVE_HAPROXY_STATS_PORT', '8404')} (all interfaces)",
-        f"HAProxy Prometheus metrics on *:{env('RAY_SERVE_HAPROXY_METRICS_PORT', '9101')} (all interfaces)",
+        f"HAProxy stats page on 127.0.0.1:{env('RAY_SERVE_HAPROXY_STATS_PORT', '8404')}",
+        f"HAProxy Prometheus metrics on 127.0.0.1:{env('RAY_SERVE_HAPROXY_METRICS_PORT', '9101')}",
         f"HAProxy admin socket {env('RAY_SERVE_HAPROXY_SOCKET_PATH', '/tmp/haproxy-serve/admin.sock')}"
         " (in a directory only you can enter)",
     ]
