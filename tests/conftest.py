@@ -18,7 +18,9 @@ os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(__file__), 
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray for the whole session (``ray.shutdown`` stops exactly the processes it started).
+    """A local Ray for the whole session (``ray.shutdown`` stops exactly the processes it started),
+    its Serve on the HAProxy ingress as ``dotseg serve`` starts it (``DOTSEG_TEST_INGRESS=proxy``: the
+    Python proxy; the cluster tests and one `dotseg serve` test run that one).
 
     4 logical CPUs on a 2-core machine so Train workers and Ray Data tasks can be scheduled side by
     side (with 2, a 2-worker run plus a synthesis task deadlocks without an error).
@@ -27,6 +29,10 @@ def ray_session():
 
     from dotseg.runtime import init_ray
 
+    if os.environ.get("DOTSEG_TEST_INGRESS", "haproxy") == "haproxy":  # as `dotseg serve` starts it
+        from dotseg.serving.run import haproxy_env
+
+        haproxy_env()
     init_ray(num_cpus=4, object_store_memory=1_000_000_000)
     yield ray
     ray.shutdown()

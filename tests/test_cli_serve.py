@@ -22,10 +22,11 @@ import requests
 pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 
-@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+@pytest.mark.parametrize("ingress", ["proxy", "auto"])
 def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_path, ingress: str) -> None:
-    """With either ingress. HAProxy's: its stats and metrics listeners were on every interface, and
-    its metrics socket path was too long for HAProxy, which then did not start at all."""
+    """With either ingress (``auto``, the default: HAProxy on the Ray it starts). HAProxy's stats and
+    metrics listeners were on every interface, and its metrics socket path was too long for HAProxy,
+    which then did not start at all."""
     import ray
 
     if ray.is_initialized():
@@ -64,8 +65,8 @@ def test_dotseg_serve_prints_its_urls_answers_and_ctrl_c_leaves_no_process(tmp_p
         assert "Ctrl-C stops it." in text, text[-2000:]
         assert f"http://127.0.0.1:{port}/docs" in text and f"dashboard  http://127.0.0.1:{port}/" in text
         assert "Traceback" not in text
-        if ingress == "haproxy":
-            assert "HAProxy stats page on 127.0.0.1:" in text and "HAProxy Prometheus metrics on 127.0.0.1:" in text
+        haproxy = "HAProxy stats page on 127.0.0.1:" in text and "HAProxy Prometheus metrics on 127.0.0.1:" in text
+        assert haproxy == (ingress == "auto"), text[-2000:]
         assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=10).json()["status"] == "ready"
         started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert started, "no Ray processes under dotseg serve"

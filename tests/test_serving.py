@@ -300,6 +300,13 @@ def test_serve_options_that_cannot_apply_are_refused_in_one_line(app) -> None:
     with pytest.raises(run.ServeError, match=r"serve\.port=.*\(running: .*stop Serve first") as e:
         run.start(cfg.replace(port=_free_port(), request_timeout_s=5.0))
     assert "serve.request_timeout_s=5.0 (running: 60.0)" in str(e.value) and "\n" not in str(e.value)
+    # The ingress is fixed when Ray starts too: an explicit one that is not the running one is refused.
+    running = run.running_ingress()
+    assert running in ("proxy", "haproxy")
+    other = "proxy" if running == "haproxy" else "haproxy"
+    with pytest.raises(run.ServeError, match=rf"serve\.ingress={other}: the running Ray's Serve uses {running}") as e:
+        run.start(cfg.replace(ingress=other))
+    assert "\n" not in str(e.value)
     assert requests.get(f"{api}/ready", timeout=10).status_code == 200
 
 

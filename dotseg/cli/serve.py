@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  API        {urls['api']}  (POST /predict, /predict/json; GET /demo, /health, /ready)")
     print(f"  docs       {urls['docs']}")
     print(f"  dashboard  {urls['dashboard']}")
-    if cfg.ingress == "haproxy" and args.address is None:
+    if args.address is None and run.running_ingress() == "haproxy":
         for line in run.haproxy_listeners():
             print(f"  also open  {line}")
     if args.detach:

@@ -25,10 +25,12 @@ class ServeConfig(Section):
     """Arithmetic of the replicas' forward pass: ``auto`` = the fastest reduced precision that passed the
     precision gate for this model on the replica's CPU (``dotseg evaluate --gate``), else fp32;
     ``fp32`` = exact; ``bf16`` = refused unless it passed there."""
-    ingress: Literal["proxy", "haproxy"] = "proxy"
-    """HTTP ingress of an embedded Ray: Serve's Python proxy, or HAProxy forwarding straight to the
-    replicas (``RAY_SERVE_ENABLE_HA_PROXY``; Ray bundles the binary). On a cluster, set that variable
-    on the nodes instead."""
+    ingress: Literal["auto", "proxy", "haproxy"] = "auto"
+    """HTTP ingress: HAProxy forwarding straight to the replicas (``RAY_SERVE_ENABLE_HA_PROXY``; Ray
+    bundles the binary; the faster, see the README's serving A/B) or Serve's Python proxy. It is
+    chosen when Ray starts: ``auto`` = HAProxy on a Ray that dotseg starts itself, else whatever the
+    running Ray uses; ``proxy``/``haproxy`` are refused in one line where the running Ray uses the
+    other. On a cluster, set that variable on the nodes."""
     host: str = Field("127.0.0.1", min_length=1)
     """Interface the HTTP proxy binds; use 0.0.0.0 only behind a firewall or proxy you control."""
     port: int = Field(8000, ge=1, le=65535)

@@ -81,13 +81,14 @@ def urls(cfg: ServeConfig) -> dict[str, str]:
 
 def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> dict[str, str]:
     """Start Serve and the app (on an embedded local Ray unless ``address``); returns its URLs."""
+    import ray
     from ray import serve
 
     from dotseg.runtime import init_ray
     from dotseg.serving.app import build
 
     check_checkpoint(cfg.checkpoint, cfg.precision, local=address is None, engine=cfg.engine)
-    if address is None and cfg.ingress == "haproxy":
+    if address is None and not ray.is_initialized() and cfg.ingress in ("auto", "haproxy"):
         haproxy_env()  # inherited by the Ray that init_ray starts
     init_ray(address, num_cpus=None, quiet=quiet)
     http = http_options(cfg)
@@ -99,6 +100,7 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
         # machine would race for the same host:port.
         serve.start(proxy_location="HeadOnly", http_options=http)
     check_http_options(http)
+    check_ingress(cfg.ingress)
     try:
         serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
     except RuntimeError:  # the replicas failed to start: say why, in one line
@@ -106,6 +108,32 @@ def start(cfg: ServeConfig, address: str | None = None, quiet: bool = True) -> d
             f"the app did not start: {_replica_error()} (checkpoint {cfg.checkpoint or 'shipped model'})"
         ) from None
     return urls(cfg)
+
+
+def running_ingress() -> str | None:
+    """The ingress of the connected Ray's Serve: ``haproxy`` (its proxies are HAProxy managers),
+    ``proxy``, or None where Ray's state API cannot tell (e.g. a cluster without its dashboard)."""
+    import ray
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    except Exception:  # no dashboard / state API on that cluster
+        return None
+    names = {a["class_name"] for a in actors} & {"HAProxyManager", "ProxyActor"}
+    return "haproxy" if "HAProxyManager" in names else "proxy" if names else None
+
+
+def check_ingress(wanted: str) -> None:
+    """Refuse, in one line, an explicit ``serve.ingress`` that the running Serve does not use (it is
+    fixed when Ray starts); ``auto`` takes what runs."""
+    running = running_ingress() if wanted != "auto" else None
+    if running is not None and running != wanted:
+        raise ServeError(
+            f"serve.ingress={wanted}: the running Ray's Serve uses {running} (the ingress is chosen when Ray "
+            f"starts: RAY_SERVE_ENABLE_HA_PROXY=1 on its nodes for HAProxy); use serve.ingress=auto or "
+            f"serve.ingress={running}, or stop that Ray first"
+        )
 
 
 class _AppliedOptions(logging.Filter):
