@@ -199,18 +199,21 @@ def test_bad_uploads_get_one_line_json_errors(app) -> None:
     assert requests.get(f"{api}/ready", timeout=10).status_code == 200
 
 
-def _replica_rss() -> int:
-    """Resident memory of this session's Serve replicas, in bytes."""
+def _replica_memory() -> tuple[int, int]:
+    """(resident, private) memory of this session's Serve replicas, in bytes. Resident memory also
+    counts the pages of Ray's shared object store that a replica has mapped (a bounded pool of its
+    own, shared by every process); private memory (USS) is what the replica itself holds."""
     import psutil
 
-    total = 0
+    rss = uss = 0
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any("ServeReplica" in part for part in p.info["cmdline"] or ()):
-                total += p.memory_info().rss
+                m = p.memory_full_info()
+                rss, uss = rss + m.rss, uss + m.uss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total
+    return rss, uss
 
 
 def test_chunked_uploads_are_cut_off_at_the_cap_with_bounded_memory(app) -> None:
@@ -239,19 +242,31 @@ def test_chunked_uploads_are_cut_off_at_the_cap_with_bounded_memory(app) -> None
     headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
     r = requests.post(f"{api}/predict", data=chunks(5 * MAX_BYTES, head, tail), headers=headers, timeout=60)
     _error(r, 413, "serve.max_upload_bytes")
-    # 200 MB, chunked: refused at the cap, and the replicas do not keep it.
-    before = _replica_rss()
+    # 200 MB, chunked: refused at the cap, and the replicas do not keep it. Issue 18's bound (cap +
+    # 64 MB) holds for what the replicas hold themselves, and on HAProxy (the default ingress: the
+    # body streams into the replica's own HTTP server) for their resident memory too. Through Serve's
+    # Python proxy, resident memory can grow more: the replica pulls the request's queued body
+    # messages from the proxy in one call (ray.serve._private.proxy.receive_asgi_messages), through
+    # Ray's shared object store, whose pages then count in its RSS (measured for this body: RSS +14 to
+    # +99 MB, of which private +8 to +21 MB; on HAProxy +6 MB). The guard hands freed heap back after
+    # any big body (http.release_memory).
+    from dotseg.serving import run
+
+    cap = MAX_BYTES + (64 << 20)
+    rss_bound = cap if run.running_ingress() == "haproxy" else (200 << 20) * 3 // 4
+    before = _replica_memory()
     r = requests.post(f"{api}/predict", data=chunks(200 << 20, head, tail), headers=headers, timeout=120)
     assert r.status_code == 413
-    bound, deadline = (200 << 20) * 3 // 4, time.monotonic() + 5  # the trim runs once the answer is out
-    while (grown := _replica_rss() - before) >= bound and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the trim runs once the answer is out
+    while True:
+        after = _replica_memory()
+        rss, uss = after[0] - before[0], after[1] - before[1]
+        if (uss < cap and rss < rss_bound) or time.monotonic() > deadline:
+            break
         time.sleep(0.2)
-    # Not cap + 64 MB, as issue 18 asked: Serve's replica pulls the request's queued body messages
-    # from the proxy in one call (ray.serve._private.proxy.receive_asgi_messages returns them all),
-    # so what passes through it before the guard answers depends on timing: 48-116 MB measured for
-    # this 200 MB body. The guard hands freed memory back after any big body (http.release_memory);
-    # still 76 MB remained in one CI run, so the strict bound is not met. Never the whole body.
-    assert grown < bound, f"the replicas grew by {grown / 2**20:.0f} MB"
+    print(f"200 MB chunked upload: replicas' RSS {rss / 2**20:+.0f} MB, private {uss / 2**20:+.0f} MB")
+    assert uss < cap, f"the replicas' private memory grew by {uss / 2**20:.0f} MB (cap + 64 MB = {cap / 2**20:.0f})"
+    assert rss < rss_bound, f"the replicas' resident memory grew by {rss / 2**20:.0f} MB"
     assert requests.get(f"{api}/ready", timeout=10).status_code == 200
 
 
