@@ -85,6 +85,16 @@ def _warmup(predictor: Any) -> None:
         raise RuntimeError(f"warm-up prediction failed: foreground fraction {pred.mask.mean():.3f} on a known sample")
 
 
+def load_warm(checkpoint: str | None, cfg: ServeConfig, threads: int | None = None) -> Any:
+    """A Predictor for ``checkpoint`` on the replicas' engine and precision that has passed the
+    warm-up prediction (a replica's load, and ``roll_out``'s check before it)."""
+    from dotseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, threads=threads, engine=cfg.engine, precision=cfg.precision)
+    _warmup(predictor)
+    return predictor
+
+
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
@@ -114,14 +124,7 @@ class Segmenter:
     # -- models ---------------------------------------------------------------------------------
 
     def _load(self, checkpoint: str | None) -> Any:
-        """A Predictor for ``checkpoint`` that has passed the warm-up prediction."""
-        from dotseg.inference.predictor import Predictor
-
-        predictor = Predictor.from_checkpoint(
-            checkpoint, threads=self.threads, engine=self.cfg.engine, precision=self.cfg.precision
-        )
-        _warmup(predictor)
-        return predictor
+        return load_warm(checkpoint, self.cfg, self.threads)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Roll out ``{"checkpoint": path, "model_id": id}``: load and warm up, then swap; on failure

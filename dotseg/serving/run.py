@@ -311,11 +311,15 @@ def roll_out(cfg: ServeConfig, checkpoint: str | None) -> ServeConfig:
         # again, so Serve stops retrying, and say why.
         reason = _replica_error()
         serve.run(build(cfg.to_dict()), name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
-        raise ServeError(
-            f"checkpoint {checkpoint!r} was not rolled out: {reason}; "
-            f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
-        ) from None
+        raise _not_rolled_out(checkpoint, reason, cfg) from None
     return new
+
+
+def _not_rolled_out(checkpoint: str | None, reason: str, cfg: ServeConfig) -> ServeError:
+    return ServeError(
+        f"checkpoint {checkpoint!r} was not rolled out: {reason}; "
+        f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
+    )
 
 
 def check_warmup(checkpoint: str | None, cfg: ServeConfig) -> None:
@@ -324,16 +328,12 @@ def check_warmup(checkpoint: str | None, cfg: ServeConfig) -> None:
     (ServeError, one line). On the replicas' engine: a new model's export (~15 s on 2 cores) then
     happens once, here, and replicas on this machine find it cached instead of each leaving the
     rotation for that long."""
-    from dotseg.inference.predictor import Predictor
-    from dotseg.serving.app import _warmup
+    from dotseg.serving.app import load_warm
 
     try:
-        _warmup(Predictor.from_checkpoint(checkpoint, engine=cfg.engine, precision=cfg.precision))
+        load_warm(checkpoint, cfg)
     except Exception as e:  # CheckpointError, a blank or non-finite warm-up mask
-        raise ServeError(
-            f"checkpoint {checkpoint!r} was not rolled out: {' '.join(str(e).split())}; "
-            f"the previous model ({cfg.checkpoint or 'shipped model'}) keeps serving"
-        ) from None
+        raise _not_rolled_out(checkpoint, " ".join(str(e).split()), cfg) from None
 
 
 def _replica_error() -> str:
