@@ -156,7 +156,10 @@ def test_haproxy_mode_keeps_its_admin_socket_private_and_its_listeners_on_loopba
         "RAY_SERVE_HAPROXY_BINARY_PATH",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
     ):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first: monkeypatch restores only what it saw, and a key that was unset would keep
+        # haproxy_env's value after this test (a wrapper path that the test then deletes).
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     private = run.haproxy_env()
     try:
         assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
