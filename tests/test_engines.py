@@ -120,9 +120,34 @@ def test_openvino_leaves_threads_unpinned_unless_one_process_takes_every_core(
     assert engines.openvino_config("fp32", 1)["ENABLE_CPU_PINNING"] is (cores <= 1)
     assert engines.openvino_config("bf16", cores)["ENABLE_CPU_PINNING"] is True
     core = ov.Core()
-    model = core.read_model(str(user_cache / f"{SHIPPED_ID}.onnx"))
+    model = core.read_model(str(engines.export_path(user_cache, SHIPPED_ID)))
     compiled = core.compile_model(model, "CPU", engines.openvino_config("fp32", 1))
     assert compiled.get_property("ENABLE_CPU_PINNING") is (cores <= 1)  # what the replicas' models run with
+
+
+def test_the_export_stops_at_the_coarse_logits_and_torch_upsamples(
+    eager: Predictor, fast: dict[str, Predictor], user_cache: Path, tmp_path: Path
+) -> None:
+    """The shipped model runs at 1/4 of the input inside: its exported graph returns the 128x128
+    logits of a 512x512 image, and the engine upsamples them in torch (OpenVINO's Interpolate of
+    the one-channel map was a fifth of its bf16 pass). A cache file of the earlier format (the whole
+    model, ``<id>.onnx``) is not used, and not deleted: an older dotseg may share the cache."""
+    ov = pytest.importorskip("openvino")
+    model = ov.Core().read_model(str(engines.export_path(user_cache, SHIPPED_ID)))
+    model.reshape([1, 1, 512, 512])
+    assert list(model.output(0).get_shape()) == [1, 1, 128, 128]
+    image = np.random.default_rng(3).random((512, 512)).astype(np.float32)
+    for predictor in fast.values():
+        _assert_agree([predictor.predict(image)], [eager.predict(image)])
+    old = tmp_path / ".dotseg-cache" / f"{SHIPPED_ID}.onnx"
+    old.parent.mkdir()
+    old.write_bytes(b"an older dotseg's export")
+    run = tmp_path / "best.safetensors"
+    shutil.copy(shipped_checkpoint(), run)
+    predictor = Predictor.from_checkpoint(run, threads=1, engine=EXPORTED[0])
+    _assert_agree([predictor.predict(image)], [eager.predict(image)])  # exported again, beside it
+    assert old.read_bytes() == b"an older dotseg's export"
+    assert engines.export_path(old.parent, SHIPPED_ID).is_file()
 
 
 def test_auto_picks_the_first_installed_engine_of_the_measured_order(fast: dict[str, Predictor]) -> None:
@@ -134,7 +159,7 @@ def test_auto_picks_the_first_installed_engine_of_the_measured_order(fast: dict[
 def test_export_is_cached_by_model_id_and_reused(
     fast: dict[str, Predictor], user_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cached = user_cache / f"{SHIPPED_ID}.onnx"  # the packaged model caches in the user cache dir
+    cached = engines.export_path(user_cache, SHIPPED_ID)  # the packaged model caches in the user cache dir
     assert fast[EXPORTED[0]].checkpoint is not None and fast[EXPORTED[0]].checkpoint.model_id == SHIPPED_ID
     assert cached.is_file() and not list(shipped_checkpoint().parent.glob(".dotseg-cache"))
     assert not [p for p in user_cache.iterdir() if p.name.endswith(".tmp")]  # written atomically
@@ -156,7 +181,7 @@ def test_checkpoint_cache_lives_beside_it_else_in_the_user_cache(
         shutil.copy(shipped_checkpoint(), d / "best.safetensors")
     # Beside a writable checkpoint: <dir>/.dotseg-cache/<model_id>.onnx (seeded here: no second export).
     (beside / ".dotseg-cache").mkdir()
-    shutil.copy(user_cache / f"{SHIPPED_ID}.onnx", beside / ".dotseg-cache" / f"{SHIPPED_ID}.onnx")
+    shutil.copy(engines.export_path(user_cache, SHIPPED_ID), engines.export_path(beside / ".dotseg-cache", SHIPPED_ID))
     # Where .dotseg-cache cannot be created (a file is in the way), the user cache dir.
     (elsewhere / ".dotseg-cache").write_text("not a directory")
     assert engines.cache_dir(beside / "best.safetensors") == beside / ".dotseg-cache"
@@ -179,16 +204,16 @@ def test_a_stale_cached_export_is_detected_and_replaced(
     )
     eager = Predictor.from_checkpoint(path, threads=1, engine="eager")
     assert eager.checkpoint is not None
-    stale = tmp_path / ".dotseg-cache" / f"{eager.checkpoint.model_id}.onnx"
+    stale = engines.export_path(tmp_path / ".dotseg-cache", eager.checkpoint.model_id)
     stale.parent.mkdir()
-    shutil.copy(user_cache / f"{SHIPPED_ID}.onnx", stale)
+    shutil.copy(engines.export_path(user_cache, SHIPPED_ID), stale)
     caplog.set_level(logging.INFO, logger="dotseg.inference.engines")
     predictor = Predictor.from_checkpoint(path, threads=1, engine=EXPORTED[0])
     assert [r for r in caplog.records if r.levelno == logging.WARNING and str(stale) in r.getMessage()]
     assert [r for r in caplog.records if "exporting" in r.getMessage()]
     image = np.random.default_rng(1).random((45, 70))
     _assert_agree([predictor.predict(image)], [eager.predict(image)])
-    assert stale.stat().st_size < os.path.getsize(user_cache / f"{SHIPPED_ID}.onnx")  # the tiny model now
+    assert stale.stat().st_size < os.path.getsize(engines.export_path(user_cache, SHIPPED_ID))  # the tiny model now
 
 
 def test_missing_package_falls_back_to_eager_with_a_notice(

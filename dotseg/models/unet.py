@@ -12,6 +12,7 @@ their names live in :mod:`dotseg.models.registry`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
@@ -145,8 +146,17 @@ class UNet(nn.Module):
         """``x`` (B, C_in, H, W) float -> logits (B, 1, H, W)."""
         height, width = x.shape[-2:]
         x = self._pad(x)  # (B, C_in, Hp, Wp), Hp and Wp multiples of size_multiple
-        padded_size = x.shape[-2:]
-        z = self.stem(x)  # (B, C_in, Hp/s, Wp/s), s = downscale
+        logits = self.upsample(self.coarse_logits(x), x.shape[-2:])  # (B, 1, Hp, Wp)
+        return logits[..., :height, :width]  # (B, 1, H, W)
+
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network at its own resolution: ``x`` (B, C_in, Hp, Wp), sides multiples of
+        :attr:`size_multiple` (already padded) -> logits (B, 1, Hp/s, Wp/s), s = ``downscale``.
+
+        The exported CPU engines run this part and :meth:`upsample` outside their graph: OpenVINO's
+        Interpolate on a one-channel map took 5 of its 15 ms per 512 px image, torch's 0.8 ms.
+        """
+        z = self.stem(x)  # (B, C_in, Hp/s, Wp/s)
 
         skips: list[torch.Tensor] = []
         for i, stage in enumerate(self.encoder):
@@ -158,11 +168,13 @@ class UNet(nn.Module):
         z = skips.pop()  # bottleneck, (B, C_{depth-1}, Hp/(s*2**(depth-1)), ...)
         for stage, skip in zip(self.decoder, reversed(skips), strict=True):
             z = stage(z, skip)  # (B, C_i, 2h, 2w)
-        logits = self.head(z)  # (B, 1, Hp/s, Wp/s)
+        return self.head(z)  # (B, 1, Hp/s, Wp/s)
 
-        if self.downscale > 1:
-            logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)  # (B, 1, Hp, Wp)
-        return logits[..., :height, :width]  # (B, 1, H, W)
+    def upsample(self, logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """:meth:`coarse_logits` (B, 1, Hp/s, Wp/s) -> (B, 1, Hp, Wp) = ``size``, bilinear (identity at s = 1)."""
+        if self.downscale == 1:
+            return logits
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Pad bottom and right up to multiples of ``size_multiple``."""
