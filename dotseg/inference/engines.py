@@ -299,20 +299,23 @@ class _Exported(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.coarse: bool = callable(getattr(model, "coarse_logits", None)) and callable(
-            getattr(model, "upsample", None)
+        coarse, upsample = getattr(model, "coarse_logits", None), getattr(model, "upsample", None)
+        self.coarse = callable(coarse) and callable(upsample)
+        self._graph: Callable[[torch.Tensor], torch.Tensor] = coarse if self.coarse else model  # type: ignore[assignment]
+        self._upsample: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = (
+            upsample if self.coarse else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.coarse_logits(x) if self.coarse else self.model(x)
+        return self._graph(x)
 
     def finish(self, logits: np.ndarray, padded: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         """The graph's logits -> probabilities (B, 1, *size), sigmoid in torch with denormals flushed,
         as the eager engine computes them."""
         with torch.inference_mode(), denormals_flushed():
             out = torch.from_numpy(logits)
-            if self.coarse:
-                out = self.model.upsample(out, padded)
+            if self._upsample is not None:
+                out = self._upsample(out, padded)
             return torch.sigmoid(out[..., : size[0], : size[1]]).numpy()
 
 
