@@ -392,7 +392,8 @@ def _probe(model: nn.Module, run: Engine, statistic: Callable[[np.ndarray], floa
 
 def _onnx_engine(ctx: EngineContext, open_runner: Callable[[Path], Callable[[np.ndarray], np.ndarray]]) -> Engine:
     """The cached ONNX file of ``ctx.model`` (exported if missing or failing the probe), run by the
-    runner ``open_runner(path)`` returns (padded input -> logits), wrapped with padding and sigmoid."""
+    runner ``open_runner(path)`` returns (padded input -> the graph's logits), wrapped with padding,
+    upsampling and sigmoid (:class:`_Exported`)."""
     if ctx.device.type != "cpu":
         raise ValueError(f"exported engines run on the CPU only, not on {ctx.device}")
     path = export_path(ctx.cache_dir, ctx.model_id)
