@@ -128,6 +128,7 @@ IDENTITY_NEUTRAL: tuple[str, ...] = (
     "data.labelled",
     "data.labelled_fraction",
     "data.labelled_holdout",
+    "loss.resolution",
 )
 #: Run-identity keys a resumed run may change: extending (or shortening) a run, and moving it to
 #: more workers or to GPUs. Everything else in the identity must stay, or the checkpoint would be
@@ -172,6 +173,13 @@ class Config(Section):
                 f"loss.{name}.from_epoch",
                 f"ramp starts at epoch {sched.from_epoch}, after the last epoch (train.epochs={epochs})",
             )
+        multiple = 2 ** (self.model.depth - 1) * self.model.downscale
+        check(
+            self.loss.resolution == "input" or self.model.downscale == 1 or self.synthesis.size % multiple == 0,
+            "loss.resolution",
+            f"the loss on the network's grid needs synthesis.size ({self.synthesis.size}) to be a multiple of "
+            f"2**(model.depth-1) * model.downscale = {multiple}; pick such a size or use loss.resolution=input",
+        )
         check(
             not (self.tune.trial_style == "function" and self.train.num_workers > 1),
             "tune.trial_style",

@@ -263,3 +263,13 @@ def test_every_shipped_config_keeps_its_run_identity() -> None:
         "serve": "272632fbd0f9",
     }
     assert {name: load_config(name).run_id for name in expected} == expected
+
+
+def test_the_loss_on_the_network_grid_needs_a_size_the_grid_divides() -> None:
+    ok = load_config(None, ["model.downscale=4", "loss.resolution=network", "synthesis.size=320"])
+    assert ok.loss.resolution == "network"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.downscale=4", "loss.resolution=network", "synthesis.size=96"])
+    msg = str(e.value)
+    assert msg.startswith("loss.resolution:") and "multiple of 2**(model.depth-1) * model.downscale = 64" in msg
+    assert "\n" not in msg

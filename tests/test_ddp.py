@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from dotseg.config import Config
 from dotseg.device import grad_scaler
-from dotseg.losses.compound import CompoundLoss, LossWeights
+from dotseg.losses.compound import CompoundLoss, LossWeights, loss_scale
 from dotseg.models import build_model
 from dotseg.training.step import build_optimizer, train_step
 
@@ -32,9 +32,12 @@ WEIGHTS = LossWeights(dice=1.0, bce=0.5, boundary=0.5)
 B = 2  # per rank
 
 
-def _cfg() -> Config:
+def _cfg(resolution: str = "input") -> Config:
+    """``resolution`` ``network``: the loss on the network's grid (issue 17), at downscale 2."""
     return Config().replace(
         **{
+            "loss.resolution": resolution,
+            "model.downscale": 2 if resolution == "network" else 1,
             "model.base_channels": 4,
             "model.depth": 3,
             "model.dropout": 0.0,  # dropout masks would differ between the runs
@@ -55,25 +58,25 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def _step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, clip: float) -> None:
-    cfg = _cfg()
+def _step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, clip: float, resolution: str) -> None:
+    cfg = _cfg(resolution)
     device = torch.device("cpu")
     optimizer, scheduler = build_optimizer(model, cfg.train, steps_per_epoch=1)
+    loss = CompoundLoss(cfg.loss, loss_scale(cfg.loss, cfg.model.downscale))
     train_step(
-        model, images, masks, CompoundLoss(cfg.loss), WEIGHTS, optimizer, scheduler, grad_scaler(device, False),
-        device, False, clip,
+        model, images, masks, loss, WEIGHTS, optimizer, scheduler, grad_scaler(device, False), device, False, clip,
     )  # fmt: skip
 
 
-def _rank(rank: int, port: int, out: str) -> None:
+def _rank(rank: int, port: int, out: str, resolution: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(build_model(_cfg().model))
+        model = torch.nn.parallel.DistributedDataParallel(build_model(_cfg(resolution).model))
         images, masks = _batch()
-        _step(model, images[rank * B : (rank + 1) * B], masks[rank * B : (rank + 1) * B], clip=0.0)
+        _step(model, images[rank * B : (rank + 1) * B], masks[rank * B : (rank + 1) * B], 0.0, resolution)
         grads = {k: p.grad.clone() for k, p in model.module.named_parameters()}
         params = {k: p.detach().clone() for k, p in model.module.named_parameters()}
         torch.save({"grads": grads, "params": params}, Path(out) / f"rank{rank}.pt")
@@ -81,10 +84,10 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _grads(images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+def _grads(images: torch.Tensor, masks: torch.Tensor, resolution: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = build_model(_cfg().model)
-    _step(model, images, masks, clip=0.0)
+    model = build_model(_cfg(resolution).model)
+    _step(model, images, masks, 0.0, resolution)
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
@@ -93,11 +96,12 @@ def _flat(g: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_two_ranks_take_the_step_of_one_rank_with_twice_the_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resolution", ["input", "network"])
+def test_two_ranks_take_the_step_of_one_rank_with_twice_the_batch(tmp_path: Path, resolution: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_rank, args=(port, str(tmp_path), resolution), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
     # (3) one step later, both ranks hold the same weights
@@ -105,12 +109,16 @@ def test_two_ranks_take_the_step_of_one_rank_with_twice_the_batch(tmp_path: Path
         torch.testing.assert_close(r0["params"][k], r1["params"][k], rtol=0, atol=0)
 
     images, masks = _batch()
-    halves = [_grads(images[i * B : (i + 1) * B], masks[i * B : (i + 1) * B]) for i in (0, 1)]
+    halves = [_grads(images[i * B : (i + 1) * B], masks[i * B : (i + 1) * B], resolution) for i in (0, 1)]
     # (1) DDP's gradient is the mean of the halves' (every loss term is a per-sample mean)
     for k, g in r0["grads"].items():
         torch.testing.assert_close(g, (halves[0][k] + halves[1][k]) / 2, rtol=1e-4, atol=1e-6)
-    # (2) and close to the full batch's, BatchNorm statistics of b vs 2b images aside
-    full = _flat(_grads(images, masks))
+    # (2) and close to the full batch's, BatchNorm statistics of b vs 2b images aside. That gap is the
+    # network's, not DDP's: on the 32 px grid of downscale 2 (4 px at the bottleneck) it is wider
+    # (cosine 0.88), so (2) is asserted for the default; (1) and (3) are the parity for both.
+    if resolution != "input":
+        return
+    full = _flat(_grads(images, masks, resolution))
     ddp = _flat(r0["grads"])
     cosine = float(torch.nn.functional.cosine_similarity(ddp, full, dim=0))
     assert cosine > 0.9, cosine

@@ -231,3 +231,43 @@ def test_compound_does_not_overflow_half_precision_sums() -> None:
 def test_compound_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         CompoundLoss(LossConfig())(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8), SEED_WEIGHTS_AT_END)
+
+
+# ------------------------------------------------------------ on the network's grid (issue 17)
+
+
+def test_band_of_a_soft_target_marks_the_cells_the_outline_crosses() -> None:
+    """A coarse cell's value is its foreground fraction: partly covered cells and their neighbours
+    within the width are the outline; on a {0, 1} target the definition is the binary one."""
+    fine = square(size=32, top=6, side=13)  # edges at 6 and 19: not on the 4-px grid
+    soft = F.avg_pool2d(fine, 4)  # (1, 1, 8, 8), fractions
+    band = boundary_band(soft, 1)
+    assert set(band.unique().tolist()) <= {0.0, 1.0}
+    crossed = (soft > 0) & (soft < 1)
+    assert bool(band[crossed].eq(1).all())  # every cell the outline crosses
+    assert band[0, 0, 7, 7] == 0 and band[0, 0, 0, 7] == 0  # far outside it
+    binary = blobs(4)
+    k = 2 * 2 + 1
+    old = F.max_pool2d(binary, k, 1, 2) + F.max_pool2d(-binary, k, 1, 2)  # dilate - erode, no border case
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert torch.equal(boundary_band(binary, 2)[inner], old[inner])
+
+
+def test_compound_on_the_network_grid_is_the_loss_of_the_area_averaged_mask() -> None:
+    """``loss.resolution: network``: logits 4x coarser than the mask; the mask is area-averaged to
+    them and the band is ``boundary_width / 4`` cells wide (at least 1)."""
+    cfg = LossConfig(boundary_width=3, resolution="network")
+    targets = blobs(3, size=64)
+    logits = torch.randn(3, 1, 16, 16, requires_grad=True)
+    coarse = CompoundLoss(cfg, scale=4)
+    assert coarse.boundary.width == 1
+    total, parts = coarse(logits, targets, SEED_WEIGHTS_AT_END)
+    reference, ref_parts = CompoundLoss(LossConfig(boundary_width=1))(
+        logits, F.avg_pool2d(targets, 4), SEED_WEIGHTS_AT_END
+    )
+    assert total.item() == pytest.approx(reference.item())
+    assert parts["bce"].item() == pytest.approx(ref_parts["bce"].item())
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        coarse(torch.zeros(3, 1, 32, 32), targets, SEED_WEIGHTS_AT_END)  # not 4x coarser

@@ -107,3 +107,18 @@ def test_config_import_does_not_import_torch() -> None:
     subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={"PYTHONPATH": str(REPO_ROOT), "PATH": ""}
     )
+
+
+def test_coarse_logits_are_the_forward_pass_before_its_upsampling() -> None:
+    """``forward(x, coarse=True)`` (the loss on the network's grid, issue 17) and the exported engines'
+    ``coarse_logits`` are the same function, and ``upsample`` of it is ``forward`` exactly."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(base_channels=4, depth=3, downscale=4)).eval()
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        coarse = model(x, coarse=True)
+        assert coarse.shape == (2, 1, 16, 24)
+        assert torch.equal(coarse, model.coarse_logits(x))
+        assert torch.equal(model.upsample(coarse, (64, 96)), model(x))
+    with pytest.raises(ValueError, match="multiples of 16, got 60x96"):
+        model(x[..., :60, :], coarse=True)

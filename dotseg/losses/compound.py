@@ -9,8 +9,9 @@ with per-epoch weights from :class:`~dotseg.losses.config.LossConfig`: alpha con
 them for one epoch and the training step passes them to :meth:`CompoundLoss.forward`, so the
 module holds no epoch counter that a resumed run could get out of step with.
 
-Every term takes raw logits of shape (B, 1, H, W) and a float {0, 1} target of the same shape, and
-computes in float32 whatever dtype autocast gave the logits (see :class:`CompoundLoss`).
+Every term takes raw logits of shape (B, 1, H, W) and a float target of the same shape, {0, 1} at the
+input's resolution or a cell's foreground fraction in [0, 1] at the network's (``loss.resolution:
+network``), and computes in float32 whatever dtype autocast gave the logits (see :class:`CompoundLoss`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ def boundary_band(target: Tensor, width: int) -> Tensor:
     band pixels; the same square in an image corner gets only the rings on its two inner sides. An
     empty target and a full target have no outline, so their band is all zeros.
 
+    A soft target (values in [0, 1]: the foreground fraction of each cell of a coarser grid) has its
+    outline where a window holds some foreground (> 0) and some background (< 1); on a {0, 1} target
+    that is the definition above.
+
     Args:
-        target: (B, 1, H, W) floating-point ground truth with values in {0, 1}. More channels work
-            too; each channel gets its own band.
+        target: (B, 1, H, W) floating-point ground truth with values in [0, 1] ({0, 1} at the input's
+            resolution). More channels work too; each channel gets its own band.
         width: half-width w >= 1 of the band in pixels.
 
     Returns:
@@ -54,11 +59,9 @@ def boundary_band(target: Tensor, width: int) -> Tensor:
     # neither the dilation nor the erosion (erosion is -maxpool(-x)). A square window's max is the
     # max over its rows of each row's max, so two 1-D passes give exactly the k x k result at
     # 2k instead of k^2 comparisons per pixel (1.8x faster at k = 7, 512 px).
-    dilated = _square_max(target, k, width)  # (B, 1, H, W): window has fg
-    eroded = -_square_max(-target, k, width)  # (B, 1, H, W): window all fg
-    # dilated >= eroded and both are {0, 1}, so the difference is 1 exactly where the window holds
-    # both values.
-    return dilated - eroded  # (B, 1, H, W)
+    dilated = _square_max(target, k, width)  # (B, 1, H, W): > 0 where the window has fg
+    eroded = -_square_max(-target, k, width)  # (B, 1, H, W): 1 where the window is all fg
+    return ((dilated > 0) & (eroded < 1)).to(target.dtype)  # (B, 1, H, W)
 
 
 def _square_max(x: Tensor, k: int, pad: int) -> Tensor:
@@ -197,6 +200,12 @@ def loss_weights(cfg: LossConfig, epoch: int, total_epochs: int) -> LossWeights:
     )
 
 
+def loss_scale(cfg: LossConfig, downscale: int) -> int:
+    """How much coarser than the input the loss compares (:attr:`LossConfig.resolution`): the model's
+    ``downscale`` for ``network``, else 1."""
+    return downscale if cfg.resolution == "network" else 1
+
+
 class CompoundLoss(nn.Module):
     """``weights.dice * Dice + weights.bce * BCE + weights.boundary * BoundaryTversky``.
 
@@ -211,19 +220,26 @@ class CompoundLoss(nn.Module):
     Args:
         cfg: the loss section of the config (Tversky alpha/beta, band width, smoothing). The
             schedules in it are read by :func:`loss_weights`, not here.
+        scale: 1, or the network's downscale when the loss runs on its grid (:func:`loss_scale`):
+            the logits are then ``scale`` times smaller than the mask, and the mask is area-averaged
+            to them.
     """
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: LossConfig, scale: int = 1) -> None:
         super().__init__()
+        self.scale = scale
         self.dice = SoftDiceLoss(smooth=cfg.smooth)
         self.bce = nn.BCEWithLogitsLoss()
         self.boundary = BoundaryTverskyLoss(
-            alpha=cfg.tversky_alpha, beta=cfg.tversky_beta, width=cfg.boundary_width, smooth=cfg.smooth
+            alpha=cfg.tversky_alpha,
+            beta=cfg.tversky_beta,
+            width=max(1, round(cfg.boundary_width / scale)),
+            smooth=cfg.smooth,
         )
 
     def forward(self, logits: Tensor, target: Tensor, weights: LossWeights) -> tuple[Tensor, dict[str, Tensor]]:
         """Args:
-            logits: (B, 1, H, W) raw model outputs, any float dtype.
+            logits: (B, 1, H / scale, W / scale) raw model outputs, any float dtype.
             target: (B, 1, H, W) ground truth with values in {0, 1}, any float dtype.
             weights: the term weights for the current epoch, from :func:`loss_weights`.
 
@@ -232,10 +248,12 @@ class CompoundLoss(nn.Module):
             maps ``"dice"``, ``"bce"`` and ``"boundary"`` to the *unweighted* scalar terms,
             detached so that logging them keeps no graph alive.
         """
-        _check_pair(logits, target)
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            logits = logits.float()  # (B, 1, H, W)
+            logits = logits.float()  # (B, 1, h, w)
             target = target.float()  # (B, 1, H, W)
+            if self.scale > 1:  # loss.resolution: network: each cell's foreground fraction
+                target = F.avg_pool2d(target, self.scale)  # (B, 1, H/scale, W/scale)
+            _check_pair(logits, target)
             parts = {
                 "dice": self.dice(logits, target),
                 "bce": self.bce(logits, target),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -58,6 +58,12 @@ class LossConfig(Section):
     """Half-width in pixels of the boundary band around the ground-truth outline."""
     smooth: NonNegFloat = 1.0
     """Additive smoothing of the Dice and Tversky ratios."""
+    resolution: Literal["input", "network"] = "input"
+    """Where the loss compares: ``input`` = the logits upsampled to the image's size against the mask
+    (the seed's); ``network`` = the network's own output grid (1/``model.downscale`` of the image; the
+    same as ``input`` at downscale 1) against the mask's area fraction per cell, with the boundary
+    band ``boundary_width / downscale`` cells wide (at least 1). It skips the upsampling and computes
+    the loss on downscale**2 fewer pixels; validation and the threshold stay at the input size."""
 
     @model_validator(mode="after")
     def _tversky(self) -> Self:

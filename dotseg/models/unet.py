@@ -142,12 +142,20 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(base_channels, 1, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, C_in, H, W) float -> logits (B, 1, H, W)."""
+    def forward(self, x: torch.Tensor, coarse: bool = False) -> torch.Tensor:
+        """``x`` (B, C_in, H, W) float -> logits (B, 1, H, W); ``coarse``: the logits on the network's
+        own grid, (B, 1, H/s, W/s), for sides that are multiples of :attr:`size_multiple` (training
+        with ``loss.resolution: network``; a keyword of ``forward`` so that DDP's hooks see the call)."""
         height, width = x.shape[-2:]
         x = self._pad(x)  # (B, C_in, Hp, Wp), Hp and Wp multiples of size_multiple
-        logits = self.upsample(self.coarse_logits(x), x.shape[-2:])  # (B, 1, Hp, Wp)
-        return logits[..., :height, :width]  # (B, 1, H, W)
+        logits = self.coarse_logits(x)  # (B, 1, Hp/s, Wp/s)
+        if coarse:
+            if x.shape[-2:] != (height, width):
+                raise ValueError(
+                    f"coarse logits need sides that are multiples of {self.size_multiple}, got {height}x{width}"
+                )
+            return logits
+        return self.upsample(logits, x.shape[-2:])[..., :height, :width]  # (B, 1, H, W)
 
     def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The network at its own resolution: ``x`` (B, C_in, Hp, Wp), sides multiples of

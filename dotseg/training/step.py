@@ -41,6 +41,12 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+def logits_for_loss(model: nn.Module, images: torch.Tensor, loss_fn: CompoundLoss) -> torch.Tensor:
+    """The model's logits where ``loss_fn`` compares them: (B, 1, H, W), or the network's own grid
+    (B, 1, H/s, W/s) with ``loss.resolution: network`` (no upsampling in the step at all)."""
+    return model(images, coarse=True) if loss_fn.scale > 1 else model(images)
+
+
 def train_step(
     model: nn.Module,
     images: torch.Tensor,
@@ -57,7 +63,7 @@ def train_step(
     """One optimizer step on a batch. images, masks: (B, 1, H, W) float32 on ``device``."""
     model.train()
     with autocast(device, amp):
-        logits = model(images)  # (B, 1, H, W)
+        logits = logits_for_loss(model, images, loss_fn)
     loss, parts = loss_fn(logits, masks, weights)  # computed in float32 whatever the autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
