@@ -151,7 +151,7 @@ def describe(name: str, cfg: Config) -> str:
         f"`{name}`: {m.variant} base {m.base_channels} depth {m.depth} downscale {m.downscale}, batch "
         f"{t.batch_size}, {t.num_workers} worker(s) x {t.torch_threads or int(t.cpus_per_worker)} thread(s), "
         f"{amp}, {'channels-last' if memory_format(torch.device('cpu'), t.amp) == torch.channels_last else 'NCHW'}, "
-        f"augment {cfg.data.augment}"
+        f"augment {cfg.data.augment}, loss at the {cfg.loss.resolution} resolution"
     )
 
 

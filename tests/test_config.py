@@ -251,6 +251,7 @@ def test_every_shipped_config_keeps_its_run_identity() -> None:
     expected = {
         "default": "272632fbd0f9",
         "cpu": "983fe2324ffa",
+        "cpu-fast": "72e806390e7c",
         "v2": "b5e829d4095f",
         "v2-finetune": "52d82da300b1",
         "finetune": "36e999af9a9d",
