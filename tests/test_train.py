@@ -27,7 +27,8 @@ def smoke(tmp_path: Path, *overrides: str):
 
 
 def test_two_worker_ddp_run_checkpoints_loads_and_logs_one_wandb_run(ray_session, tmp_path: Path) -> None:
-    cfg = smoke(tmp_path, "train.num_workers=2")
+    # The loss on the network's grid (issue 17's cpu-fast): through Ray Train's DDP, as it trains.
+    cfg = smoke(tmp_path, "train.num_workers=2", "model.downscale=2", "loss.resolution=network")
     result = train(cfg, run_dir=tmp_path / "ddp", quiet=True)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.stop_reason == "completed"
