@@ -31,7 +31,7 @@ import torch
 
 from dotseg.config import Config, load_config
 from dotseg.device import amp_active, autocast, configure_cpu, cpu_line, grad_scaler, memory_format
-from dotseg.losses.compound import CompoundLoss, loss_scale, loss_weights
+from dotseg.losses.compound import CompoundLoss, loss_weights
 from dotseg.models import build_model
 from dotseg.normalize import normalize
 from dotseg.synthesis import make_batch
@@ -80,7 +80,7 @@ def step_profile(cfg: Config, steps: int = 8) -> dict[str, float]:
     model = build_model(cfg.model).to(memory_format=layout)  # type: ignore[call-overload]
     optimizer, scheduler = build_optimizer(model, cfg.train, steps + 2)
     scaler = grad_scaler(device, amp)
-    loss_fn = CompoundLoss(cfg.loss, loss_scale(cfg.loss, cfg.model.downscale))
+    loss_fn = CompoundLoss(cfg.loss, cfg.model.downscale)
     weights = loss_weights(cfg.loss, 1, cfg.train.epochs)
     parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "optimizer": []}
     for i in range(steps + 2):  # 2 warm-up steps: oneDNN picks its kernels on the first calls

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from dotseg.config import Config
 from dotseg.device import grad_scaler
-from dotseg.losses.compound import CompoundLoss, LossWeights, loss_scale
+from dotseg.losses.compound import CompoundLoss, LossWeights
 from dotseg.models import build_model
 from dotseg.training.step import build_optimizer, train_step
 
@@ -62,7 +62,7 @@ def _step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, cli
     cfg = _cfg(resolution)
     device = torch.device("cpu")
     optimizer, scheduler = build_optimizer(model, cfg.train, steps_per_epoch=1)
-    loss = CompoundLoss(cfg.loss, loss_scale(cfg.loss, cfg.model.downscale))
+    loss = CompoundLoss(cfg.loss, cfg.model.downscale)
     train_step(
         model, images, masks, loss, WEIGHTS, optimizer, scheduler, grad_scaler(device, False), device, False, clip,
     )  # fmt: skip

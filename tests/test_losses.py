@@ -259,7 +259,7 @@ def test_compound_on_the_network_grid_is_the_loss_of_the_area_averaged_mask() ->
     cfg = LossConfig(boundary_width=3, resolution="network")
     targets = blobs(3, size=64)
     logits = torch.randn(3, 1, 16, 16, requires_grad=True)
-    coarse = CompoundLoss(cfg, scale=4)
+    coarse = CompoundLoss(cfg, downscale=4)
     assert coarse.boundary.width == 1
     total, parts = coarse(logits, targets, SEED_WEIGHTS_AT_END)
     reference, ref_parts = CompoundLoss(LossConfig(boundary_width=1))(

@@ -300,11 +300,9 @@ class _Exported(nn.Module):
         super().__init__()
         self.model = model
         coarse, upsample = getattr(model, "coarse_logits", None), getattr(model, "upsample", None)
-        self.coarse = callable(coarse) and callable(upsample)
-        self._graph: Callable[[torch.Tensor], torch.Tensor] = coarse if self.coarse else model  # type: ignore[assignment]
-        self._upsample: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = (
-            upsample if self.coarse else None
-        )
+        split = callable(coarse) and callable(upsample)
+        self._graph: Callable[[torch.Tensor], torch.Tensor] = coarse if split else model  # type: ignore[assignment]
+        self._upsample: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = upsample if split else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._graph(x)

@@ -200,12 +200,6 @@ def loss_weights(cfg: LossConfig, epoch: int, total_epochs: int) -> LossWeights:
     )
 
 
-def loss_scale(cfg: LossConfig, downscale: int) -> int:
-    """How much coarser than the input the loss compares (:attr:`LossConfig.resolution`): the model's
-    ``downscale`` for ``network``, else 1."""
-    return downscale if cfg.resolution == "network" else 1
-
-
 class CompoundLoss(nn.Module):
     """``weights.dice * Dice + weights.bce * BCE + weights.boundary * BoundaryTversky``.
 
@@ -220,13 +214,14 @@ class CompoundLoss(nn.Module):
     Args:
         cfg: the loss section of the config (Tversky alpha/beta, band width, smoothing). The
             schedules in it are read by :func:`loss_weights`, not here.
-        scale: 1, or the network's downscale when the loss runs on its grid (:func:`loss_scale`):
-            the logits are then ``scale`` times smaller than the mask, and the mask is area-averaged
-            to them.
+        downscale: the model's ``downscale``. With ``cfg.resolution`` ``network`` the loss runs on
+            the network's grid (:attr:`scale` = ``downscale``): the logits are ``scale`` times smaller
+            than the mask, and the mask is area-averaged to them; else :attr:`scale` is 1.
     """
 
-    def __init__(self, cfg: LossConfig, scale: int = 1) -> None:
+    def __init__(self, cfg: LossConfig, downscale: int = 1) -> None:
         super().__init__()
+        scale = downscale if cfg.resolution == "network" else 1
         self.scale = scale
         self.dice = SoftDiceLoss(smooth=cfg.smooth)
         self.bce = nn.BCEWithLogitsLoss()

@@ -272,7 +272,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
     """The training loop, the same for ``dotseg train`` (every DDP rank) and a sweep trial."""
     from dotseg import tracking
     from dotseg.checkpoint import load_training_checkpoint, save_training_checkpoint
-    from dotseg.losses.compound import CompoundLoss, loss_scale, loss_weights
+    from dotseg.losses.compound import CompoundLoss, loss_weights
     from dotseg.models import build_model
     from dotseg.training.step import build_optimizer, evaluate, train_step
     from dotseg.training.stopping import LoopState, after_epoch, first_epoch, is_collapsed
@@ -313,7 +313,7 @@ def run_loop(args: LoopArgs, session: Session) -> dict[str, Any]:
     layout = memory_format(device, tcfg.amp)
     model = model.to(memory_format=layout)  # type: ignore[call-overload]  # torch's stubs lack memory_format
     model = session.prepare_model(model)  # moves to device; DDP when world > 1
-    loss_fn = CompoundLoss(cfg.loss, loss_scale(cfg.loss, cfg.model.downscale))
+    loss_fn = CompoundLoss(cfg.loss, cfg.model.downscale)
     val = _validation(cfg, rank, world)
     held_out = _labelled_validation(cfg, rank, world)
     # A sweep trial's W&B run is the sweep driver's (tracking.start_trial_run).
