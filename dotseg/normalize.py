@@ -32,14 +32,18 @@ def normalize(image: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"image dtype {arr.dtype} is not a real number type")
     x = arr.astype(np.float32, copy=True)
-    if not np.isfinite(x).all():
-        raise ValueError("image contains NaN or infinite values")
     axes = (-2, -1)
     # Statistics in float64: 16-bit images and 4k frames lose precision in a float32 sum.
     mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+    # A float64 sum of float32 values cannot overflow, so the mean is finite exactly when every
+    # pixel is: the check costs no pass of its own (values beyond float32 became inf in the cast).
+    if not np.isfinite(mean).all():
+        raise ValueError("image contains NaN or infinite values")
     std = x.std(axis=axes, keepdims=True, dtype=np.float64)
     x -= mean.astype(np.float32)
     x /= np.maximum(std, 1e-8).astype(np.float32)
-    x[np.broadcast_to(std < 1e-8, x.shape)] = 0.0
+    flat = std < 1e-8
+    if flat.any():  # constant images map to zeros
+        x[np.broadcast_to(flat, x.shape)] = 0.0
     np.clip(x, -CLIP, CLIP, out=x)
     return x

@@ -261,6 +261,7 @@ def test_every_shipped_config_keeps_its_run_identity() -> None:
         "sweep-smoke": "318a24e7bb15",
         "sweep-finalists": "66f013e2ebb4",
         "v2-mix": "bae7eab81f66",
+        "v3-mix": "03133e558494",
         "serve": "272632fbd0f9",
     }
     assert {name: load_config(name).run_id for name in expected} == expected

@@ -32,6 +32,19 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "xdg" / "dotseg"
 
 
+@pytest.fixture(scope="module")
+def _exports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg")
+
+
+@pytest.fixture
+def exports(_exports_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user cache dir that this module's exporting tests share, and no other: the shipped model's
+    ONNX export and its int8 quantization (~15 s each) are made once for them, never by a record."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_exports_dir))
+    return _exports_dir / "dotseg"
+
+
 def _record(cache: Path, rows: list[dict], **extra: object) -> Path:
     """A gate record for the shipped model on this CPU, as run_gate writes it."""
     row_defaults = {"reasons": [], "dice": {}, "dice_fp32": {}, "agreement_min": 1.0, "agreement_mean": 1.0}
@@ -107,7 +120,9 @@ def test_bf16_is_refused_where_it_would_be_emulated() -> None:
     assert problem and "natively" in problem
 
 
-def test_gate_preview_compares_and_does_not_record(cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_gate_preview_compares_and_does_not_record(
+    exports: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "gate"
     rc = main(["evaluate", "--gate", "--n", "6", "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
@@ -130,7 +145,7 @@ def test_gate_preview_compares_and_does_not_record(cache: Path, tmp_path: Path, 
     else:
         assert any(s["precision"] == "bf16" for s in result["not_run"])
     assert "not recorded" in text and "| eager | fp32 |" in text
-    assert not precision.record_path(cache, SHIPPED_ID).exists()
+    assert not precision.record_path(exports, SHIPPED_ID).exists()
     assert (out / "gate.md").read_text().startswith("Precision gate")
 
 
@@ -169,7 +184,7 @@ def test_serve_refuses_an_ungated_precision_before_starting(cache: Path) -> None
     run.check_checkpoint(None, "bf16", local=False)  # a cluster's replicas judge on their own CPU
 
 
-def test_int8_is_quantized_once_from_the_models_own_inputs_and_only_a_gate_lets_it_in(cache: Path) -> None:
+def test_int8_is_quantized_once_from_the_models_own_inputs_and_only_a_gate_lets_it_in(exports: Path) -> None:
     """OpenVINO int8: NNCF post-training quantization on images of the model's training
     distribution, cached beside the export (the weights written before the graph that names them),
     reused at the next start; refused without a passed gate like bf16."""
@@ -181,8 +196,8 @@ def test_int8_is_quantized_once_from_the_models_own_inputs_and_only_a_gate_lets_
         Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8")
     p8 = Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="int8", require_gate=False)
     assert (p8.engine, p8.precision) == ("openvino", "int8")
-    (xml,) = cache.glob(f"{engines.export_path(cache, SHIPPED_ID).stem}.int8-nncf*.xml")
-    assert xml.with_suffix(".bin").is_file() and not list(cache.glob(".*.tmp*"))
+    (xml,) = exports.glob(f"{engines.export_path(exports, SHIPPED_ID).stem}.int8-nncf*.xml")
+    assert xml.with_suffix(".bin").is_file() and not list(exports.glob(".*.tmp*"))
     exact = Predictor.from_checkpoint(None, threads=1, engine="openvino", precision="fp32")
     image = make_sample(p8.synthesis, 5, 3).image
     a, b = p8.predict(image).mask, exact.predict(image).mask
