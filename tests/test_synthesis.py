@@ -228,6 +228,10 @@ def test_normalize_edge_cases() -> None:
         (np.zeros(5), "2-D"),
         (np.zeros((0, 3)), "empty"),
         (np.array([[np.nan, 1.0]]), "NaN"),
+        (np.array([[np.inf, 1.0]]), "infinite"),
+        (np.array([[np.inf, -np.inf]]), "infinite"),  # a mean of nan, not inf
+        (np.array([[1e300, 0.0]]), "infinite"),  # finite in float64, inf once float32
+        (np.stack([np.eye(3), np.full((3, 3), -np.inf)]), "infinite"),  # one bad image of a batch
         (np.zeros((2, 2), complex), "dtype"),
     ):
         with pytest.raises(ValueError, match=msg):
