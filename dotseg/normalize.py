@@ -31,10 +31,13 @@ def normalize(image: np.ndarray) -> np.ndarray:
         arr = arr.astype(np.float32)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"image dtype {arr.dtype} is not a real number type")
-    x = arr.astype(np.float32, copy=True)
     axes = (-2, -1)
-    # Statistics in float64: 16-bit images and 4k frames lose precision in a float32 sum.
-    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+    # Values beyond float32 become inf, a sum of inf and -inf nan: the error below says so, not
+    # numpy's warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = arr.astype(np.float32, copy=True)
+        # Statistics in float64: 16-bit images and 4k frames lose precision in a float32 sum.
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
     # A float64 sum of float32 values cannot overflow, so the mean is finite exactly when every
     # pixel is: the check costs no pass of its own (values beyond float32 became inf in the cast).
     if not np.isfinite(mean).all():
