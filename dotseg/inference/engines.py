@@ -474,8 +474,8 @@ def _onnxruntime(ctx: EngineContext) -> Engine:
     return _onnx_engine(ctx, open_runner)
 
 
-#: OpenVINO: an image size seen this many times gets a model compiled for it, any batch size (before:
-#: the dynamic-shape model).
+#: OpenVINO: an image size seen this many times, in single images or in batches, gets a model compiled
+#: for it, one for each (before: the dynamic-shape model).
 OPENVINO_PROMOTE_AT = 3
 #: OpenVINO: shape-specific compiled models kept (a size's single-image and any-batch ones count
 #: apart), least recently used dropped (35-105 MB each at 512 px).
