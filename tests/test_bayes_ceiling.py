@@ -41,13 +41,16 @@ def _random_placement(count: int) -> list[tuple[int, object]]:
 
 
 def test_the_replayed_shapes_are_the_generators(ceiling) -> None:
-    for index, sample in _random_placement(4):
+    for k, (index, sample) in enumerate(_random_placement(40)):
         n_control, theta = ceiling.true_theta(CFG, EVAL_SEED + 1, index)
         assert n_control == sample.meta["n_control"]
         centres = sample.dots[:, :2].astype(np.int64)
         problem = ceiling.Problem(CFG, n_control, centres)
-        assert np.array_equal(problem.mask(theta), sample.mask.astype(bool))
-        assert math.isfinite(problem.log_post(theta)), "the true shape must hold its own dots"
+        if k < 4:  # rasterizing is the slow part
+            assert np.array_equal(problem.mask(theta), sample.mask.astype(bool))
+        # Dots on the drawn outline's pixels, just outside the continuous curve, must count as in:
+        # sample 19 has one 0.26 px beyond the tolerance of the continuous test.
+        assert math.isfinite(problem.log_post(theta)), f"sample {index}: the true shape must hold its own dots"
 
 
 def test_the_posterior_refuses_shapes_that_leave_a_dot_out(ceiling) -> None:
