@@ -73,6 +73,7 @@ def test_a_short_chain_from_the_dots_alone_predicts_a_mask(ceiling) -> None:
     start = ceiling.start_from_dots(problem, rng)
     draws = ceiling.sample_posterior(problem, start, rng, sweeps=12, burn=6, thin=2)
     assert len(draws) == 3 and all(math.isfinite(problem.log_post(t)) for t in draws)
-    pred, expected, threshold = ceiling.bayes_prediction(problem, draws)
+    pred, expected, threshold, q = ceiling.bayes_prediction(problem, draws)
     assert pred.shape == (512, 512) and pred.any()
     assert 0.0 < expected <= 1.0 and 0.3 <= threshold <= 0.7
+    assert ceiling.on_coarse_grid(q, threshold).shape == (512, 512)
