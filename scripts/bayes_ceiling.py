@@ -467,7 +467,7 @@ def main() -> None:
     ap.add_argument("--thin", type=int, default=3)
     ap.add_argument("--checkpoint", default=None, help="model to compare (default: the shipped one); 'none' skips")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="write ceiling.md and ceiling.json here")
+    ap.add_argument("--out", type=Path, default=None, help="write bayes_ceiling[_MIN-MAX_dots].md and .json here")
     args = ap.parse_args()
     cfg = SynthesisConfig.from_dict({"size": 512, **({"dots": {"count": args.dots}} if args.dots else {})})
     seed = EVAL_SEED + 1  # the clean images of scripts/ceiling.py
@@ -515,8 +515,9 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bayes_ceiling.md").write_text(text + "\n")
-        (args.out / "bayes_ceiling.json").write_text(json.dumps(rows, indent=1) + "\n")
+        stem = "bayes_ceiling" + (f"_{args.dots[0]}-{args.dots[1]}_dots" if args.dots else "")
+        (args.out / f"{stem}.md").write_text(text + "\n")
+        (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def render(rows: list[dict[str, float]], args: argparse.Namespace) -> str:

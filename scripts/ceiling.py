@@ -1,6 +1,6 @@
 """How much of a shape's outline the dots leave to guesswork, and what that costs a model.
 
-    python scripts/ceiling.py [--checkpoint shipped] [--n 300] [--out docs/shipped-model/ceiling.md]
+    python scripts/ceiling.py [--checkpoint shipped] [--n 300] [--out docs/shipped-model/ceiling/by_gap.md]
 
 On clean benchmark images (no noise at all, so only the dots limit what can be known), for each
 image: the model's Dice, and the *gap*: the mean distance (px) from a point of the true outline to
