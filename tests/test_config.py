@@ -262,6 +262,7 @@ def test_every_shipped_config_keeps_its_run_identity() -> None:
         "sweep-finalists": "66f013e2ebb4",
         "v2-mix": "bae7eab81f66",
         "v3-mix": "03133e558494",
+        "v4-sparse": "6d3599705349",
         "serve": "272632fbd0f9",
     }
     assert {name: load_config(name).run_id for name in expected} == expected
