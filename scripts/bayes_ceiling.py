@@ -109,10 +109,7 @@ class Problem:
         poly, log_prior = got
         if not _all_inside(poly, self.xy):
             return -math.inf
-        x, y = poly[:, 0], poly[:, 1]
-        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-        perimeter = float(np.hypot(*(np.roll(poly, -1, axis=0) - poly).T).sum())
-        return log_prior - self.count * math.log(area + 0.5 * perimeter)  # the raster's area, ~
+        return log_prior - self.count * math.log(_raster_area(poly))
 
     def violation(self, theta: np.ndarray) -> float:
         """How far ``theta`` is from the support (0 inside it): px of the outline beyond the margins
@@ -140,6 +137,15 @@ class Problem:
         img = Image.new("L", (self.size, self.size), 0)
         ImageDraw.Draw(img).polygon(poly.ravel().tolist(), fill=1, outline=1)
         return _one_region(np.asarray(img, dtype=bool))
+
+
+def _raster_area(poly: np.ndarray) -> float:
+    """About the pixel count of the generator's raster of the closed polygon: its area plus half
+    its perimeter (the drawn outline adds about half a pixel all round)."""
+    x, y = poly[:, 0], poly[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    perimeter = float(np.hypot(*(np.roll(poly, -1, axis=0) - poly).T).sum())
+    return area + 0.5 * perimeter
 
 
 def _all_inside(poly: np.ndarray, pts: np.ndarray) -> bool:
@@ -350,10 +356,7 @@ class _PointChain:
         span = pr.size - 2 * pr.margin - (hi - lo)
         if not _all_inside(poly, pr.xy):
             return -math.inf
-        x, y = poly[:, 0], poly[:, 1]
-        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-        perimeter = float(np.hypot(*(np.roll(poly, -1, axis=0) - poly).T).sum())
-        return -float(np.log(span).sum()) - pr.count * math.log(area + 0.5 * perimeter)
+        return -float(np.log(span).sum()) - pr.count * math.log(_raster_area(poly))
 
     def _try(
         self,
