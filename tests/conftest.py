@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+# Train's controller polls its workers every 2 s, so every fit() ended up to 2 s after its last
+# epoch and started a poll or two late: ~5 s of each smoke fit's ~20 s (Ray reads it in the processes
+# the session's Ray and the clusters' `ray start` inherit this environment in).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # The user cache (exported engines, precision-gate records) of the tests, not the developer's: a
 # gate this machine's user passed must not switch the tests' shipped model to bf16. Kept between
 # runs (the ONNX export takes ~15 s), fresh on a new clone like CI's.
