@@ -24,7 +24,7 @@ os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(__file__), 
 def ray_session():
     """A local Ray for the whole session (``ray.shutdown`` stops exactly the processes it started),
     its Serve on the HAProxy ingress as ``dotseg serve`` starts it (``DOTSEG_TEST_INGRESS=proxy``: the
-    Python proxy; the cluster tests and one `dotseg serve` test run that one).
+    Python proxy; the cluster tests run that one).
 
     4 logical CPUs on a 2-core machine so Train workers and Ray Data tasks can be scheduled side by
     side (with 2, a 2-worker run plus a synthesis task deadlocks without an error).

@@ -374,32 +374,48 @@ def _load(api: str, stop: threading.Event, results: list[int]) -> None:
 def test_checkpoint_rollout_under_load_loses_no_request_and_a_broken_one_keeps_the_old_model(
     app, tmp_path: Path
 ) -> None:
+    """Two rollouts under load, the second of a new model promoted to the path being served (issue
+    19: that compared paths, not model ids, so the running replicas kept the old model while new
+    autoscaled ones loaded the new file); then two bad checkpoints refused."""
     from dotseg.checkpoint import CheckpointError, build_from_checkpoint, save_checkpoint
     from dotseg.config import load_config
+    from dotseg.files import copy_atomic
     from dotseg.serving import run
 
     cfg, api = app
     before = requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"]
     pids = _replica_pids()
     model, ckpt = build_from_checkpoint(shipped_checkpoint())
-    trained = ckpt.cfg.replace(**{"train.seed": ckpt.cfg.train.seed + 1})  # same weights, another run: another id
-    new = save_checkpoint(tmp_path / "new.safetensors", model, trained, threshold=0.5, metrics={}, epoch=24)
+
+    def another_run(name: str, seed: int) -> Path:  # same weights, another run: another model id
+        trained = ckpt.cfg.replace(**{"train.seed": seed})
+        return save_checkpoint(tmp_path / name, model, trained, threshold=0.5, metrics={}, epoch=24)
+
+    served = tmp_path / "promoted.safetensors"
+    copy_atomic(another_run("a.safetensors", 101), served)
     stop, results = threading.Event(), []
     workers = [threading.Thread(target=_load, args=(api, stop, results)) for _ in range(3)]
     for w in workers:
         w.start()
-    time.sleep(2)
-    cfg2 = run.roll_out(cfg, str(new))
-    time.sleep(3)
-    stop.set()
-    for w in workers:
-        w.join(timeout=90)
-    after = requests.get(f"{api}/ready", timeout=10).json()
-    assert after["model"]["model_id"] != before and after["model"]["checkpoint"] == "new.safetensors"
+    try:
+        time.sleep(2)
+        cfg2 = run.roll_out(cfg, str(served))
+        first = requests.get(f"{api}/ready", timeout=10).json()["model"]
+        copy_atomic(another_run("b.safetensors", 102), served)  # `dotseg sweep --promote ... --out` again
+        cfg2 = run.roll_out(cfg2, str(served))
+        time.sleep(3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=90)
+    assert first["model_id"] != before and first["checkpoint"] == "promoted.safetensors"
+    ids = {requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] for _ in range(8)}
+    assert len(ids) == 1 and next(iter(ids)) not in (before, first["model_id"]), (before, first, ids)  # every replica
     assert len(results) > 20 and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}
     # In place: the same replica processes swapped models (Serve restarted them all before: its
     # random version per `serve.run`), so no replica's capacity went missing meanwhile.
     assert _replica_pids() == pids
+    after = next(iter(ids))
 
     # A broken file is refused before any replica sees it...
     (tmp_path / "broken.safetensors").write_text("<html>not found</html>")
@@ -412,38 +428,10 @@ def test_checkpoint_rollout_under_load_loses_no_request_and_a_broken_one_keeps_t
     with pytest.raises(run.ServeError, match=r"blank\.safetensors.*not rolled out.*warm-up.*keeps serving"):
         run.roll_out(cfg2, str(blank))
     ready = requests.get(f"{api}/ready", timeout=10).json()
-    assert ready["model"]["model_id"] == after["model"]["model_id"], ready
+    assert ready["model"]["model_id"] == after, ready
     assert requests.post(f"{api}/predict", data=_npy(_sample(128)), timeout=60).status_code == 200
     run.roll_out(cfg2, None)  # back to the shipped model for the other tests
     assert requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] == before
-
-
-def test_a_new_model_promoted_to_the_served_path_rolls_out(app, tmp_path: Path) -> None:
-    """Issue 19: re-promoting to the file being served compared paths, not model ids: the running
-    replicas kept the old model while new autoscaled ones loaded the new file."""
-    from dotseg.checkpoint import build_from_checkpoint, save_checkpoint
-    from dotseg.files import copy_atomic
-    from dotseg.serving import run
-
-    cfg, api = app
-    model, ckpt = build_from_checkpoint(shipped_checkpoint())
-    served = tmp_path / "promoted.safetensors"
-    a = save_checkpoint(
-        tmp_path / "a.safetensors", model, ckpt.cfg.replace(**{"train.seed": 101}), threshold=0.5, metrics={}, epoch=3
-    )
-    b = save_checkpoint(
-        tmp_path / "b.safetensors", model, ckpt.cfg.replace(**{"train.seed": 102}), threshold=0.5, metrics={}, epoch=3
-    )
-    copy_atomic(a, served)
-    try:
-        cfg2 = run.roll_out(cfg, str(served))
-        first = requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"]
-        copy_atomic(b, served)  # `dotseg sweep --promote ... --out promoted.safetensors` again
-        run.roll_out(cfg2, str(served))
-        ids = {requests.get(f"{api}/ready", timeout=10).json()["model"]["model_id"] for _ in range(8)}
-        assert first != next(iter(ids)) and len(ids) == 1, (first, ids)  # every replica moved
-    finally:
-        run.roll_out(cfg, None)
 
 
 def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(app) -> None:
