@@ -52,11 +52,16 @@ def main() -> None:
 
     model = Predictor.from_checkpoint(resolve_checkpoint(args.checkpoint))
     base = SynthesisConfig()  # the benchmark's generator, as the suite renders its references
+    references: dict[tuple[str, ...] | None, dict[int, dict]] = {}  # one per noise restriction, as run_shift
     lines = []
     for name in args.levels:
         level = known[name]
-        reference = Level("reference", "", {}, noise_types=level.noise_types)
-        ref = {c.index: score_sample([model], c, c.sample(base, EVAL_SEED))[0][0] for c in _cases(reference, args.n)}
+        if level.noise_types not in references:
+            reference = Level("reference", "", {}, noise_types=level.noise_types)
+            references[level.noise_types] = {
+                c.index: score_sample([model], c, c.sample(base, EVAL_SEED))[0][0] for c in _cases(reference, args.n)
+            }
+        ref = references[level.noise_types]
         moved = level_synthesis(base, level)
         rows: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
         for case in _cases(level, args.n):
